@@ -1,0 +1,1 @@
+"""The ``medpfl`` command line."""

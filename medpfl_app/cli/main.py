@@ -1,0 +1,55 @@
+"""Entry point of the ``medpfl`` console script.
+
+Each sub-command lives in its own module that exposes ``register(subparsers)``; the module adds its parser and
+sets ``func`` to a callable taking the parsed namespace and returning an exit code. Imports of heavy libraries
+(torch, NVFlare, Lightning) happen inside those callables so that ``medpfl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from medpfl_app import __version__
+from medpfl_app.errors import MedPFLError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "medpfl_app.cli.demo",
+    "medpfl_app.cli.data",
+    "medpfl_app.cli.jobs",
+    "medpfl_app.cli.poc",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medpfl",
+        description="MedPFL: federated training on medical images with NVFlare, gradient-inversion audits and defenses.",
+    )
+    parser.add_argument("--version", action="version", version=f"medpfl {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedPFLError as error:
+        print(f"medpfl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medpfl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
