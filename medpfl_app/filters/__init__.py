@@ -1,0 +1,22 @@
+"""NVFlare client result filters over `medpfl_app.defenses` (thin `DXOFilter` adapters that fail closed).
+
+Job config paths::
+
+    medpfl_app.filters.noise.LaplaceNoiseFilter          scale, seed            heuristic
+    medpfl_app.filters.noise.GaussianNoiseFilter         sigma, percentile, seed heuristic
+    medpfl_app.filters.client_dp.ClientDPFilter          clip_norm, noise_multiplier, delta, epsilon_max,
+                                                         ledger_path, seed      (ε, δ)-DP at client level
+    medpfl_app.filters.compression.TopKFilter            fraction, scope        heuristic
+    medpfl_app.filters.compression.UniformQuantizationFilter  bits, stochastic, seed  heuristic
+    medpfl_app.filters.compression.SignQuantizationFilter     stochastic, seed        heuristic
+    medpfl_app.filters.batchnorm.DropBatchNormStatsFilter     include_num_batches_tracked  heuristic
+    medpfl_app.filters.reference.GlobalModelRecorder     max_entries  (task_data_filters, direction "in")
+
+How NVFlare's built-ins relate (all heuristics; none is calibrated DP on the update, all NumPy-only):
+``PercentilePrivacy`` zeroes small entries and clips the rest to ±gamma (no noise); ``SVTPrivacy`` releases a
+noisy sparse subset, and its ``svt_privacy_accountant`` meta is a per-filter pure-DP sum with unclipped
+sensitivity, not an end-to-end guarantee; ``ExcludeVars`` drops named variables (like `DropBatchNormStatsFilter`).
+They can share a chain with MedPFL filters (chain order = list order; each MedPFL filter appends its entry to the
+``medpfl_defenses`` meta list). Order does not weaken `ClientDPFilter`: filters before it only change what is
+clipped, filters after it are post-processing. Drop BN statistics first so that noise never lands on them.
+"""
