@@ -1,0 +1,173 @@
+"""The embedded demo data set: brain-MRI-like phantoms written as NIfTI files with one datalist per site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpfl_app.data._io import write_atomic, write_json_atomic
+from medpfl_app.data.datalist import DATALIST_NAME
+from medpfl_app.data.partition import partition_indices
+from medpfl_app.data.phantoms import PHANTOM_CLASSES, generate_phantom
+from medpfl_app.errors import MedPFLError
+
+MANIFEST_NAME = "manifest.json"
+_TRAINING_STREAM, _VALIDATION_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """Where the demo data set was written.
+
+    Attributes:
+        root: The output folder (holds ``manifest.json`` and one folder per site).
+        site_datalists: Site name → that site's ``datalist.json``.
+        class_names: Name of each label.
+        label_counts: Site name → ``{"training": counts per class, "validation": counts per class}``.
+    """
+
+    root: Path
+    site_datalists: dict[str, Path]
+    class_names: tuple[str, ...]
+    label_counts: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+
+def generate_demo_dataset(
+    out_dir: str | Path,
+    *,
+    num_sites: int = 3,
+    train_per_site: int = 32,
+    val_per_site: int = 16,
+    image_size: int = 64,
+    partition: str = "iid",
+    dirichlet_alpha: float = 0.5,
+    seed: int = 0,
+    site_names: Sequence[str] | None = None,
+    progress: bool = False,
+) -> DemoDataset:
+    """Write the phantom data set partitioned across sites.
+
+    A balanced pool of ``num_sites * train_per_site`` training phantoms is split with `partition_indices`
+    (``"iid"``: every site gets ``train_per_site`` images with balanced classes; ``"dirichlet"``: label-skewed
+    sites whose sizes vary around ``train_per_site``, each with at least a quarter of it). Each site also gets
+    ``val_per_site`` validation phantoms of its own, drawn with its training label mix. Images are written to
+    ``<out_dir>/<site>/images/*.nii.gz``, the datalist to ``<out_dir>/<site>/datalist.json`` (relative paths),
+    and a summary to ``<out_dir>/manifest.json``. The same arguments give byte-identical pixel data.
+
+    Args:
+        out_dir: Output folder (created if needed; existing files of the same names are replaced).
+        num_sites: Number of sites.
+        train_per_site: Training images per site (the mean, for ``"dirichlet"``).
+        val_per_site: Validation images per site.
+        image_size: Side length in pixels.
+        partition: ``"iid"`` or ``"dirichlet"``.
+        dirichlet_alpha: Dirichlet concentration for ``"dirichlet"``.
+        seed: Random seed for labels, partition and pixels.
+        site_names: Site names; default ``site-1`` … ``site-N`` as in NVFlare.
+        progress: Show a progress bar while writing.
+
+    Returns:
+        The written data set.
+    """
+    import nibabel as nib
+    from tqdm.auto import tqdm
+
+    names = _site_names(num_sites, site_names)
+    for label, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise MedPFLError(f"{label} must be an integer >= {minimum}, got {value!r}", fix=f"set {label} >= {minimum}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MedPFLError(f"seed must be a non-negative integer, got {seed!r}", fix="pass e.g. seed=0")
+    num_classes = len(PHANTOM_CLASSES)
+    rng = np.random.default_rng([seed, 7])
+    pool = rng.permutation(np.arange(num_sites * train_per_site) % num_classes)
+    parts = partition_indices(
+        pool,
+        num_sites,
+        scheme=partition,
+        alpha=dirichlet_alpha,
+        seed=seed,
+        min_per_site=max(1, train_per_site // 4),
+    )
+    root = Path(out_dir).expanduser().resolve()
+    site_datalists: dict[str, Path] = {}
+    label_counts: dict[str, dict[str, list[int]]] = {}
+    total = sum(part.size for part in parts) + num_sites * val_per_site
+    bar = tqdm(total=total, desc="writing demo images", unit="img", disable=not progress)
+
+    def write_image(path: Path, pixels: np.ndarray) -> None:
+        image = nib.Nifti1Image(pixels, affine=np.eye(4))
+        write_atomic(path, lambda temp: nib.save(image, temp), suffix=".nii.gz")
+        bar.update(1)
+
+    for site_number, (site, part) in enumerate(zip(names, parts)):
+        site_dir = root / site
+        training = []
+        for index in part:
+            label = int(pool[index])
+            relative = f"images/train_{index:05d}.nii.gz"
+            pixel_rng = np.random.default_rng([seed, _TRAINING_STREAM, int(index)])
+            write_image(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=image_size))
+            training.append({"image": relative, "label": label})
+        train_counts = np.bincount(pool[part], minlength=num_classes)
+        validation = []
+        for number, label in enumerate(_validation_labels(train_counts, val_per_site, partition)):
+            relative = f"images/val_{number:05d}.nii.gz"
+            pixel_rng = np.random.default_rng([seed, _VALIDATION_STREAM, site_number, number])
+            write_image(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=image_size))
+            validation.append({"image": relative, "label": label})
+        datalist = {"classes": list(PHANTOM_CLASSES), "training": training, "validation": validation}
+        site_datalists[site] = write_json_atomic(site_dir / DATALIST_NAME, datalist)
+        label_counts[site] = {
+            "training": train_counts.tolist(),
+            "validation": np.bincount([item["label"] for item in validation], minlength=num_classes).tolist(),
+        }
+    bar.close()
+    manifest: dict[str, Any] = {
+        "generator": "medpfl_app.data.phantoms",
+        "seed": seed,
+        "partition": partition,
+        "dirichlet_alpha": dirichlet_alpha if partition == "dirichlet" else None,
+        "image_size": image_size,
+        "classes": list(PHANTOM_CLASSES),
+        "sites": {
+            site: {"datalist": f"{site}/{DATALIST_NAME}", "label_counts": label_counts[site]} for site in names
+        },
+    }
+    write_json_atomic(root / MANIFEST_NAME, manifest)
+    return DemoDataset(root=root, site_datalists=site_datalists, class_names=PHANTOM_CLASSES, label_counts=label_counts)
+
+
+def _site_names(num_sites: int, site_names: Sequence[str] | None) -> list[str]:
+    if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 1:
+        raise MedPFLError(f"num_sites must be a positive integer, got {num_sites!r}", fix="pass e.g. num_sites=3")
+    if site_names is None:
+        return [f"site-{number}" for number in range(1, num_sites + 1)]
+    names = list(site_names)
+    if len(names) != num_sites or len(set(names)) != len(names):
+        raise MedPFLError(
+            f"site_names must be {num_sites} distinct names, got {names!r}",
+            fix="pass one distinct name per site, or leave site_names out for site-1 … site-N",
+        )
+    for name in names:
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise MedPFLError(
+                f"site name {name!r} cannot be used as a folder name", fix="use names like site-1 or hospital_a"
+            )
+    return names
+
+
+def _validation_labels(train_counts: np.ndarray, count: int, partition: str) -> list[int]:
+    """Balanced classes for IID sites; the site's training label mix (largest remainder) otherwise."""
+    num_classes = train_counts.size
+    if partition == "iid" or train_counts.sum() == 0:
+        return [number % num_classes for number in range(count)]
+    share = train_counts / train_counts.sum() * count
+    counts = np.floor(share).astype(int)
+    for label in np.argsort(-(share - counts), kind="stable")[: count - counts.sum()]:
+        counts[label] += 1
+    return [label for label in range(num_classes) for _ in range(counts[label])]
