@@ -1,0 +1,94 @@
+"""Site privacy policy: the shipped template is valid for NVFlare, installs atomically, bad policies are refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from nvflare.apis.workspace import Workspace
+from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+from medpfl_app.errors import MedPFLError
+from medpfl_app.filters.batchnorm import DropBatchNormStatsFilter
+from medpfl_app.filters.client_dp import ClientDPFilter
+from medpfl_app.filters.policy import install_privacy_policy, load_privacy_template, validate_privacy_policy
+from medpfl_app.filters.reference import GlobalModelRecorder
+
+
+def _site(tmp_path):
+    site = tmp_path / "site-1"
+    (site / "startup").mkdir(parents=True)
+    return site
+
+
+def test_default_template_installs_and_nvflare_builds_every_scope(tmp_path) -> None:
+    """public < private < strict, default private; NVFlare's own parser builds the MedPFL filters of each scope."""
+    site = _site(tmp_path)
+    written = install_privacy_policy(site)
+    assert written == site / "local" / "privacy.json"
+    assert json.loads(written.read_text()) == load_privacy_template("default")
+    manager = create_privacy_manager(Workspace(str(site), "site-1"), names_only=False)
+    assert set(manager.name_to_scopes) == {"public", "private", "strict"}
+    assert manager.default_scope.name == "private"
+    levels = [manager.get_scope(n).props["medpfl_protection"] for n in ("public", "private", "strict")]
+    assert levels == sorted(levels) and len(set(levels)) == 3
+    for name in ("private", "strict"):
+        scope = manager.get_scope(name)
+        out = scope.task_result_filters["out"]
+        assert [type(f) for f in out] == [DropBatchNormStatsFilter, ClientDPFilter]
+        assert isinstance(scope.task_data_filters["in"][0], GlobalModelRecorder)
+    assert manager.get_scope("strict").task_result_filters["out"][1].noise_multiplier > \
+        manager.get_scope("private").task_result_filters["out"][1].noise_multiplier
+    assert not list((site / "local").glob("*.tmp"))
+
+
+def test_reinstall_keeps_a_different_existing_policy_as_backup(tmp_path) -> None:
+    """Nothing is lost: a hand-edited privacy.json is copied aside before the new one replaces it."""
+    site = _site(tmp_path)
+    (site / "local").mkdir()
+    (site / "local" / "privacy.json").write_text('{"scopes": []}')
+    install_privacy_policy(site, default_scope="strict")
+    backups = list((site / "local").glob("privacy.json.*.bak"))
+    assert len(backups) == 1 and backups[0].read_text() == '{"scopes": []}'
+    assert json.loads((site / "local" / "privacy.json").read_text())["default_scope"] == "strict"
+
+
+def _mutated(edit):
+    policy = copy.deepcopy(load_privacy_template())
+    edit(policy)
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda p: p["scopes"][0]["task_result_filters"].append({"path": "medpfl_app.filters.nope.X"}),
+         "cannot import"),
+        (lambda p: p["scopes"][1]["task_result_filters"][1]["args"].update(clip_norm=0), "clip_norm"),
+        (lambda p: p["scopes"][0]["task_result_filters"][0].update(name="x"), "unsupported keys"),
+        (lambda p: p.update(default_scope="secret"), "default_scope"),
+        (lambda p: p["scopes"].append(copy.deepcopy(p["scopes"][0])), "defined twice"),
+        (lambda p: p["scopes"][0]["task_result_filters"].append({"path": "json.JSONDecoder"}), "not an NVFlare Filter"),
+        (lambda p: p["scopes"][0].update(tasks=["train"]), "unsupported keys"),
+    ],
+    ids=["unknown-path", "bad-args", "name-key", "unknown-default", "duplicate", "not-a-filter", "task-list"],
+)
+def test_bad_policies_are_refused_with_one_clear_error(edit, match) -> None:
+    """Each mistake yields a MedPFLError naming the scope/filter and the fix."""
+    with pytest.raises(MedPFLError, match=match):
+        validate_privacy_policy(_mutated(edit))
+
+
+def test_nothing_is_written_for_a_bad_policy_or_a_non_site_folder(tmp_path) -> None:
+    """A refused policy leaves the site untouched; a folder without startup/ is not a site."""
+    site = _site(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_mutated(lambda p: p.update(default_scope="nope"))))
+    with pytest.raises(MedPFLError):
+        install_privacy_policy(site, bad)
+    assert not (site / "local" / "privacy.json").exists()
+    with pytest.raises(MedPFLError, match="not an NVFlare site"):
+        install_privacy_policy(tmp_path / "elsewhere")
+    with pytest.raises(MedPFLError, match="not found"):
+        install_privacy_policy(site, "no-such-template")
