@@ -30,7 +30,10 @@ def build_network(name: str, *, in_channels: int, num_classes: int, image_size: 
 
 @NETWORKS.register("small_cnn")
 class SmallCNN(nn.Module):
-    """Three conv–BatchNorm–ReLU blocks with max-pooling, global average pooling and a linear head."""
+    """Three conv–BatchNorm–ReLU blocks with max-pooling, global max pooling and a linear head.
+
+    Global max (not average) pooling: lesions cover a few percent of a slice, and averaging washes them out.
+    """
 
     def __init__(self, *, in_channels: int, num_classes: int, image_size: int, width: int = 16) -> None:
         super().__init__()
@@ -46,7 +49,7 @@ class SmallCNN(nn.Module):
             ]
             channels = out_channels
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

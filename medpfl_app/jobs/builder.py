@@ -1,0 +1,135 @@
+"""Turn a `JobSpec` into a ready-to-submit NVFlare job folder with NVFlare's own FedJob exporter.
+
+The job ships only ``custom/medpfl_site.py``; ``medpfl_app`` is declared an app package (installed at every site
+and on the server), so the exporter does not copy it into the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medpfl_app.errors import MedPFLError
+from medpfl_app.jobs.spec import JobSpec
+
+SITE_SCRIPT_NAME = "medpfl_site.py"
+TRAIN_TASK = "train"
+
+
+def repository_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def site_script_path() -> Path:
+    script = repository_root() / "custom" / SITE_SCRIPT_NAME
+    if not script.is_file():
+        raise MedPFLError(
+            f"the site entry script {script} is missing",
+            fix="run job generation from a MedPFL checkout installed with `pip install -e .`",
+        )
+    return script
+
+
+def export_job(spec: JobSpec, jobs_dir: str | Path) -> Path:
+    """Write ``<jobs_dir>/<spec.name>/`` (meta.json, app/config, app/custom), replacing any previous version.
+
+    The folder is built next to its destination and moved into place, so a failed export never leaves a
+    half-written job behind.
+    """
+    jobs_dir = Path(jobs_dir).resolve()
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    destination = jobs_dir / spec.name
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=jobs_dir))
+    try:
+        # The exporter copies the script to app/custom/<path as given>; a bare file name, resolved from the
+        # script's own folder, puts it at app/custom/medpfl_site.py.
+        with contextlib.chdir(site_script_path().parent):
+            _build_fed_job(spec).export_job(str(staging))
+        exported = staging / spec.name
+        _finish_job_folder(spec, exported)
+        if destination.exists():
+            retired = staging / "previous"
+            os.replace(destination, retired)
+        os.replace(exported, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
+def _build_fed_job(spec: JobSpec):
+    from nvflare.app_common.workflows.fedavg import FedAvg
+    from nvflare.app_opt.pt.job_config.base_fed_job import BaseFedJob
+    from nvflare.client.config import TransferType
+    from nvflare.job_config.script_runner import ScriptRunner
+
+    from medpfl_app.models.lightning_module import ImageClassifier
+
+    training = spec.training
+    initial_model = ImageClassifier(
+        network=training.network,
+        in_channels=training.in_channels,
+        num_classes=training.num_classes,
+        image_size=training.image_size,
+        learning_rate=training.learning_rate,
+        optimizer=training.optimizer,
+        seed=training.seed,
+    )
+    job = BaseFedJob(
+        initial_model=initial_model, name=spec.name, min_clients=spec.min_clients, key_metric="accuracy"
+    )
+    job.set_app_packages(["medpfl_app"])
+    job.to_server(
+        FedAvg(
+            num_clients=spec.min_clients,
+            num_rounds=spec.num_rounds,
+            persistor_id=job.comp_ids["persistor_id"],
+            task_name=TRAIN_TASK,
+        )
+    )
+    job.to_clients(
+        ScriptRunner(
+            script=SITE_SCRIPT_NAME,
+            script_args=training.script_args(),
+            params_transfer_type=TransferType.DIFF,
+        )
+    )
+    return job
+
+
+def _finish_job_folder(spec: JobSpec, job_dir: Path) -> None:
+    """Add what the exporter does not write: filter chains, scope, description, end-of-run grace."""
+    meta_path = job_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["description"] = spec.description
+    if spec.scope:
+        meta["scope"] = spec.scope
+    _write_json(meta_path, meta)
+
+    client_config_path = job_dir / "app" / "config" / "config_fed_client.json"
+    client_config = json.loads(client_config_path.read_text())
+    client_config["task_result_filters"] = _chains(spec.client_result_filters, "out")
+    _write_json(client_config_path, client_config)
+
+    server_config_path = job_dir / "app" / "config" / "config_fed_server.json"
+    server_config = json.loads(server_config_path.read_text())
+    server_config["task_result_filters"] = _chains(spec.server_result_filters, "in")
+    server_config["task_data_filters"] = _chains(spec.server_data_filters, "out")
+    if spec.end_run_readiness_timeout is not None:
+        server_config["end_run_readiness_timeout"] = spec.end_run_readiness_timeout
+    _write_json(server_config_path, server_config)
+
+
+def _chains(filters: tuple[dict[str, Any], ...], direction: str) -> list[dict[str, Any]]:
+    # NVFlare looks chains up by exact "<task>/<direction>": a "*" task list is silently never applied.
+    if not filters:
+        return []
+    return [{"tasks": [TRAIN_TASK], "direction": direction, "filters": [dict(f) for f in filters]}]
+
+
+def _write_json(path: Path, content: Any) -> None:
+    path.write_text(json.dumps(content, indent=4, sort_keys=False) + "\n")

@@ -1,0 +1,162 @@
+"""Run a job folder in NVFlare's simulator as a child process group with a hard deadline.
+
+The simulator can hang (a client worker waiting forever) and can exit 0 on failure, so this module owns the whole
+process group, kills it on timeout, and judges success by the outputs, not the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medpfl_app.errors import MedPFLError
+
+ROUND_STARTED = re.compile(r"Round (\d+) started")
+GLOBAL_MODEL_FILE = "FL_global_model.pt"
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Where a finished simulation left its outputs."""
+
+    workspace: Path
+    server_run_dir: Path
+    global_model: Path
+    round_metrics: tuple[dict, ...]
+    log_file: Path
+    wall_seconds: float
+
+
+def run_simulation(
+    job_dir: str | Path,
+    workspace: str | Path,
+    *,
+    sites: Sequence[str],
+    threads: int | None = None,
+    timeout_s: float = 1800.0,
+    env: Mapping[str, str] | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> SimulationResult:
+    """Run ``job_dir`` with ``sites`` in the NVFlare simulator under ``workspace``.
+
+    Args:
+        job_dir: An exported job folder (meta.json, app/...).
+        workspace: Simulator workspace; emptied first if it exists.
+        sites: Site names, e.g. ``["site-1", "site-2"]``.
+        threads: Sites run in parallel (default: one per site; fewer threads occasionally hang the simulator).
+        timeout_s: Hard deadline for the whole run.
+        env: Extra environment variables for the simulator (e.g. where the sites find their data).
+        on_round: Called with the round number each time the server starts a round.
+
+    Raises:
+        MedPFLError: The simulator timed out, failed, or produced no global model.
+    """
+    job_dir = Path(job_dir).resolve()
+    workspace = Path(workspace).resolve()
+    if not (job_dir / "meta.json").is_file():
+        raise MedPFLError(f"{job_dir} is not an NVFlare job folder (no meta.json)", fix="export the job first")
+    workspace.mkdir(parents=True, exist_ok=True)
+    log_file = workspace / "simulator_console.log"
+    command = [
+        sys.executable,
+        "-m",
+        "nvflare.cli",
+        "simulator",
+        str(job_dir),
+        "-w",
+        str(workspace / "sim"),
+        "-c",
+        ",".join(sites),
+        "-t",
+        str(threads or len(sites)),
+    ]
+    child_env = {**os.environ, **(env or {})}
+    started = time.monotonic()
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True, cwd=workspace
+        )
+        try:
+            _wait(process, log_file, started + timeout_s, on_round)
+        finally:
+            _kill_group(process)
+    wall = time.monotonic() - started
+    return _collect(workspace / "sim", log_file, wall, process.returncode)
+
+
+def _wait(process: subprocess.Popen, log_file: Path, deadline: float, on_round: Callable[[int], None] | None) -> None:
+    seen_rounds: set[int] = set()
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            raise MedPFLError(
+                f"the NVFlare simulator did not finish in time (log: {log_file})",
+                fix="look at the log for a site that failed or hung; raise the timeout for large jobs",
+            )
+        if on_round is not None:
+            for number in _rounds_started(log_file) - seen_rounds:
+                seen_rounds.add(number)
+                on_round(number)
+        time.sleep(1.0)
+    if on_round is not None:
+        for number in sorted(_rounds_started(log_file) - seen_rounds):
+            on_round(number)
+
+
+def _rounds_started(log_file: Path) -> set[int]:
+    try:
+        return {int(m) for m in ROUND_STARTED.findall(log_file.read_text(errors="replace"))}
+    except OSError:
+        return set()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    # The simulator forks client workers; killing only the parent would leave them running.
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _collect(sim_dir: Path, log_file: Path, wall: float, returncode: int | None) -> SimulationResult:
+    server_run_dir = sim_dir / "server" / "simulate_job"
+    models = sorted(server_run_dir.rglob(GLOBAL_MODEL_FILE))
+    if not models:
+        raise MedPFLError(
+            f"the simulation produced no global model (exit code {returncode}; log: {log_file})",
+            fix="search the log for 'MedPFL site' or 'ERROR' to find the failing site and its reason",
+        )
+    return SimulationResult(
+        workspace=sim_dir,
+        server_run_dir=server_run_dir,
+        global_model=models[0],
+        round_metrics=tuple(read_round_metrics(server_run_dir)),
+        log_file=log_file,
+        wall_seconds=wall,
+    )
+
+
+def read_round_metrics(run_dir: Path) -> list[dict]:
+    """The per-round records NVFlare's MetricsArtifactWriter appended under ``run_dir``."""
+    records: list[dict] = []
+    for path in sorted(Path(run_dir).rglob("round_metrics.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                records.append(json.loads(line))
+    return records

@@ -1,0 +1,1 @@
+"""Site-side training: the NVFlare Client API loop around the Lightning module."""

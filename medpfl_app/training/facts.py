@@ -1,0 +1,85 @@
+"""The training facts a site attaches to every update, for the server-side audit to model the attacker correctly.
+
+An honest-but-curious server usually knows the local batch size, step count and learning rate; the audit must
+assume it does, so the site states them instead of leaving the audit to guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import nn
+
+FACTS_VERSION = 1
+FL_META_ATTRIBUTE = "__fl_meta__"  # read by NVFlare's FLCallback at on_train_end
+
+
+def bn_buffers_in_state_dict(module: nn.Module) -> bool:
+    """Whether the module's state dict carries BatchNorm running statistics (they travel with a DIFF update)."""
+    return any(
+        isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats for layer in module.modules()
+    )
+
+
+def bn_momentum(module: nn.Module) -> float | None:
+    momenta = {
+        layer.momentum for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+    }
+    return float(momenta.pop()) if len(momenta) == 1 and None not in momenta else None
+
+
+class TrainingFactsCallback(Callback):
+    """Counts what local training did in this round and hands it to NVFlare as update meta.
+
+    Must come before NVFlare's ``FLCallback`` in the trainer's callback list (``flare.patch`` appends it last), so
+    the meta is in place when ``FLCallback.on_train_end`` sends the update.
+
+    Args:
+        num_train_images: Size of the site's training set.
+        configured_batch_size: The loader's batch size.
+        local_epochs: Epochs per round.
+    """
+
+    def __init__(self, *, num_train_images: int, configured_batch_size: int, local_epochs: int) -> None:
+        self.num_train_images = num_train_images
+        self.configured_batch_size = configured_batch_size
+        self.local_epochs = local_epochs
+        self._start_step = 0
+        self._batch_sizes: list[int] = []
+        self.last_facts: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_step = trainer.global_step
+        self._batch_sizes = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_sizes.append(int(batch["label"].shape[0]))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        learning_rate = float(optimizer.param_groups[0]["lr"]) if optimizer else None
+        self.last_facts = {
+            "medpfl_facts_version": FACTS_VERSION,
+            "batch_size": self.configured_batch_size,
+            "batch_sizes": sorted(set(self._batch_sizes)),
+            "local_steps": trainer.global_step - self._start_step,
+            "local_epochs": self.local_epochs,
+            "learning_rate": learning_rate,
+            "optimizer": type(optimizer).__name__.lower() if optimizer else None,
+            "num_train_images": self.num_train_images,
+            "num_images_seen": int(sum(self._batch_sizes)),
+            "bn_buffers_included": bn_buffers_in_state_dict(pl_module),
+            "bn_momentum": bn_momentum(pl_module),
+            "network": getattr(pl_module, "network", None),
+            "image_size": getattr(pl_module, "image_size", None),
+            "in_channels": getattr(pl_module, "in_channels", None),
+            "num_classes": getattr(pl_module, "num_classes", None),
+            "state_dict_prefix": "net.",
+            "torch_version": str(torch.__version__),
+        }
+        setattr(pl_module, FL_META_ATTRIBUTE, dict(self.last_facts))

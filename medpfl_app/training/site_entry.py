@@ -1,0 +1,125 @@
+"""What runs at each site inside NVFlare: receive the global model, validate it, train locally, send the update.
+
+``custom/medpfl_site.py`` (shipped in every job's ``app/custom/``) only calls `main`. The site finds its data
+through `medpfl_app.data.resolve_site_data` — site-local configuration, never a path baked into the job — so the
+same job runs unchanged at every hospital.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from medpfl_app.errors import MedPFLError
+
+logger = logging.getLogger("medpfl.site")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="MedPFL site training entry (run by NVFlare's Client API)")
+    parser.add_argument("--network", default="small_cnn")
+    parser.add_argument("--num_classes", type=int, default=4)
+    parser.add_argument("--image_size", type=int, default=None, help="override the site's configured image size")
+    parser.add_argument("--in_channels", type=int, default=None, help="override the site's configured channels")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--local_epochs", type=int, default=1)
+    parser.add_argument("--max_steps", type=int, default=-1, help="cap local optimizer steps per round (-1: no cap)")
+    parser.add_argument("--batch_size", type=int, default=0, help="override the site's batch size (0: site's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the site's Client API loop until the server ends the job."""
+    args = build_arg_parser().parse_args(argv)
+    import nvflare.client.lightning as flare
+
+    flare.init()
+    site = flare.get_site_name()
+    try:
+        trainer, module, datamodule = _prepare(args, site)
+    except MedPFLError as error:
+        # One clear line in the site log instead of a traceback from deep inside NVFlare; the server sees this
+        # site fail its task, and the persisted global model is untouched because nothing was sent.
+        logger.error("MedPFL site %s cannot train: %s", site, error)
+        print(f"MedPFL site {site} cannot train: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+    flare.patch(trainer)
+    while flare.is_running():
+        input_model = flare.receive()
+        if input_model is None:
+            break
+        logger.info("site %s: round %s", site, input_model.current_round)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule)
+
+
+def _prepare(args: argparse.Namespace, site: str):
+    import pytorch_lightning as pl
+
+    from medpfl_app.data import build_dataloaders, load_site_data, resolve_site_data
+    from medpfl_app.models.lightning_module import ImageClassifier
+    from medpfl_app.training.datamodule import SiteDataModule
+    from medpfl_app.training.facts import TrainingFactsCallback
+
+    settings = resolve_site_data(site, workspace_dir=os.environ.get("MEDPFL_SITE_WORKSPACE"))
+    data_config = settings.data
+    overrides = {
+        key: value
+        for key, value in (
+            ("image_size", args.image_size),
+            ("in_channels", args.in_channels),
+            ("batch_size", args.batch_size or None),
+        )
+        if value
+    }
+    if overrides:
+        data_config = replace(data_config, **overrides)
+    site_data = load_site_data(settings.datalist, site=site, num_classes=args.num_classes)
+    train_loader, val_loader = build_dataloaders(site_data, data_config, site=site)
+    datamodule = SiteDataModule(train_loader, val_loader)
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    module = ImageClassifier(
+        network=args.network,
+        in_channels=data_config.in_channels,
+        num_classes=args.num_classes,
+        image_size=data_config.image_size,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        seed=args.seed,
+    )
+    facts = TrainingFactsCallback(
+        num_train_images=len(site_data.training),
+        configured_batch_size=data_config.batch_size,
+        local_epochs=args.local_epochs,
+    )
+    trainer = pl.Trainer(
+        max_epochs=args.local_epochs,
+        max_steps=args.max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[facts],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        inference_mode=False,  # validate-then-fit with torchmetrics breaks under inference mode
+        deterministic=True,
+    )
+    logger.info(
+        "site %s: %d training / %d validation images from %s",
+        site,
+        len(site_data.training),
+        len(site_data.validation),
+        settings.datalist,
+    )
+    return trainer, module, datamodule
+
