@@ -45,13 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="validate a site's data and load every image once",
         description=(
             "Validate a datalist JSON or class-per-folder tree, load every image once through the MONAI transforms "
-            "and print counts per class and the image shape. Exits 2 with one clear message on bad data."
+            "and print counts per class and the image shape. Without SOURCE, the site's own data configuration is "
+            "used (MEDPFL_SITE_DATA_CONFIG, <workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly "
+            "as the training job finds it. Exits 2 with one clear message on bad data."
         ),
     )
-    check.add_argument("source", type=Path, help="datalist JSON file or class-per-folder root")
-    check.add_argument("--site", default=None, help="site name to show in messages (e.g. site-1)")
-    check.add_argument("--image-size", type=int, default=None, help="resize to this size (default: DataConfig's)")
-    check.add_argument("--in-channels", type=int, default=None, help="channels to adapt images to (default: 1)")
+    check.add_argument(
+        "source", type=Path, nargs="?", default=None, help="datalist JSON file or class-per-folder root"
+    )
+    check.add_argument("--site", default=None, help="site name (e.g. site-1); required without SOURCE")
+    check.add_argument(
+        "--workspace", type=Path, default=None, help="the site's NVFlare workspace (holds local/); without SOURCE"
+    )
+    check.add_argument("--image-size", type=int, default=None, help="resize to this size (default: the site's)")
+    check.add_argument("--in-channels", type=int, default=None, help="model input channels (default: the site's)")
     check.set_defaults(func=_run_check)
 
 
@@ -81,13 +88,27 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from medpfl_app.data.check import check_site_data
     from medpfl_app.data.config import DataConfig
+    from medpfl_app.errors import MedPFLError
 
+    source, base = args.source, DataConfig()
+    if source is None:
+        if not args.site:
+            raise MedPFLError(
+                "medpfl data check needs a SOURCE or a --site whose data configuration to use",
+                fix="run `medpfl data check path/to/datalist.json` or `medpfl data check --site site-1 "
+                "[--workspace <site workspace>]`",
+            )
+        from medpfl_app.data.site_config import resolve_site_data
+
+        settings = resolve_site_data(args.site, workspace_dir=args.workspace)
+        source, base = settings.datalist, settings.data
+        print(f"[{args.site}] data configuration: {settings.config_file or source}")
     overrides = {}
     if args.image_size is not None:
         overrides["image_size"] = args.image_size
     if args.in_channels is not None:
         overrides["in_channels"] = args.in_channels
-    config = DataConfig.from_dict(overrides)
-    summary = check_site_data(args.source, config, site=args.site, progress=True)
+    config = DataConfig.from_dict(base.to_dict(), **overrides)
+    summary = check_site_data(source, config, site=args.site, progress=True)
     print(summary.format())
     return 0

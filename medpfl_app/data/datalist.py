@@ -83,7 +83,8 @@ def load_site_data(source: str | Path, *, site: str | None = None, num_classes: 
         MedPFLError: For a missing source, an empty folder, a missing or unsupported image file, invalid JSON, a
             label that is not an integer in ``[0, num_classes)``, or zero training images.
     """
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    bad_count = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    if num_classes is not None and bad_count:
         raise MedPFLError(f"num_classes must be a positive integer, got {num_classes!r}", fix="pass num_classes >= 1")
     path = Path(source).expanduser()
     if not path.exists():
@@ -141,7 +142,7 @@ def _load_datalist(path: Path, *, site: str | None, num_classes: int | None) -> 
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
         raise MedPFLError(
             f"datalist {path} names {len(class_names)} classes but {num_classes} are expected",
-            fix=f"list exactly {num_classes} class names under 'classes', or use a model with {len(class_names)} classes",
+            fix=f"list exactly {num_classes} class names under 'classes', or use a {len(class_names)}-class model",
             site=site,
         )
     count = num_classes or (len(class_names) if class_names is not None else max(labels, default=-1) + 1)
@@ -218,7 +219,8 @@ def _load_class_folders(root: Path, *, site: str | None, num_classes: int | None
         training = _scan_tree(split_dirs["training"], class_names, site=site)
         validation: list[tuple[Path, int]] = []
         if split_dirs["validation"].is_dir():
-            extra = sorted(set(_class_folders(split_dirs["validation"], site=site, allow_empty=True)) - set(class_names))
+            val_names = _class_folders(split_dirs["validation"], site=site, allow_empty=True)
+            extra = sorted(set(val_names) - set(class_names))
             if extra:
                 raise MedPFLError(
                     f"validation class folder(s) {', '.join(extra)} in {split_dirs['validation']} have no training "

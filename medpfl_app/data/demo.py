@@ -79,7 +79,9 @@ def generate_demo_dataset(
     names = _site_names(num_sites, site_names)
     for label, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise MedPFLError(f"{label} must be an integer >= {minimum}, got {value!r}", fix=f"set {label} >= {minimum}")
+            raise MedPFLError(
+                f"{label} must be an integer >= {minimum}, got {value!r}", fix=f"set {label} >= {minimum}"
+            )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise MedPFLError(f"seed must be a non-negative integer, got {seed!r}", fix="pass e.g. seed=0")
     num_classes = len(PHANTOM_CLASSES)

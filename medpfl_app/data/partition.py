@@ -55,7 +55,9 @@ def partition_indices(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise MedPFLError(f"{name} must be an integer >= {minimum}, got {value!r}", fix=f"set {name} >= {minimum}")
     if not alpha > 0:
-        raise MedPFLError(f"Dirichlet alpha must be > 0, got {alpha}", fix="use e.g. alpha=0.5 (skewed) or 100 (near IID)")
+        raise MedPFLError(
+            f"Dirichlet alpha must be > 0, got {alpha}", fix="use e.g. alpha=0.5 (skewed) or 100 (near IID)"
+        )
     if array.size < num_sites * min_per_site:
         raise MedPFLError(
             f"cannot give {num_sites} sites at least {min_per_site} sample(s) each from {array.size} samples",

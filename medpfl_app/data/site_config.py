@@ -121,7 +121,11 @@ def read_site_data_config(path: str | Path, *, site: str | None = None) -> SiteD
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
-        raise MedPFLError(f"cannot read site data configuration {path}: {error}", fix="check the file", site=site) from None
+        raise MedPFLError(
+            f"cannot read site data configuration {path}: {error}",
+            fix="check that the file exists and is readable UTF-8 JSON",
+            site=site,
+        ) from None
     except json.JSONDecodeError as error:
         raise MedPFLError(
             f"site data configuration {path} is not valid JSON: {error.msg} at line {error.lineno}, "

@@ -1,4 +1,4 @@
-"""MONAI transforms from an item ``{"image": path, "label": int}`` to ``{"image": FloatTensor[C,H,W], "label": LongTensor[]}``.
+"""MONAI transforms: ``{"image": path, "label": int}`` → ``{"image": FloatTensor[C,H,W], "label": LongTensor[]}``.
 
 There is deliberately no augmentation: the privacy audit compares reconstructions with the exact images a site
 trained on, so training and validation use the same deterministic chain.

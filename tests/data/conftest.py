@@ -1,68 +1,11 @@
-"""Writers of tiny seeded images in every supported format, shared by the data-layer tests."""
+"""Fixtures of the data-layer tests."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import nibabel as nib
-import numpy as np
 import pytest
-from PIL import Image
-
-
-def gradient(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """A seeded float image with a known range (0 … 1) and no constant regions."""
-    rng = np.random.default_rng(seed)
-    values = np.linspace(0.0, 1.0, int(np.prod(shape))).reshape(shape)
-    return (0.8 * values + 0.2 * rng.random(shape)).astype(np.float32)
-
-
-def write_nifti(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, affine=np.eye(4)), path)
-    return path
-
-
-def write_png(path: Path, array: np.ndarray, *, rgb: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.clip(array * 255, 0, 255).astype(np.uint8)
-    if rgb:
-        pixels = np.stack([pixels, pixels // 2, 255 - pixels], axis=-1)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_dicom(path: Path, array: np.ndarray) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "MR"
-    dataset.Rows, dataset.Columns = array.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = np.round(array * 4000).astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def write_datalist(path: Path, content: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content), encoding="utf-8")
-    return path
+from datafiles import gradient, write_datalist, write_nifti
 
 
 @pytest.fixture

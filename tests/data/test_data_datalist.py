@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import gradient, write_datalist, write_dicom, write_nifti, write_png
+from datafiles import gradient, write_datalist, write_dicom, write_nifti, write_png
 
 from medpfl_app.data import load_site_data
 from medpfl_app.errors import MedPFLError

@@ -17,6 +17,7 @@ from medpfl_app.data import (
     generate_phantom,
     generate_phantoms,
     load_site_data,
+    write_site_data_config,
 )
 from medpfl_app.errors import MedPFLError
 
@@ -130,11 +131,18 @@ def test_demo_cli_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             print(error)
             return 2
 
-    assert run("data", "demo", "--out", str(tmp_path), "--sites", "2", "--train-per-site", "4", "--val-per-site", "2") == 0
+    sizes = ("--sites", "2", "--train-per-site", "4", "--val-per-site", "2")
+    assert run("data", "demo", "--out", str(tmp_path), *sizes) == 0
     out = capsys.readouterr().out
     assert "site-2" in out and str(tmp_path / "site-1" / "datalist.json") in out
     assert run("data", "check", str(tmp_path / "site-1"), "--site", "site-1") == 0
     assert "4 training, 2 validation" in capsys.readouterr().out
+    workspace = tmp_path / "ws" / "site-1"
+    write_site_data_config(workspace / "local" / "medpfl_data.json", tmp_path / "site-1", DataConfig(image_size=16))
+    assert run("data", "check", "--site", "site-1", "--workspace", str(workspace)) == 0
+    assert "model input shape (1, 16, 16)" in capsys.readouterr().out
+    assert run("data", "check") == 2
+    assert "needs a SOURCE or a --site" in capsys.readouterr().out
     victim = load_site_data(tmp_path / "site-2").training[1]["image"]
     Path(victim).write_bytes(b"corrupt")
     assert run("data", "check", str(tmp_path / "site-2"), "--site", "site-2") == 2

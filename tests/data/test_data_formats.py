@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import gradient, write_dicom, write_nifti, write_png
+from datafiles import gradient, write_dicom, write_nifti, write_png
 
 from medpfl_app.data import DataConfig, build_transforms
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import gradient, write_datalist, write_png
+from datafiles import gradient, write_datalist, write_png
 
 from medpfl_app.data import DataConfig, build_dataloaders, build_dataset, load_site_data
 from medpfl_app.errors import MedPFLError
@@ -34,7 +34,8 @@ def test_shuffle_is_seeded(small_datalist: Path) -> None:
     """The same seed gives the same batch order; shuffle=False keeps the datalist order."""
 
     def order(**settings: object) -> list[int]:
-        loader, _ = build_dataloaders(load_site_data(small_datalist), DataConfig(image_size=8, batch_size=1, **settings))
+        config = DataConfig(image_size=8, batch_size=1, **settings)
+        loader, _ = build_dataloaders(load_site_data(small_datalist), config)
         return [int(batch["index"]) for epoch in range(3) for batch in loader]
 
     assert order(seed=1) == order(seed=1)
