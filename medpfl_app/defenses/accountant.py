@@ -19,13 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import RDPAccountant
-
 from medpfl_app.defenses._update import is_positive_number, require
 from medpfl_app.errors import MedPFLError
 
 LEDGER_FORMAT = "medpfl-dp-ledger/1"
 SITE_SAMPLE_RATE = 1.0
+
+
+def _rdp_accountant() -> Any:
+    # Imported on use: opacus pulls in torch (seconds to import), which NumPy-only filter processes need not pay.
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
 
 
 class BudgetExceeded(MedPFLError):
@@ -55,7 +60,7 @@ def check_delta(delta: object) -> float:
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
     """ε for δ of a history of (noise_multiplier, sample_rate, steps), computed by Opacus' RDP accountant."""
-    accountant = RDPAccountant()
+    accountant = _rdp_accountant()
     accountant.history = [tuple(entry) for entry in history]
     return float(accountant.get_epsilon(delta=delta)) if history else 0.0
 
@@ -72,12 +77,12 @@ class SiteAccountant:
     """
 
     def __init__(self) -> None:
-        self._rdp = RDPAccountant()
+        self._rdp = _rdp_accountant()
         self.releases: list[dict[str, Any]] = []
 
     @staticmethod
     def mechanism() -> str:
-        return RDPAccountant.mechanism()
+        return "rdp"  # opacus.accountants.RDPAccountant.mechanism()
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -93,7 +98,7 @@ class SiteAccountant:
 
     def epsilon_after_step(self, *, noise_multiplier: float, delta: float) -> float:
         """Cumulative ε if one more release at ``noise_multiplier`` happened; the state is not changed."""
-        trial = RDPAccountant()
+        trial = _rdp_accountant()
         trial.history = copy.deepcopy(self._rdp.history)
         trial.step(noise_multiplier=float(noise_multiplier), sample_rate=SITE_SAMPLE_RATE)
         return epsilon_of(trial.history, check_delta(delta))

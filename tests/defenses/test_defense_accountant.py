@@ -73,6 +73,7 @@ def test_mixed_noise_levels_compose_like_opacus(tmp_path) -> None:
 def test_state_from_another_mechanism_or_a_corrupt_file_is_refused(tmp_path) -> None:
     """load_state_dict refuses a PRV/GDP state; an unreadable ledger fails closed instead of resetting."""
     accountant = SiteAccountant()
+    assert accountant.mechanism() == RDPAccountant.mechanism()
     accountant.step(noise_multiplier=1.0)
     state = accountant.state_dict()
     state["mechanism"] = "prv"
