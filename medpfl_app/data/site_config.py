@@ -7,7 +7,8 @@ this order:
 2. ``<workspace>/local/medpfl_data.json`` — the NVFlare site's ``local/`` folder. Without an explicit workspace,
    ``local/medpfl_data.json`` under the current directory and each of its parents (NVFlare runs site code inside
    the site's workspace).
-3. ``MEDPFL_DATA_ROOT``: a folder holding one sub-folder per site, ``<root>/<site>/datalist.json``.
+3. ``MEDPFL_DATA_ROOT``: a folder holding one sub-folder per site, ``<root>/<site>/datalist.json`` (or, without
+   that file, ``<root>/<site>/`` as a class-per-folder tree).
 
 The file::
 
@@ -96,6 +97,8 @@ def resolve_site_data(
         datalist = site_dir / DATALIST_NAME
         if datalist.is_file():
             return SiteDataSettings(datalist=datalist, data=DataConfig(), config_file=None)
+        if site_dir.is_dir():  # a class-per-folder tree without a datalist
+            return SiteDataSettings(datalist=site_dir, data=DataConfig(), config_file=None)
         looked_at.append(f"${DATA_ROOT_ENV}/{site_name}/{DATALIST_NAME} = {datalist}")
     else:
         looked_at.append(f"${DATA_ROOT_ENV} (not set)")

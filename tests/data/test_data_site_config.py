@@ -39,6 +39,9 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     third = resolve_site_data("site-1", workspace_dir=tmp_path / "elsewhere", environ=environ)
     assert third.datalist == root_datalist and third.config_file is None
+    (tmp_path / "root" / "site-2" / "glioma").mkdir(parents=True)  # class-per-folder tree, no datalist
+    tree = resolve_site_data("site-2", workspace_dir=tmp_path / "elsewhere", environ=environ)
+    assert tree.datalist == tmp_path / "root" / "site-2"
 
 
 def test_local_file_found_in_current_directory_or_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
