@@ -92,3 +92,46 @@ def test_nothing_is_written_for_a_bad_policy_or_a_non_site_folder(tmp_path) -> N
         install_privacy_policy(tmp_path / "elsewhere")
     with pytest.raises(MedPFLError, match="not found"):
         install_privacy_policy(site, "no-such-template")
+
+
+def test_installed_private_scope_defends_a_full_weights_result_end_to_end(tmp_path) -> None:
+    """The NVFlare-built 'private' scope: task data recorded, BN stats dropped, local − global clipped and noised,
+    ε charged to <site>/medpfl/client_dp_ledger.json and written to the meta."""
+    import numpy as np
+    from nvflare.apis.dxo import DXO, DataKind, from_shareable
+    from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+    from nvflare.apis.fl_context import FLContext
+
+    site = _site(tmp_path)
+    install_privacy_policy(site)
+    scope = create_privacy_manager(Workspace(str(site), "site-1"), names_only=False).get_scope("private")
+
+    class _Engine:
+        def get_workspace(self) -> Workspace:
+            return Workspace(str(site), "site-1")
+
+        def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+            del event_type, fl_ctx
+
+    ctx = FLContext()
+    ctx.set_prop(ReservedKey.ENGINE, _Engine(), private=True, sticky=True)
+    ctx.set_prop(ReservedKey.RUN_NUM, "job-7", private=False, sticky=True)
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, "site-1", private=False, sticky=True)
+    ctx.set_prop(FLContextKey.TASK_ID, "t-1", private=True, sticky=False)
+    rng = np.random.default_rng(0)
+    global_model = {"fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
+                    "bn.running_mean": np.zeros(4, np.float32), "bn.running_var": np.ones(4, np.float32)}
+    data = DXO(DataKind.WEIGHTS, global_model).to_shareable()
+    for f in scope.task_data_filters["in"]:
+        data = f.process(data, ctx)
+    local = {k: v + 0.5 for k, v in global_model.items()}
+    result = DXO(DataKind.WEIGHTS, local).to_shareable()
+    for f in scope.task_result_filters["out"]:
+        result = f.process(result, ctx)
+    out = from_shareable(result)
+    assert set(out.data) == {"fc.weight"}
+    assert [e["defense"] for e in out.meta["medpfl_defenses"]] == ["drop_bn_stats", "client_dp"]
+    dp = out.meta["medpfl_defenses"][1]
+    assert dp["applied_to"] == "difference to recorded global model" and dp["epsilon_total"] > 0
+    ledger = json.loads((site / "medpfl" / "client_dp_ledger.json").read_text())
+    assert ledger["history"] == [[1.0, 1.0, 1]] and ledger["releases"][0]["job_id"] == "job-7"
