@@ -7,7 +7,6 @@ heuristics. Use `medpfl_app.defenses.client_dp` for a formal client-level guaran
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,7 @@ OK (they carry no result), payload-free replies, ``METRICS`` DXOs (no parameters
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -64,8 +64,6 @@ class DefenseFilter(DXOFilter):
 
     _defense: Defense
     _rng: np.random.Generator | None = None
-    #: Extra JSON fields a subclass adds to its meta entry (e.g. the DP cost).
-    _extra_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         # None: every data kind reaches process_dxo, which decides (defend / pass METRICS / refuse).

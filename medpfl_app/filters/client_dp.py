@@ -48,8 +48,6 @@ class ClientDPFilter(DefenseFilter):
         update (e.g. training loss) are not covered.
     """
 
-    _extra_keys = ("epsilon_round", "epsilon_total", "delta")
-
     def __init__(
         self,
         clip_norm: float,
