@@ -20,3 +20,23 @@ They can share a chain with MedPFL filters (chain order = list order; each MedPF
 ``medpfl_defenses`` meta list). Order does not weaken `ClientDPFilter`: filters before it only change what is
 clipped, filters after it are post-processing. Drop BN statistics first so that noise never lands on them.
 """
+
+from medpfl_app.registry import Registry
+
+#: Defense key (as in `medpfl_app.defenses.DEFENSES`) → the class path to put in a job config or privacy.json.
+FILTER_PATHS: Registry[str] = Registry("defense filter")
+for _key, _path in (
+    ("laplace_noise", "medpfl_app.filters.noise.LaplaceNoiseFilter"),
+    ("gaussian_noise", "medpfl_app.filters.noise.GaussianNoiseFilter"),
+    ("client_dp", "medpfl_app.filters.client_dp.ClientDPFilter"),
+    ("top_k", "medpfl_app.filters.compression.TopKFilter"),
+    ("uniform_quantization", "medpfl_app.filters.compression.UniformQuantizationFilter"),
+    ("sign_quantization", "medpfl_app.filters.compression.SignQuantizationFilter"),
+    ("drop_bn_stats", "medpfl_app.filters.batchnorm.DropBatchNormStatsFilter"),
+):
+    FILTER_PATHS.register(_key)(_path)
+
+
+def filter_config(key: str, **args: object) -> dict[str, object]:
+    """A ``{"path": ..., "args": {...}}`` entry for the filter of defense ``key`` (args are not validated here)."""
+    return {"path": FILTER_PATHS.get(key), "args": dict(args)}

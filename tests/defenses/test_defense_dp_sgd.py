@@ -31,6 +31,7 @@ def _train_epoch(session) -> None:
         session.optimizer.step()
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")  # Opacus' hooks on a first layer whose input has no grad
 def test_dp_sgd_replaces_batchnorm_and_reports_growing_epsilon() -> None:
     """BN → GroupNorm via Opacus, ε > 0 after an epoch and larger after two, equal to Opacus' RDP for the history."""
     model, loader = _tiny()

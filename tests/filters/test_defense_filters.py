@@ -321,3 +321,21 @@ def test_constructor_args_are_stored_unchanged_for_nvflare_export(cls, tmp_path)
         assert getattr(f, key) == value and type(getattr(f, key)) is type(value)
     if issubclass(cls, DefenseFilter):
         assert f._defense.params()  # derived state lives elsewhere
+
+
+def test_every_registered_defense_has_an_importable_filter() -> None:
+    """FILTER_PATHS covers the defense registry; each path builds a filter wrapping that very defense."""
+    import importlib
+
+    from medpfl_app.defenses import DEFENSES
+    from medpfl_app.filters import FILTER_PATHS, filter_config
+
+    assert FILTER_PATHS.names() == DEFENSES.names()
+    samples = {"laplace_noise": {"scale": 0.1}, "gaussian_noise": {"sigma": 0.1},
+               "client_dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}, "top_k": {"fraction": 0.5},
+               "uniform_quantization": {"bits": 8}, "sign_quantization": {}, "drop_bn_stats": {}}
+    for key in DEFENSES:
+        entry = filter_config(key, **samples[key])
+        module, _, cls = entry["path"].rpartition(".")
+        f = getattr(importlib.import_module(module), cls)(**entry["args"])
+        assert f._defense.key == key
