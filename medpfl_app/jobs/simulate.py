@@ -20,6 +20,7 @@ from pathlib import Path
 from medpfl_app.errors import MedPFLError
 
 ROUND_STARTED = re.compile(r"Round (\d+) started")
+SITE_FAILURE = re.compile(r"MedPFL site (\S+) cannot train: (.*?\n\s*fix: [^\n]*)", re.DOTALL)
 GLOBAL_MODEL_FILE = "FL_global_model.pt"
 
 
@@ -137,6 +138,12 @@ def _kill_group(process: subprocess.Popen) -> None:
 def _collect(sim_dir: Path, log_file: Path, wall: float, returncode: int | None) -> SimulationResult:
     server_run_dir = sim_dir / "server" / "simulate_job"
     models = sorted(server_run_dir.rglob(GLOBAL_MODEL_FILE))
+    failures = site_failures(log_file)
+    if failures:
+        raise MedPFLError(
+            "the simulation stopped because a site could not train:\n" + "\n".join(failures),
+            fix=f"fix the site's data as the message says, then run again (full log: {log_file})",
+        )
     if not models:
         raise MedPFLError(
             f"the simulation produced no global model (exit code {returncode}; log: {log_file})",
@@ -150,6 +157,18 @@ def _collect(sim_dir: Path, log_file: Path, wall: float, returncode: int | None)
         log_file=log_file,
         wall_seconds=wall,
     )
+
+
+def site_failures(log_file: Path) -> list[str]:
+    """The one-message reasons sites logged for refusing to train (see `medpfl_app.training.site_entry`)."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return []
+    reasons: dict[str, str] = {}
+    for site, reason in SITE_FAILURE.findall(text):
+        reasons.setdefault(site, f"{site}: {reason.strip()}")
+    return list(reasons.values())
 
 
 def read_round_metrics(run_dir: Path) -> list[dict]:

@@ -1,0 +1,37 @@
+"""Real NVFlare runs, shared per session: each start-up costs a minute of imports on a 2-core machine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from medpfl_app.data import generate_demo_dataset
+from medpfl_app.jobs import JOB_CATALOG, JobSpec
+from medpfl_app.jobs.builder import export_job
+from medpfl_app.jobs.simulate import SimulationResult, run_simulation
+
+SIM_SITES = ["site-1", "site-2"]
+
+
+def small_job(name: str, *, num_rounds: int = 2, min_clients: int = 2, **changes) -> JobSpec:
+    """The demo job shrunk for tests: 32 px images, one local epoch."""
+    base = JOB_CATALOG["fedavg_small_cnn"]
+    training = replace(base.training, image_size=32, local_epochs=1)
+    return replace(base, name=name, num_rounds=num_rounds, min_clients=min_clients, training=training, **changes)
+
+
+@pytest.fixture(scope="session")
+def demo_data_2_sites(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("demo_data")
+    return generate_demo_dataset(root, num_sites=2, train_per_site=16, val_per_site=8, image_size=32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def simulated_fedavg(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites) -> SimulationResult:
+    root = tmp_path_factory.mktemp("sim_fedavg")
+    job = export_job(small_job("sim_fedavg"), root / "jobs")
+    return run_simulation(
+        job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
+    )
