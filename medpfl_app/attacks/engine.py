@@ -1,0 +1,334 @@
+"""The optimisation engine shared by every gradient-matching attack.
+
+Restarts live in one tensor ``(R, N, C, H, W)``; the per-restart objective is vectorised with ``torch.func.vmap``
+and differentiated with ordinary autograd, so R restarts cost one batched forward/double-backward per iteration
+instead of R sequential ones. The best iterate of every restart is kept in a preallocated buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from medpfl_app.attacks.knowledge import AttackerKnowledge
+from medpfl_app.attacks.labels import LabelMethod, expected_probabilities, recover_labels_from_update
+from medpfl_app.attacks.result import AttackResult
+from medpfl_app.attacks.victim import Victim, resolve_mode, target_update
+from medpfl_app.errors import MedPFLError
+
+Init = Literal["randn", "rand", "patterned", "prior"]
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    """Budget and recipe of a gradient-matching attack; every attack preset is one of these.
+
+    Attributes:
+        iterations: Optimiser steps. An Adam step is one matching-loss evaluation; an L-BFGS step runs up to
+            ``lbfgs_max_iter`` quasi-Newton updates (torch's ``max_iter``, 20 in the DLG/iDLG/CPL code).
+        lbfgs_max_iter: Quasi-Newton updates per L-BFGS step.
+        restarts: Independent initialisations, optimised together; the best by matching loss is returned.
+        optimizer: ``lbfgs`` (DLG/iDLG/CPL) or ``adam`` (Inverting Gradients and later).
+        lr: Step size.
+        objective: ``l2`` (sum of squared differences) or ``cosine`` (1 − cosine similarity over the layers).
+        signed: Step along the sign of the image gradient (Inverting Gradients).
+        lr_decay: Multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of the iterations.
+        tv: Weight of the anisotropic total-variation prior.
+        l2: Weight of the squared-norm image prior.
+        bn: Weight of the BatchNorm-statistics term (needs BN buffers in the update).
+        gradient_weight: Weight of the update-matching term (0 = BN statistics and priors only).
+        box: Clamp images to [0, 1] after every step.
+        init: ``randn`` N(0,1), ``rand`` U(0,1), ``patterned`` (CPL: a half-size random tile repeated 2×2),
+            ``prior`` (a given image plus small noise).
+        labels: ``auto`` (known labels if granted, else recovered), ``recover`` (always recover) or ``optimize``
+            (DLG: soft labels optimised jointly).
+        label_method: Method for label recovery (see `medpfl_app.attacks.labels.recover_labels`).
+        top_layers: Match only the k update tensors with the largest norm (None = all).
+        update_mode: For weight differences: ``auto``, ``approximate`` (−Δ/(η·S) as a gradient) or ``unrolled``
+            (simulate the S local steps and match Δ).
+        stop_loss: Stop once every restart's matching loss is below this (0 disables early stopping).
+        batched: Vectorise restarts with vmap (False runs them one after another; same results).
+        seed: Seed of the initialisation.
+    """
+
+    iterations: int = 300
+    lbfgs_max_iter: int = 1
+    restarts: int = 1
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    lr: float = 1.0
+    objective: Literal["l2", "cosine"] = "l2"
+    signed: bool = False
+    lr_decay: bool = False
+    tv: float = 0.0
+    l2: float = 0.0
+    bn: float = 0.0
+    gradient_weight: float = 1.0
+    box: bool = False
+    init: Init = "randn"
+    labels: Literal["auto", "recover", "optimize"] = "auto"
+    label_method: LabelMethod = "auto"
+    top_layers: int | None = None
+    update_mode: Literal["auto", "approximate", "unrolled"] = "auto"
+    stop_loss: float = 0.0
+    batched: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.restarts < 1 or self.lbfgs_max_iter < 1:
+            raise MedPFLError(
+                f"iterations and restarts must be >= 1, got {self.iterations} and {self.restarts}",
+                fix="give the attack a positive budget",
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MedPFLError(f"attack lr must be positive, got {self.lr}", fix="set a positive lr")
+        for name in ("tv", "l2", "bn", "gradient_weight", "stop_loss"):
+            if getattr(self, name) < 0:
+                raise MedPFLError(f"{name} must be >= 0, got {getattr(self, name)}", fix=f"set {name} >= 0")
+        choices = {
+            "optimizer": ("lbfgs", "adam"),
+            "objective": ("l2", "cosine"),
+            "init": ("randn", "rand", "patterned", "prior"),
+            "labels": ("auto", "recover", "optimize"),
+            "update_mode": ("auto", "approximate", "unrolled"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise MedPFLError(f"unknown {name} {getattr(self, name)!r}", fix=f"use one of: {', '.join(allowed)}")
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV: mean absolute difference of neighbouring pixels along each spatial axis."""
+    return sum(images.diff(dim=d).abs().mean() for d in range(images.ndim - 2, images.ndim))  # type: ignore[return-value]
+
+
+def matching_loss(
+    simulated: dict[str, torch.Tensor], target: dict[str, torch.Tensor], objective: str
+) -> torch.Tensor:
+    """Distance between a simulated and the observed update over the names in ``target``."""
+    if objective == "l2":
+        return sum((simulated[n] - t).pow(2).sum() for n, t in target.items())  # type: ignore[return-value]
+    dot = sum((simulated[n] * t).sum() for n, t in target.items())
+    sim_norm = sum(simulated[n].pow(2).sum() for n in target)
+    tgt_norm = sum(t.pow(2).sum() for t in target.values())
+    return 1 - dot / (torch.sqrt(sim_norm) * math.sqrt(float(tgt_norm)) + 1e-12)  # type: ignore[operator]
+
+
+def _initial_images(
+    config: MatchingConfig, shape: tuple[int, ...], prior: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
+    if config.init == "randn":
+        return torch.randn(shape, generator=generator)
+    if config.init == "rand":
+        return torch.rand(shape, generator=generator)
+    if config.init == "patterned":
+        tile_shape = shape[:3] + tuple(-(-s // 2) for s in shape[3:])
+        tile = torch.rand(tile_shape, generator=generator)
+        tiled = tile.repeat(1, 1, 1, *([2] * (len(shape) - 3)))
+        return tiled[(...,) + tuple(slice(0, s) for s in shape[3:])].contiguous()
+    if prior is None:
+        raise MedPFLError("init 'prior' needs a prior image", fix="pass prior=... to run() or choose another init")
+    base = prior.float().reshape(shape[-len(prior.shape) :]) if prior.ndim < len(shape) else prior.float()
+    return (base.expand(shape) + 0.01 * torch.randn(shape, generator=generator)).clamp(0, 1)
+
+
+def _select_layers(target: dict[str, torch.Tensor], top: int | None) -> dict[str, torch.Tensor]:
+    if top is None or top >= len(target):
+        return target
+    ranked = sorted(target, key=lambda n: float(target[n].norm()), reverse=True)[:top]
+    return {n: target[n] for n in target if n in ranked}
+
+
+def run_matching(
+    attack_name: str,
+    knowledge: AttackerKnowledge,
+    config: MatchingConfig,
+    *,
+    prior: torch.Tensor | None = None,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> AttackResult:
+    """Reconstruct the images behind ``knowledge.update`` with the recipe ``config``.
+
+    Args:
+        attack_name: Name recorded in the result.
+        knowledge: What the attacker knows.
+        config: The recipe and budget.
+        prior: Prior image ``(C, H, W)`` for ``init='prior'``.
+        progress: Show a tqdm progress bar.
+        callback: Called as ``callback(iteration, matching_losses)`` after each iteration (e.g. for logging).
+    """
+    started = time.perf_counter()
+    victim = Victim(knowledge)
+    mode = resolve_mode(knowledge, config.update_mode)
+    target = _select_layers(target_update(knowledge, mode), config.top_layers)
+    observed_bn = victim.observed_bn_stats(knowledge, knowledge.local_steps) if config.bn > 0 else {}
+    if config.bn > 0 and not observed_bn:
+        raise MedPFLError(
+            "the BN-statistics prior needs BatchNorm running buffers in the update and BN in train mode",
+            fix="attack an update that carries running_mean/running_var (bn_buffers_included) or set bn=0",
+        )
+    n_images = knowledge.images
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = (config.restarts, n_images, *knowledge.image_shape)
+    images = _initial_images(config, shape, prior, generator).requires_grad_(True)
+    variables = [images]
+
+    labels_source = "known"
+    soft_labels = None
+    if config.labels == "optimize":
+        soft_labels = torch.randn(config.restarts, n_images, knowledge.num_classes, generator=generator)
+        soft_labels.requires_grad_(True)
+        variables.append(soft_labels)
+        labels = torch.zeros(n_images, dtype=torch.long)
+        labels_source = "optimised"
+    elif knowledge.labels is not None and config.labels == "auto":
+        labels = knowledge.labels.long()
+    else:
+        gradient_scale = mode == "gradient" or knowledge.learning_rate is not None
+        mean_probs = (
+            expected_probabilities(lambda x: victim.logits(victim.params, x), knowledge.image_shape, seed=config.seed)
+            if gradient_scale and n_images > 1
+            else None
+        )
+        labels = recover_labels_from_update(
+            knowledge.model,
+            target_update(knowledge, "gradient" if mode == "gradient" else "approximate"),
+            n_images,
+            method=config.label_method,
+            mean_probs=mean_probs,
+        )
+        labels_source = "recovered"
+
+    steps = knowledge.local_steps if mode == "unrolled" else 1
+
+    def objective(x: torch.Tensor, soft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = labels if soft is None else F.softmax(soft, dim=-1)
+        sim = victim.simulate(
+            x,
+            targets,
+            mode=mode,
+            steps=knowledge.local_steps if mode != "gradient" else 1,
+            learning_rate=knowledge.learning_rate,
+            batch_size=knowledge.batch_size,
+            optimizer=knowledge.optimizer,
+        )
+        match = matching_loss(sim.update, target, config.objective)
+        total = config.gradient_weight * match
+        if config.bn > 0:
+            bn_term = sum(
+                (sim.bn_stats[k] - v).norm() for k, v in observed_bn.items()
+            )
+            total = total + config.bn * bn_term
+        if config.tv > 0:
+            total = total + config.tv * total_variation(x)
+        if config.l2 > 0:
+            total = total + config.l2 * x.pow(2).sum()
+        return total, match
+
+    def evaluate(x: torch.Tensor, soft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if config.batched and config.restarts > 1:
+            in_dims = (0, 0) if soft is not None else (0, None)
+            return vmap(objective, in_dims=in_dims, randomness="error")(x, soft)
+        pairs = [objective(x[r], None if soft is None else soft[r]) for r in range(x.shape[0])]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    best_loss = torch.full((config.restarts,), math.inf)
+    best_images = images.detach().clone()
+    best_soft = soft_labels.detach().clone() if soft_labels is not None else None
+    last_match = torch.full((config.restarts,), math.inf)
+
+    def record(match: torch.Tensor) -> None:
+        match = match.detach()
+        improved = torch.isfinite(match) & (match < best_loss)
+        if improved.any():
+            best_loss.copy_(torch.where(improved, match, best_loss))
+            mask = improved.reshape(-1, *([1] * (images.ndim - 1)))
+            best_images.copy_(torch.where(mask, images.detach(), best_images))
+            if best_soft is not None and soft_labels is not None:
+                best_soft.copy_(torch.where(improved[:, None, None], soft_labels.detach(), best_soft))
+        last_match.copy_(match)
+
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        optimizer.zero_grad(set_to_none=False)
+        total, match = evaluate(images, soft_labels)
+        record(match)
+        loss = total.sum()
+        if torch.isfinite(loss):
+            loss.backward()
+        if config.signed and images.grad is not None:
+            images.grad.sign_()
+        return loss
+
+    if config.optimizer == "lbfgs":
+        # No line search, as in the DLG/iDLG/CPL code; tolerances are left to torch's defaults so that a
+        # converged step ends early, and every evaluation is counted.
+        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+            variables, lr=config.lr, max_iter=config.lbfgs_max_iter, history_size=100
+        )
+    else:
+        optimizer = torch.optim.Adam(variables, lr=config.lr)
+    scheduler = (
+        torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)], gamma=0.1
+        )
+        if config.lr_decay
+        else None
+    )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iterations, desc=attack_name, unit="it", leave=False)
+    iterations = 0
+    stopped_early = False
+    for iterations in range(1, config.iterations + 1):
+        loss = optimizer.step(closure)  # type: ignore[arg-type]
+        if scheduler is not None:
+            scheduler.step()
+        if config.box:
+            with torch.no_grad():
+                images.clamp_(0, 1)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(best_loss.min()):.3g}")
+        if callback is not None:
+            callback(iterations, last_match.clone())
+        if not torch.isfinite(torch.as_tensor(loss)):
+            break  # diverged (DLG often does); the best finite iterate is kept
+        if config.stop_loss > 0 and bool((last_match < config.stop_loss).all()):
+            stopped_early = True
+            break
+    # Score the final iterate too, so the last step is never lost.
+    with torch.no_grad():  # torch.func.grad inside still computes the simulated client's gradient
+        _, match = evaluate(images.detach(), None if soft_labels is None else soft_labels.detach())
+    record(match)
+    if bar is not None:
+        bar.close()
+    best = int(torch.argmin(torch.where(torch.isfinite(best_loss), best_loss, torch.full_like(best_loss, math.inf))))
+    if best_soft is not None:
+        labels = best_soft[best].argmax(dim=-1)
+    return AttackResult(
+        attack=attack_name,
+        reconstructions=best_images[best].clamp(0, 1),
+        labels=labels.detach().clone(),
+        matching_loss=float(best_loss[best]),
+        restart_losses=tuple(float(v) for v in best_loss),
+        iterations=iterations,
+        wall_time_s=time.perf_counter() - started,
+        config={**asdict(config), "resolved_update_mode": mode, "simulated_steps": steps},
+        evaluations=evaluations,
+        threat_model=knowledge.threat_model(),
+        labels_source=labels_source,
+        stopped_early=stopped_early,
+    )

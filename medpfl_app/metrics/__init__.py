@@ -1,0 +1,33 @@
+"""Leakage metrics in [0, 1] pixel space: per-image MSE/PSNR/SSIM, ASR, labels, relative leakage, identifiability.
+
+Pure PyTorch, torchmetrics and SciPy; nothing here imports NVFlare.
+"""
+
+from medpfl_app.metrics.image import match_reconstructions, mse, psnr, ssim
+from medpfl_app.metrics.leakage import (
+    DEFAULT_SUCCESS_SSIM,
+    attack_success_rate,
+    identifiability,
+    label_accuracy,
+    lpips,
+    relative_leakage,
+)
+from medpfl_app.metrics.registry import METRICS, MetricSpec
+from medpfl_app.metrics.report import LeakageReport, evaluate_reconstruction
+
+__all__ = [
+    "DEFAULT_SUCCESS_SSIM",
+    "METRICS",
+    "LeakageReport",
+    "MetricSpec",
+    "attack_success_rate",
+    "evaluate_reconstruction",
+    "identifiability",
+    "label_accuracy",
+    "lpips",
+    "match_reconstructions",
+    "mse",
+    "psnr",
+    "relative_leakage",
+    "ssim",
+]
