@@ -10,7 +10,7 @@ import torch
 from medpfl_app.attacks import ATTACKS, UpdateKind, build_attack, knowledge_from_update
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.metrics import evaluate_reconstruction, ssim
-from tests.attacks.conftest import SIZE, SigmoidBNNet, phantom, sigmoid_lenet
+from attack_cases import SIZE, SigmoidBNNet, phantom, sigmoid_lenet
 
 LABEL = torch.tensor([2])
 

@@ -10,7 +10,7 @@ from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
-from tests.attacks.conftest import SIZE, phantom, sigmoid_lenet
+from attack_cases import SIZE, phantom, sigmoid_lenet
 
 SHAPE = (1, SIZE, SIZE)
 

@@ -10,7 +10,7 @@ from medpfl_app.attacks.labels import expected_probabilities
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
-from tests.attacks.conftest import phantom, sigmoid_lenet
+from attack_cases import phantom, sigmoid_lenet
 
 
 @pytest.mark.parametrize("label", [0, 1, 2, 3])
