@@ -78,6 +78,7 @@ def _build_fed_job(spec: JobSpec):
         learning_rate=training.learning_rate,
         optimizer=training.optimizer,
         seed=training.seed,
+        dp_sgd=training.dp_sgd,
     )
     job = BaseFedJob(
         initial_model=initial_model, name=spec.name, min_clients=spec.min_clients, key_metric="accuracy"

@@ -1,14 +1,24 @@
-"""The Lightning module every site trains: a registered network, cross-entropy, Adam/SGD, torchmetrics validation."""
+"""The Lightning module every site trains: a registered network, cross-entropy, Adam/SGD, torchmetrics validation.
+
+Optionally with sample-level DP-SGD (Opacus, `medpfl_app.defenses.dp_sgd`): construct with ``dp_sgd=True`` (BatchNorm
+is replaced by GroupNorm at construction, on the server's initial model as on every site's), then call
+`ImageClassifier.enable_dp_sgd` once with the site's training loader and train on the loader it returns. Opacus is
+attached once and kept for the whole job, so the accountant counts every local step of every FL round.
+"""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from opacus.data_loader import CollateFnWithEmpty
 from torch import nn
+from torch.utils.data import DataLoader, default_collate
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
+from medpfl_app.defenses.dp_sgd import DPSGDConfig, DPSGDSession, make_dp_compatible, make_private
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.networks import build_network
 
@@ -30,6 +40,14 @@ class ImageClassifier(pl.LightningModule):
         learning_rate: Optimizer learning rate.
         optimizer: ``adam`` or ``sgd`` (SGD without momentum, the FedAvg textbook client).
         seed: Seed for the initial weights, so every process builds the same initial global model.
+        dp_sgd: Make the network DP-SGD compatible (Opacus' validators: BatchNorm → GroupNorm) so sites can train
+            it with `enable_dp_sgd`. The server must build its initial global model with the same value, so that
+            parameter names and shapes match; the model then has no BatchNorm running statistics at all.
+
+    Notes:
+        ``dp_sgd=True`` alone protects nothing: the guarantee comes from `enable_dp_sgd` at the site. Training a
+        DP-enabled module on any loader other than the one `enable_dp_sgd` returned is refused, because the
+        accountant's sampling analysis would no longer describe the steps taken.
     """
 
     def __init__(
@@ -41,8 +59,11 @@ class ImageClassifier(pl.LightningModule):
         learning_rate: float = 1e-3,
         optimizer: str = "adam",
         seed: int = 0,
+        dp_sgd: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(dp_sgd, bool):
+            raise MedPFLError(f"dp_sgd must be true or false, got {dp_sgd!r}", fix="pass a boolean")
         if optimizer not in OPTIMIZERS:
             raise MedPFLError(f"unknown optimizer {optimizer!r}", fix=f"use one of: {', '.join(OPTIMIZERS)}")
         if not learning_rate > 0:
@@ -54,10 +75,19 @@ class ImageClassifier(pl.LightningModule):
         self.learning_rate = learning_rate
         self.optimizer = optimizer
         self.seed = seed
+        self.dp_sgd = dp_sgd
         self.save_hyperparameters()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.net = build_network(network, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+            net = build_network(network, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+            if dp_sgd:
+                # At construction, not at the site's first round: the server builds its initial global model from
+                # the same class and arguments, and NVFlare loads it into the sites with strict key matching.
+                net, _ = make_dp_compatible(net)
+        self.net = net
+        # Opacus state (hooks, DP optimizer, Poisson loader, accountant); set once by `enable_dp_sgd`, kept for
+        # the whole job so ε accumulates over all rounds.
+        self.dp_session: DPSGDSession | None = None
         self.loss = nn.CrossEntropyLoss()
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes)
         self.val_auroc = MulticlassAUROC(num_classes=num_classes)
@@ -65,9 +95,62 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def enable_dp_sgd(self, train_loader: DataLoader, config: DPSGDConfig) -> DataLoader:
+        """Attach Opacus (per-sample clipping, Gaussian noise, accountant) once for the whole job.
+
+        Args:
+            train_loader: The site's training loader.
+            config: The DP-SGD configuration.
+
+        Returns:
+            The Poisson-sampling loader to train on, in every round (``trainer.fit`` refuses any other).
+
+        Raises:
+            MedPFLError: the module was not built with ``dp_sgd=True``, or DP-SGD is already attached.
+
+        Notes:
+            Noise and batch sampling are drawn from a generator seeded from OS entropy, not from the job's seed:
+            the server knows that seed, and noise it could replay would protect nothing. Training is therefore not
+            bit-reproducible under DP-SGD. Without ``config.secure_mode`` the noise is not hardened against
+            floating-point attacks (Opacus' caveat).
+        """
+        if not self.dp_sgd:
+            raise MedPFLError("DP-SGD needs a DP-compatible network, but this module was built with dp_sgd=False",
+                              fix="build ImageClassifier(..., dp_sgd=True) at the server and at every site")
+        if self.dp_session is not None:
+            raise MedPFLError("DP-SGD is already attached to this module",
+                              fix="call enable_dp_sgd once per site; a second accountant would restart ε at 0")
+        session = make_private(self.net, self._make_optimizer, train_loader, config)
+        if session.module is not self.net:  # cannot happen after make_dp_compatible at construction; keep keys safe
+            raise MedPFLError("Opacus had to change the network after construction",
+                              fix="report this: the DP-compatible network should not need another fix")
+        if not config.secure_mode:
+            # Opacus' default draws noise from the global RNG and sampling from the loader's generator, both
+            # seeded from the job configuration in this pipeline; reseed them from OS entropy (see Notes).
+            session.optimizer.generator = torch.Generator().manual_seed(secrets.randbits(63))
+            sampler = getattr(session.data_loader, "batch_sampler", None)
+            if sampler is not None and hasattr(sampler, "generator"):
+                sampler.generator = torch.Generator().manual_seed(secrets.randbits(63))
+        _prime_empty_batch_structure(session.data_loader, train_loader)
+        self.dp_session = session
+        return session.data_loader
+
+    def on_train_start(self) -> None:
+        if self.dp_session is not None and self.trainer.train_dataloader is not self.dp_session.data_loader:
+            raise MedPFLError("DP-SGD is attached but training runs on another loader than enable_dp_sgd returned",
+                              fix="train on the loader returned by enable_dp_sgd; its Poisson sampling is what the "
+                                  "accountant assumes")
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["label"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        logits = self(batch["image"])
+        labels = batch["label"]
+        if len(labels) == 0:
+            # Poisson sampling (DP-SGD) can draw an empty batch. The step must still happen (noise only: the
+            # accountant counts it, and skipping it would reveal the batch was empty), but a mean over nothing is
+            # NaN, so backpropagate an exact zero through the graph instead and log nothing.
+            return logits.sum() * 0.0
+        loss = self.loss(logits, labels)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -84,6 +167,26 @@ class ImageClassifier(pl.LightningModule):
         self.val_auroc.reset()
 
     def configure_optimizers(self) -> Any:
+        if self.dp_session is not None:
+            # Lightning calls this at every fit (every FL round): hand back the one DP optimizer, whose accountant
+            # and inner optimizer state live across rounds.
+            return self.dp_session.optimizer
+        return self._make_optimizer(self.parameters())
+
+    def _make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.learning_rate)
-        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+            return torch.optim.SGD(params, lr=self.learning_rate)
+        return torch.optim.Adam(params, lr=self.learning_rate)
+
+
+def _prime_empty_batch_structure(dp_loader: DataLoader, train_loader: DataLoader) -> None:
+    """Give Opacus' empty-batch collator the batch structure before the first batch is drawn.
+
+    Opacus builds an empty batch from the first non-empty one; if the very first Poisson draw is empty it falls back
+    to the shapes of ``dataset[0]`` iterated as a sequence, which for our dict samples (``{"image", "label"}``)
+    yields the keys and fails. A one-sample batch through the loader's own collate gives the right structure; only
+    its shapes and dtypes are used.
+    """
+    collate = getattr(dp_loader, "collate_fn", None)
+    if isinstance(collate, CollateFnWithEmpty) and collate.first_batch is None:
+        collate.first_batch = (train_loader.collate_fn or default_collate)([train_loader.dataset[0]])

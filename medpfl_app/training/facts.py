@@ -1,7 +1,8 @@
 """The training facts a site attaches to every update, for the server-side audit to model the attacker correctly.
 
 An honest-but-curious server usually knows the local batch size, step count and learning rate; the audit must
-assume it does, so the site states them instead of leaving the audit to guess.
+assume it does, so the site states them instead of leaving the audit to guess. With sample-level DP-SGD on, the
+facts also state its parameters and the ε this site has spent so far in the job (``dp_sgd``; ``None`` when off).
 """
 
 from __future__ import annotations
@@ -22,6 +23,32 @@ def bn_buffers_in_state_dict(module: nn.Module) -> bool:
     return any(
         isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats for layer in module.modules()
     )
+
+
+def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
+    """The DP-SGD entry of the facts: parameters and cumulative ε of the module's Opacus session, or ``None``.
+
+    ε covers every local step this site has taken in the job so far (one accountant for the whole job), for the
+    configured δ; plain JSON values only, since NVFlare sends the facts as update meta.
+    """
+    session = getattr(module, "dp_session", None)
+    if session is None:
+        return None
+    config = session.config
+    history = getattr(session.privacy_engine.accountant, "history", [])
+    sample_rate = getattr(session.data_loader, "sample_rate", None)
+    return {
+        "noise_multiplier": float(config.noise_multiplier),
+        "max_grad_norm": float(config.max_grad_norm),
+        "delta": float(config.delta),
+        "epsilon": float(session.epsilon()),
+        "guarantee": str(config.guarantee),
+        "accountant": str(config.accountant),
+        "sample_rate": float(sample_rate) if sample_rate is not None else None,
+        "steps_total": int(sum(int(steps) for _, _, steps in history)),
+        "poisson_sampling": bool(config.poisson_sampling),
+        "secure_mode": bool(config.secure_mode),
+    }
 
 
 def bn_momentum(module: nn.Module) -> float | None:
@@ -62,6 +89,8 @@ class TrainingFactsCallback(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        # Opacus' DPOptimizer wraps the configured one; the audit needs the update rule (sgd/adam), not the wrapper.
+        optimizer = getattr(optimizer, "original_optimizer", optimizer)
         learning_rate = float(optimizer.param_groups[0]["lr"]) if optimizer else None
         self.last_facts = {
             "medpfl_facts_version": FACTS_VERSION,
@@ -81,5 +110,6 @@ class TrainingFactsCallback(Callback):
             "num_classes": getattr(pl_module, "num_classes", None),
             "state_dict_prefix": "net.",
             "torch_version": str(torch.__version__),
+            "dp_sgd": dp_sgd_facts(pl_module),
         }
         setattr(pl_module, FL_META_ATTRIBUTE, dict(self.last_facts))

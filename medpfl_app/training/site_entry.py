@@ -13,8 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from medpfl_app.errors import MedPFLError
+
+if TYPE_CHECKING:
+    from medpfl_app.defenses.dp_sgd import DPSGDConfig
 
 logger = logging.getLogger("medpfl.site")
 
@@ -31,7 +35,28 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_steps", type=int, default=-1, help="cap local optimizer steps per round (-1: no cap)")
     parser.add_argument("--batch_size", type=int, default=0, help="override the site's batch size (0: site's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dp_noise_multiplier", type=float, default=0.0,
+                        help="> 0 turns on sample-level DP-SGD (Opacus) with this noise multiplier (0: off)")
+    parser.add_argument("--dp_max_grad_norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
+    parser.add_argument("--dp_delta", type=float, default=1e-5, help="δ for which DP-SGD's ε is reported")
     return parser
+
+
+def dp_sgd_config(args: argparse.Namespace) -> DPSGDConfig | None:
+    """The DP-SGD configuration from the command line, or ``None`` when ``--dp_noise_multiplier`` is 0.
+
+    Raises:
+        MedPFLError: a negative noise multiplier, or (with DP-SGD on) a bad clipping norm or δ.
+    """
+    from medpfl_app.defenses.dp_sgd import DPSGDConfig
+
+    noise = args.dp_noise_multiplier
+    if not noise >= 0:  # also catches NaN
+        raise MedPFLError(f"--dp_noise_multiplier must be >= 0, got {noise}",
+                          fix="use 0 to turn DP-SGD off, or a positive noise multiplier such as 1.0")
+    if noise == 0:
+        return None
+    return DPSGDConfig(noise_multiplier=noise, max_grad_norm=args.dp_max_grad_norm, delta=args.dp_delta)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -58,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("site %s: round %s", site, input_model.current_round)
         trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule)
+        if module.dp_session is not None:
+            logger.info("site %s: DP-SGD ε = %.4g at δ = %g, cumulative over this job's local steps so far", site,
+                        module.dp_session.epsilon(), module.dp_session.config.delta)
 
 
 def _prepare(args: argparse.Namespace, site: str):
@@ -68,6 +96,7 @@ def _prepare(args: argparse.Namespace, site: str):
     from medpfl_app.training.datamodule import SiteDataModule
     from medpfl_app.training.facts import TrainingFactsCallback
 
+    dp_config = dp_sgd_config(args)  # before loading data: a bad flag should fail fast
     settings = resolve_site_data(site, workspace_dir=os.environ.get("MEDPFL_SITE_WORKSPACE"))
     data_config = settings.data
     overrides = {
@@ -83,7 +112,6 @@ def _prepare(args: argparse.Namespace, site: str):
         data_config = replace(data_config, **overrides)
     site_data = load_site_data(settings.datalist, site=site, num_classes=args.num_classes)
     train_loader, val_loader = build_dataloaders(site_data, data_config, site=site)
-    datamodule = SiteDataModule(train_loader, val_loader)
 
     pl.seed_everything(args.seed, workers=True, verbose=False)
     module = ImageClassifier(
@@ -94,7 +122,12 @@ def _prepare(args: argparse.Namespace, site: str):
         learning_rate=args.learning_rate,
         optimizer=args.optimizer,
         seed=args.seed,
+        dp_sgd=dp_config is not None,
     )
+    if dp_config is not None:
+        # Once for the whole job: the same accountant then counts the local steps of every round.
+        train_loader = module.enable_dp_sgd(train_loader, dp_config)
+    datamodule = SiteDataModule(train_loader, val_loader)
     facts = TrainingFactsCallback(
         num_train_images=len(site_data.training),
         configured_batch_size=data_config.batch_size,
@@ -121,5 +154,13 @@ def _prepare(args: argparse.Namespace, site: str):
         len(site_data.validation),
         settings.datalist,
     )
+    if dp_config is not None:
+        logger.info(
+            "site %s: sample-level DP-SGD on (noise multiplier %s, clipping norm %s, δ %s); ε adds up over the job",
+            site,
+            dp_config.noise_multiplier,
+            dp_config.max_grad_norm,
+            dp_config.delta,
+        )
     return trainer, module, datamodule
 
