@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "medpfl_app.cli.data",
     "medpfl_app.cli.jobs",
     "medpfl_app.cli.poc",
+    "medpfl_app.cli.attack",
 )
 
 

@@ -1,0 +1,42 @@
+"""``medpfl attack`` end to end on generated demo data (tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+
+from medpfl_app.cli.main import main
+
+
+def test_attack_command_writes_metrics_and_grid_png(tmp_path, capsys) -> None:
+    """One CPL run on a demo image writes result.json with metrics and threat model, and the PNG grid."""
+    out = tmp_path / "out"
+
+    code = main(["attack", "--out", str(out), "--attack", "cpl", "--iterations", "5", "--image-size", "16"])
+
+    assert code == 0
+    payload = json.loads((out / "result.json").read_text())
+    assert payload["attack"] == "cpl" and payload["iterations"] <= 5
+    assert 0.0 <= payload["metrics"]["summary"]["asr"] <= 1.0
+    assert payload["threat_model"]["labels_known"] is False
+    assert (out / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_attack_command_rejects_unknown_attack(tmp_path, capsys) -> None:
+    """An unknown attack name is one clear error listing the valid names, exit code 2."""
+    code = main(["attack", "--out", str(tmp_path), "--attack", "deepleak"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown attack 'deepleak'" in err and "idlg" in err
+
+
+def test_attack_grid_quick_writes_table(tmp_path) -> None:
+    """The quick grid runs every setting and writes the Markdown table and JSON rows."""
+    code = main(["attack", "--grid", "--quick", "--out", str(tmp_path)])
+
+    assert code == 0
+    table = (tmp_path / "grid.md").read_text()
+    assert "| seed | idlg | 0 |" in table and "B=4, S=5, BN train" in table
+    rows = json.loads((tmp_path / "grid.json").read_text())["rows"]
+    assert {r["attack"] for r in rows} >= {"idlg", "cpl", "dlg", "gradinv", "random_init", "fedavg", "bn_only"}
