@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prepare, start, submit to and stop an NVFlare POC system",
         description=(
             "NVFlare POC mode on this machine (loopback, port 8002). The workspace is ./poc_workspace unless "
-            "NVFLARE_POC_WORKSPACE is set. Steps: prepare -> configure-data -> start -> submit -> stop; "
+            "NVFLARE_POC_WORKSPACE is set. Steps: prepare -> configure-data -> [install-privacy] -> start -> submit -> stop; "
             "`run` does all of them and always stops the system at the end."
         ),
     )
@@ -35,6 +35,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--demo", action="store_true", help="generate and use the embedded demo data")
     source.add_argument("--data-root", type=Path, help="folder holding one <site>/datalist.json per site")
     configure.set_defaults(func=_configure)
+
+    privacy = actions.add_parser(
+        "install-privacy",
+        help="install the site privacy policy (privacy.json scopes) into every POC site",
+        description=(
+            "Validate a privacy.json (default: poc_workspace/templates/privacy/privacy.json with scopes public, "
+            "private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope filters run "
+            "before any job filter and no job can disable them. Sites read the policy at start: run this before "
+            "`medpfl poc start` (or restart the system). `show_scopes` in the admin console lists the scopes."
+        ),
+    )
+    privacy.add_argument("--template", default="default", help="'default' or the path of a privacy.json")
+    privacy.add_argument("--default-scope", default=None, help="override the policy's default_scope")
+    privacy.set_defaults(func=_install_privacy)
 
     start = actions.add_parser("start", help="start server and sites and wait until all sites are connected")
     start.add_argument("--timeout", type=float, default=300.0)
@@ -81,6 +95,14 @@ def _configure(args: argparse.Namespace) -> int:
 
     for site, config in configure_site_data(_layout(args), demo=args.demo, data_root=args.data_root).items():
         print(f"{site}: {config}")
+    return 0
+
+
+def _install_privacy(args: argparse.Namespace) -> int:
+    from medpfl_app.poc.sites import install_site_privacy
+
+    for site, path in install_site_privacy(_layout(args), args.template, default_scope=args.default_scope).items():
+        print(f"{site}: {path}")
     return 0
 
 

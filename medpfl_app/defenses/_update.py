@@ -30,12 +30,15 @@ class DefenseOutput(NamedTuple):
 
 
 def _torch() -> Any:
-    return sys.modules.get("torch")
+    import torch  # only reached with a tensor in hand, so torch is already fully imported
+
+    return torch
 
 
 def is_tensor(value: object) -> bool:
-    torch = _torch()
-    return torch is not None and isinstance(value, torch.Tensor)
+    # Judged by type, not through sys.modules["torch"]: inside an NVFlare site the Client API script may be
+    # importing torch in another thread, and a half-initialised module has no `Tensor` yet.
+    return any(cls.__name__ == "Tensor" and cls.__module__ == "torch" for cls in type(value).__mro__)
 
 
 def is_float(value: Array) -> bool:

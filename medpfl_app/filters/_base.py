@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.filter import FilterContextKey
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
@@ -135,6 +136,8 @@ class DefenseFilter(DXOFilter):
             "data_kind": str(getattr(kind, "value", kind)),
             "applied_to": "difference to recorded global model" if reference is not None else "update as sent",
             "round": _plain(shareable.get_header(AppConstants.CURRENT_ROUND)),
+            # "site" (privacy.json scope, cannot be disabled by the job) or "job" (the job's own config)
+            "installed_by": self.get_prop(FilterContextKey.SOURCE, None),
             **extra,
         })
         meta[META_KEY] = history

@@ -27,6 +27,10 @@ class TrainingSpec:
         max_steps: Cap on local optimizer steps per round (-1: no cap).
         batch_size: Batch size for every site (0: each site's own configured batch size).
         seed: Seed of the initial global model and of local shuffling.
+        dp_noise_multiplier: > 0 turns on sample-level DP-SGD (Opacus) at every site with this noise multiplier;
+            BatchNorm is then replaced by GroupNorm in the global model too.
+        dp_max_grad_norm: Per-sample gradient clipping norm for DP-SGD.
+        dp_delta: δ for which sites report the DP-SGD ε.
     """
 
     network: str = "small_cnn"
@@ -39,6 +43,9 @@ class TrainingSpec:
     max_steps: int = -1
     batch_size: int = 0
     seed: int = 0
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -51,12 +58,24 @@ class TrainingSpec:
             raise MedPFLError(f"local_epochs must be >= 1, got {self.local_epochs}", fix="set local_epochs >= 1")
         if self.max_steps == 0 or self.max_steps < -1:
             raise MedPFLError(f"max_steps must be -1 or >= 1, got {self.max_steps}", fix="use -1 for no cap")
+        if self.dp_noise_multiplier < 0 or not self.dp_max_grad_norm > 0 or not 0 < self.dp_delta < 1:
+            raise MedPFLError(
+                "DP-SGD needs dp_noise_multiplier >= 0, dp_max_grad_norm > 0 and 0 < dp_delta < 1",
+                fix="use dp_noise_multiplier 0 to turn DP-SGD off, or e.g. 1.0 / 1.0 / 1e-5",
+            )
         if self.batch_size < 0:
             raise MedPFLError(f"batch_size must be >= 0, got {self.batch_size}", fix="use 0 for the site's own")
 
+    @property
+    def dp_sgd(self) -> bool:
+        return self.dp_noise_multiplier > 0
+
     def script_args(self) -> str:
-        """The site entry's command line (``medpfl_app.training.site_entry``)."""
-        return " ".join(f"--{key} {value}" for key, value in asdict(self).items())
+        """The site entry's command line (``medpfl_app.training.site_entry``); DP-SGD flags only when it is on."""
+        items = asdict(self)
+        if not self.dp_sgd:
+            items = {key: value for key, value in items.items() if not key.startswith("dp_")}
+        return " ".join(f"--{key} {value}" for key, value in items.items())
 
 
 @dataclass(frozen=True)
@@ -100,18 +119,62 @@ class JobSpec:
             )
 
 
+#: Server-side, read-only: records each received update's defense history and training facts (never blocks).
+RECEIVED_UPDATE_RECORDER = {"path": "medpfl_app.filters.received.ReceivedUpdateRecorder", "args": {}}
+DEMO_TRAINING = TrainingSpec(learning_rate=3e-3, local_epochs=3)
+
 JOB_CATALOG: dict[str, JobSpec] = {
     spec.name: spec
     for spec in (
         JobSpec(
             name="fedavg_small_cnn",
-            description="FedAvg of a small CNN over 3 sites, 3 rounds, no privacy defense (the baseline).",
-            training=TrainingSpec(learning_rate=3e-3, local_epochs=3),
+            description="FedAvg of a small CNN over 3 sites, 3 rounds, no job-level defense (the baseline).",
+            training=DEMO_TRAINING,
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+        ),
+        JobSpec(
+            name="fedavg_laplace",
+            description=(
+                "Job-level defense: every site adds Laplace noise b=0.01 to its update (the seed paper's defense; "
+                "heuristic, no formal guarantee)."
+            ),
+            training=DEMO_TRAINING,
+            client_result_filters=(
+                {"path": "medpfl_app.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},
+            ),
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+        ),
+        JobSpec(
+            name="fedavg_client_dp",
+            description=(
+                "Job-level defense: BN statistics stay local, then client-level DP (clip L2 1.0, Gaussian z=1.0, "
+                "RDP-accounted ε at δ=1e-5, refused beyond ε=30): (ε, δ)-DP at client level."
+            ),
+            training=DEMO_TRAINING,
+            client_result_filters=(
+                {"path": "medpfl_app.filters.batchnorm.DropBatchNormStatsFilter", "args": {}},
+                {
+                    "path": "medpfl_app.filters.client_dp.ClientDPFilter",
+                    "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
+                },
+            ),
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+        ),
+        JobSpec(
+            name="fedavg_site_strict",
+            description=(
+                "Site-enforced defense: no job filters; asks for the sites' `strict` privacy scope, whose filters "
+                "each site's privacy.json installs and no job can disable."
+            ),
+            training=DEMO_TRAINING,
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+            scope="strict",
         ),
         JobSpec(
             name="fedavg_densenet121",
             description="FedAvg of MONAI DenseNet121 over 3 sites, 3 rounds (needs >= 32 px images; slow on CPU).",
             training=TrainingSpec(network="densenet121", learning_rate=1e-4),
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
         ),
     )
 }

@@ -38,3 +38,15 @@ def configure_site_data(layout: PocLayout, *, demo: bool, data_root: Path | None
 def _site_source(root: Path, site: str) -> Path:
     datalist = root / site / "datalist.json"
     return datalist if datalist.is_file() else root / site
+
+
+def install_site_privacy(layout: PocLayout, template: str = "default", *, default_scope: str | None = None) -> dict:
+    """Install the same validated privacy policy into every POC site; returns site → privacy.json path."""
+    from medpfl_app.filters.policy import install_privacy_policy
+
+    sites = layout.sites()
+    if not sites:
+        raise MedPFLError(f"no POC sites under {layout.prod_dir}", fix="run `medpfl poc prepare` first")
+    return {
+        site: install_privacy_policy(layout.site_dir(site), template, default_scope=default_scope) for site in sites
+    }

@@ -35,3 +35,26 @@ def simulated_fedavg(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites
     return run_simulation(
         job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
     )
+
+
+def received_updates(root: Path) -> list[dict]:
+    """The server-side ReceivedUpdateRecorder's records found anywhere under ``root``."""
+    import json
+
+    records = []
+    for path in sorted(Path(root).rglob("received_updates.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records
+
+
+@pytest.fixture(scope="session")
+def simulated_job_defenses(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites) -> SimulationResult:
+    """The fedavg_client_dp job's filters plus a Laplace filter in front, 2 sites x 2 rounds."""
+    root = tmp_path_factory.mktemp("sim_defenses")
+    dp_job = JOB_CATALOG["fedavg_client_dp"]
+    laplace = JOB_CATALOG["fedavg_laplace"].client_result_filters
+    spec = small_job("sim_defenses", client_result_filters=laplace + dp_job.client_result_filters)
+    job = export_job(spec, root / "jobs")
+    return run_simulation(
+        job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
+    )

@@ -12,16 +12,16 @@ import pytest
 
 from medpfl_app.jobs.builder import export_job
 from medpfl_app.poc import system
-from medpfl_app.poc.sites import configure_site_data
+from medpfl_app.poc.sites import configure_site_data, install_site_privacy
 
-from .conftest import SIM_SITES, small_job
+from .conftest import SIM_SITES, received_updates, small_job
 
 pytestmark = [pytest.mark.nvflare_run, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def poc_layout(tmp_path_factory: pytest.TempPathFactory):
-    """A prepared, started 2-site POC system in a temporary workspace; always stopped afterwards."""
+    """A prepared, started 2-site POC system with MedPFL's site privacy policy; always stopped afterwards."""
     root = tmp_path_factory.mktemp("poc")
     with pytest.MonkeyPatch.context() as patch:
         # `nvflare poc prepare` writes ~/.nvflare/config.conf: keep it out of the real home folder
@@ -30,6 +30,7 @@ def poc_layout(tmp_path_factory: pytest.TempPathFactory):
         layout = system.prepare(root / "workspace", SIM_SITES)
         try:
             configure_site_data(layout, demo=True, data_root=None)
+            install_site_privacy(layout)  # scopes public / private (default) / strict
             system.start(layout, timeout_s=300)
             yield layout
         finally:
@@ -37,17 +38,43 @@ def poc_layout(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_poc_job_completes_and_its_result_downloads(poc_layout, tmp_path: Path) -> None:
+    """A job without defenses or scope completes; the sites' default scope still defended every update."""
     job = export_job(small_job("poc_fedavg"), tmp_path / "jobs")
     outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
     assert outcome.status == "FINISHED:COMPLETED"
     assert outcome.result_dir is not None and outcome.result_dir.is_dir()
     models = list(outcome.result_dir.rglob("FL_global_model.pt"))
     assert models, f"no global model in the downloaded result {outcome.result_dir}"
-    rounds = [json.loads(line)["round"] for p in outcome.result_dir.rglob("round_metrics.jsonl") for line in p.read_text().splitlines() if line.strip()]
+    rounds = [
+        json.loads(line)["round"]
+        for path in outcome.result_dir.rglob("round_metrics.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
     assert rounds == [0, 1]
+    records = [r for r in received_updates(outcome.result_dir) if r.get("data_kind")]
+    assert sorted((r["site"], r["round"]) for r in records) == sorted((s, n) for s in SIM_SITES for n in (0, 1))
+    for record in records:  # the job asked for nothing: the site's default scope ("private") applied anyway
+        assert [(e["defense"], e["installed_by"]) for e in record["medpfl_defenses"]] == [
+            ("drop_bn_stats", "site"),
+            ("client_dp", "site"),
+        ]
 
 
 def test_each_site_found_its_data_through_its_own_local_config(poc_layout) -> None:
     for site in SIM_SITES:
         config = json.loads((poc_layout.site_dir(site) / "local" / "medpfl_data.json").read_text())
         assert site in str(config["datalist"])
+
+
+def test_a_job_asking_for_the_strict_scope_gets_its_site_filters(poc_layout, tmp_path: Path) -> None:
+    job = export_job(small_job("poc_strict", num_rounds=1, scope="strict"), tmp_path / "jobs")
+    assert json.loads((job / "meta.json").read_text())["scope"] == "strict"
+    outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
+    assert outcome.status == "FINISHED:COMPLETED"
+    records = [r for r in received_updates(outcome.result_dir) if r.get("data_kind")]
+    assert sorted(r["site"] for r in records) == SIM_SITES
+    for record in records:
+        dp = record["medpfl_defenses"][-1]
+        assert (dp["defense"], dp["installed_by"], dp["params"]["noise_multiplier"]) == ("client_dp", "site", 3.0)
+        assert not [key for key in record["entries"] if key.endswith("num_batches_tracked")]
