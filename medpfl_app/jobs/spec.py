@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from medpfl_app.errors import MedPFLError
@@ -158,6 +158,15 @@ JOB_CATALOG: dict[str, JobSpec] = {
                     "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
                 },
             ),
+            server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+        ),
+        JobSpec(
+            name="fedavg_dp_sgd",
+            description=(
+                "Training-side defense: sample-level DP-SGD through Opacus at every site (noise multiplier 1.0, "
+                "per-sample clip 1.0, BatchNorm replaced by GroupNorm); (ε, δ)-DP at sample level, ε in the update meta."
+            ),
+            training=replace(DEMO_TRAINING, dp_noise_multiplier=1.0, dp_max_grad_norm=1.0),
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
         ),
         JobSpec(

@@ -58,3 +58,15 @@ def simulated_job_defenses(tmp_path_factory: pytest.TempPathFactory, demo_data_2
     return run_simulation(
         job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
     )
+
+
+@pytest.fixture(scope="session")
+def simulated_dp_sgd(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites) -> SimulationResult:
+    """The fedavg_dp_sgd job (Opacus DP-SGD at every site), 2 sites x 2 rounds."""
+    root = tmp_path_factory.mktemp("sim_dp_sgd")
+    spec = small_job("sim_dp_sgd")
+    spec = replace(spec, training=replace(spec.training, dp_noise_multiplier=1.0, dp_max_grad_norm=1.0))
+    job = export_job(spec, root / "jobs")
+    return run_simulation(
+        job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
+    )

@@ -32,3 +32,14 @@ def test_client_dp_epsilon_accumulates_per_site(simulated_job_defenses) -> None:
         assert costs[0]["epsilon_total"] > 0
         assert costs[1]["epsilon_total"] > costs[0]["epsilon_total"]
         assert costs[0]["guarantee"] == "(ε, δ)-DP at client level"
+
+
+def test_dp_sgd_sites_report_a_growing_sample_level_epsilon(simulated_dp_sgd) -> None:
+    """With Opacus DP-SGD at the sites, every update states its ε, it grows over rounds, and no BN stats travel."""
+    records = [r for r in received_updates(simulated_dp_sgd.workspace) if r.get("data_kind")]
+    assert sorted((r["site"], r["round"]) for r in records) == sorted((s, n) for s in SIM_SITES for n in (0, 1))
+    for site in SIM_SITES:
+        facts = [r["training_facts"]["dp_sgd"] for r in sorted(records, key=lambda r: r["round"]) if r["site"] == site]
+        assert facts[0]["guarantee"] == "(ε, δ)-DP at sample level"
+        assert 0 < facts[0]["epsilon"] < facts[1]["epsilon"]
+    assert all(not [k for k in r["entries"] if "running_" in k] for r in records)
