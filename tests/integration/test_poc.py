@@ -78,3 +78,14 @@ def test_a_job_asking_for_the_strict_scope_gets_its_site_filters(poc_layout, tmp
         dp = record["medpfl_defenses"][-1]
         assert (dp["defense"], dp["installed_by"], dp["params"]["noise_multiplier"]) == ("client_dp", "site", 3.0)
         assert not [key for key in record["entries"] if key.endswith("num_batches_tracked")]
+
+
+def test_admin_show_scopes_lists_the_site_policy(poc_layout) -> None:
+    """What hospital IT sees in the admin console: every site reports public/private/strict, default private."""
+    with system.admin_session(poc_layout) as session:
+        reply = session.do_command("show_scopes client")
+    text = json.dumps(reply)
+    for site in SIM_SITES:
+        assert site in text
+    for scope in ("public", "private", "strict"):
+        assert scope in text
