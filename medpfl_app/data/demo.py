@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medpfl_app.data._io import write_atomic, write_json_atomic
+from medpfl_app.atomic_io import write_atomic, write_json_atomic
 from medpfl_app.data.datalist import DATALIST_NAME
 from medpfl_app.data.partition import partition_indices
 from medpfl_app.data.phantoms import PHANTOM_CLASSES, generate_phantom

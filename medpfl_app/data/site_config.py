@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpfl_app.data._io import write_json_atomic
+from medpfl_app.atomic_io import write_json_atomic
 from medpfl_app.data.config import DataConfig
 from medpfl_app.data.datalist import DATALIST_NAME
 from medpfl_app.errors import MedPFLError

@@ -13,13 +13,13 @@ import dataclasses
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from medpfl_app.defenses._update import is_positive_number, require
+from medpfl_app.atomic_io import write_json_atomic
 from medpfl_app.errors import MedPFLError
 
 LEDGER_FORMAT = "medpfl-dp-ledger/1"
@@ -135,21 +135,6 @@ class SiteAccountant:
         self.releases = list(state.get("releases", []))
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 class PrivacyLedger:
     """A site's persistent client-level DP ledger with an optional ε budget.
 
@@ -232,6 +217,6 @@ class PrivacyLedger:
                 "delta": self.delta,
                 "time": time.time(),
             })
-            _atomic_write_json(self.path, accountant.state_dict())
+            write_json_atomic(self.path, accountant.state_dict(), durable=True)
         return DPCost(epsilon_round=epsilon_round, epsilon_total=epsilon_total, delta=self.delta,
                       releases=len(accountant))

@@ -7,7 +7,6 @@ args, one clear error otherwise), then by NVFlare's own parser on a scratch copy
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medpfl_app.atomic_io import write_text_atomic
 from medpfl_app.errors import MedPFLError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -170,15 +170,5 @@ def install_privacy_policy(
     if target.exists() and target.read_text(encoding="utf-8") != text:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         shutil.copy2(target, target.with_name(f"privacy.json.{stamp}.bak"))
-    fd, temp = tempfile.mkstemp(prefix=".privacy.json.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    write_text_atomic(target, text, durable=True)
     return target
