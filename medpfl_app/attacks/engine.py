@@ -1,8 +1,9 @@
 """The optimisation engine shared by every gradient-matching attack.
 
-Restarts live in one tensor ``(R, N, C, H, W)``; the per-restart objective is vectorised with ``torch.func.vmap``
-and differentiated with ordinary autograd, so R restarts cost one batched forward/double-backward per iteration
-instead of R sequential ones. The best iterate of every restart is kept in a preallocated buffer.
+Restarts live in one tensor ``(R, N, C, H, W)`` and are simulated together (`medpfl_app.attacks.victim`), so R
+restarts cost one vectorised forward/double-backward per iteration instead of R sequential ones. Gradients are
+taken only with respect to the attack's variables (never accumulated into model parameters), and the best
+iterate of every restart is kept in a preallocated buffer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from medpfl_app.attacks.knowledge import AttackerKnowledge
 from medpfl_app.attacks.labels import LabelMethod, expected_probabilities, recover_labels_from_update
@@ -34,7 +34,7 @@ class MatchingConfig:
         iterations: Optimiser steps. An Adam step is one matching-loss evaluation; an L-BFGS step runs up to
             ``lbfgs_max_iter`` quasi-Newton updates (torch's ``max_iter``, 20 in the DLG/iDLG/CPL code).
         lbfgs_max_iter: Quasi-Newton updates per L-BFGS step.
-        restarts: Independent initialisations, optimised together; the best by matching loss is returned.
+        restarts: Independent initialisations, simulated together; the best by matching loss is returned.
         optimizer: ``lbfgs`` (DLG/iDLG/CPL) or ``adam`` (Inverting Gradients and later).
         lr: Step size.
         objective: ``l2`` (sum of squared differences) or ``cosine`` (1 − cosine similarity over the layers).
@@ -54,7 +54,7 @@ class MatchingConfig:
         update_mode: For weight differences: ``auto``, ``approximate`` (−Δ/(η·S) as a gradient) or ``unrolled``
             (simulate the S local steps and match Δ).
         stop_loss: Stop once every restart's matching loss is below this (0 disables early stopping).
-        batched: Vectorise restarts with vmap (False runs them one after another; same results).
+        batched: Simulate all restarts in one vectorised call (False runs them one after another; same results).
         seed: Seed of the initialisation.
     """
 
@@ -103,21 +103,29 @@ class MatchingConfig:
                 raise MedPFLError(f"unknown {name} {getattr(self, name)!r}", fix=f"use one of: {', '.join(allowed)}")
 
 
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Anisotropic TV: mean absolute difference of neighbouring pixels along each spatial axis."""
-    return sum(images.diff(dim=d).abs().mean() for d in range(images.ndim - 2, images.ndim))  # type: ignore[return-value]
+def total_variation(images: torch.Tensor, *, per_restart: bool = False) -> torch.Tensor:
+    """Anisotropic TV: mean absolute difference of neighbouring pixels along the last two axes.
+
+    With ``per_restart`` the leading axis indexes restarts and one value per restart is returned.
+    """
+    dims = tuple(range(1, images.ndim)) if per_restart else tuple(range(images.ndim))
+    return sum(images.diff(dim=d).abs().mean(dim=dims) for d in (images.ndim - 2, images.ndim - 1))  # type: ignore[return-value]
+
+
+def _per_restart_sum(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1).sum(dim=1)
 
 
 def matching_loss(
     simulated: dict[str, torch.Tensor], target: dict[str, torch.Tensor], objective: str
 ) -> torch.Tensor:
-    """Distance between a simulated and the observed update over the names in ``target``."""
+    """Distance per restart ``(R,)`` between simulated updates ``(R, …)`` and the observed one, over ``target``."""
     if objective == "l2":
-        return sum((simulated[n] - t).pow(2).sum() for n, t in target.items())  # type: ignore[return-value]
-    dot = sum((simulated[n] * t).sum() for n, t in target.items())
-    sim_norm = sum(simulated[n].pow(2).sum() for n in target)
-    tgt_norm = sum(t.pow(2).sum() for t in target.values())
-    return 1 - dot / (torch.sqrt(sim_norm) * math.sqrt(float(tgt_norm)) + 1e-12)  # type: ignore[operator]
+        return sum(_per_restart_sum((simulated[n] - t).pow(2)) for n, t in target.items())  # type: ignore[return-value]
+    dot = sum(_per_restart_sum(simulated[n] * t) for n, t in target.items())
+    sim_norm = sum(_per_restart_sum(simulated[n].pow(2)) for n in target)
+    tgt_norm = math.sqrt(sum(float(t.pow(2).sum()) for t in target.values()))
+    return 1 - dot / (torch.sqrt(sim_norm) * tgt_norm + 1e-12)  # type: ignore[operator]
 
 
 def _initial_images(
@@ -222,22 +230,19 @@ def run_matching(
         match = matching_loss(sim.update, target, config.objective)
         total = config.gradient_weight * match
         if config.bn > 0:
-            bn_term = sum(
-                (sim.bn_stats[k] - v).norm() for k, v in observed_bn.items()
-            )
+            bn_term = sum((sim.bn_stats[k] - v).reshape(x.shape[0], -1).norm(dim=1) for k, v in observed_bn.items())
             total = total + config.bn * bn_term
         if config.tv > 0:
-            total = total + config.tv * total_variation(x)
+            total = total + config.tv * total_variation(x, per_restart=True)
         if config.l2 > 0:
-            total = total + config.l2 * x.pow(2).sum()
+            total = total + config.l2 * _per_restart_sum(x.pow(2))
         return total, match
 
     def evaluate(x: torch.Tensor, soft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if config.batched and config.restarts > 1:
-            in_dims = (0, 0) if soft is not None else (0, None)
-            return vmap(objective, in_dims=in_dims, randomness="error")(x, soft)
-        pairs = [objective(x[r], None if soft is None else soft[r]) for r in range(x.shape[0])]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        if config.batched:
+            return objective(x, soft)
+        pairs = [objective(x[r : r + 1], None if soft is None else soft[r : r + 1]) for r in range(x.shape[0])]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     best_loss = torch.full((config.restarts,), math.inf)
     best_images = images.detach().clone()
@@ -260,15 +265,18 @@ def run_matching(
     def closure() -> torch.Tensor:
         nonlocal evaluations
         evaluations += 1
-        optimizer.zero_grad(set_to_none=False)
         total, match = evaluate(images, soft_labels)
         record(match)
         loss = total.sum()
         if torch.isfinite(loss):
-            loss.backward()
-        if config.signed and images.grad is not None:
-            images.grad.sign_()
-        return loss
+            grads = torch.autograd.grad(loss, variables)
+        else:
+            grads = tuple(torch.zeros_like(v) for v in variables)
+        for variable, gradient in zip(variables, grads):
+            variable.grad = gradient
+        if config.signed:
+            images.grad.sign_()  # type: ignore[union-attr]
+        return loss.detach()
 
     if config.optimizer == "lbfgs":
         # No line search, as in the DLG/iDLG/CPL code; tolerances are left to torch's defaults so that a
@@ -310,9 +318,8 @@ def run_matching(
             stopped_early = True
             break
     # Score the final iterate too, so the last step is never lost.
-    with torch.no_grad():  # torch.func.grad inside still computes the simulated client's gradient
-        _, match = evaluate(images.detach(), None if soft_labels is None else soft_labels.detach())
-    record(match)
+    _, match = evaluate(images.detach(), None if soft_labels is None else soft_labels.detach())
+    record(match.detach())
     if bar is not None:
         bar.close()
     best = int(torch.argmin(torch.where(torch.isfinite(best_loss), best_loss, torch.full_like(best_loss, math.inf))))

@@ -1,8 +1,10 @@
-"""A functional copy of the attacked model that simulates the site's update on dummy images.
+"""A functional copy of the attacked model that simulates the site's update for R restarts at once.
 
-Everything is a pure function of ``(params, images, labels)`` so it composes with ``torch.func.grad`` (the
-client's gradient) inside ``torch.func.vmap`` (attack restarts batched in one tensor), and the attack
-differentiates through it with ordinary autograd.
+Each restart gets its own view of the pre-update parameters (``θ.expand(R, …)``, no copy) and its own dummy
+images; the forward pass is vectorised over restarts with ``torch.func.vmap`` (convolutions become grouped
+convolutions), and the client's gradient is taken with ordinary ``autograd.grad(create_graph=True)`` with respect
+to those views: because restart r only touches view r, slice r of that gradient is restart r's own gradient.
+This keeps the double backward on native kernels instead of nesting functorch transforms.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, replace_all_batch_norm_modules_
+from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpfl_app.attacks.knowledge import AttackerKnowledge, UpdateKind
@@ -27,14 +29,14 @@ Params = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class SimulatedUpdate:
-    """What the simulated client produced: its update and, per BN layer, its (normalised) running statistics."""
+    """What the simulated clients produced, per restart: updates ``(R, …)`` and normalised BN statistics ``(R, C)``."""
 
     update: Params
     bn_stats: dict[str, torch.Tensor]
 
 
 class Victim:
-    """The model at the weights before the update, as pure functions of its parameters.
+    """The model at the weights before the update, evaluated for R restarts in one vectorised call.
 
     Args:
         knowledge: What the attacker knows; its model is copied, never modified.
@@ -65,7 +67,10 @@ class Victim:
             # Batch statistics without in-place running-stat writes, which vmap cannot batch.
             replace_all_batch_norm_modules_(module)
         self.module = module
-        self.params: Params = {n: p.detach().clone() for n, p in module.named_parameters()}
+        # Leaves that require grad only so that autograd can differentiate with respect to their per-restart views.
+        self.params: Params = {n: p.detach().clone().requires_grad_(True) for n, p in module.named_parameters()}
+        for param in module.parameters():
+            param.requires_grad_(False)
         self.buffers: Params = {n: b.detach().clone() for n, b in module.named_buffers()}
         self._sink: list[torch.Tensor] | None = None
 
@@ -73,26 +78,47 @@ class Victim:
         if self._sink is not None:
             self._sink.append(inputs[0])
 
-    def logits(self, params: Params, images: torch.Tensor) -> torch.Tensor:
-        """Forward pass at ``params``."""
-        return functional_call(self.module, (params, self.buffers), (images,))
-
-    def loss_and_stats(
-        self, params: Params, images: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Mean cross-entropy (hard or soft targets) and each BN layer's batch mean and unbiased variance."""
+    def _single(self, params: Params, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         sink: list[torch.Tensor] = []
         self._sink = sink
         try:
-            logits = self.logits(params, images)
+            logits = functional_call(self.module, (params, self.buffers), (images,))
         finally:
             self._sink = None
-        loss = F.cross_entropy(logits, targets)
-        stats = []
-        for features in sink:
+        stats: list[torch.Tensor] = []
+        for features in sink:  # BN inputs, reduced inside vmap so nothing batched escapes it
             dims = [d for d in range(features.ndim) if d != 1]
-            stats.append((features.mean(dim=dims), features.var(dim=dims, unbiased=True)))
-        return loss, stats
+            stats += [features.mean(dim=dims), features.var(dim=dims, unbiased=True)]
+        return logits, stats
+
+    def forward(self, params: Params, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(R, B, K)`` and BN batch statistics ``[mean, var]`` per layer, each ``(R, C)``.
+
+        Args:
+            params: Per-restart parameters ``(R, …)``.
+            images: ``(R, B, C, H, W)``.
+        """
+        return vmap(self._single, in_dims=(0, 0), randomness="error")(params, images)
+
+    def expanded(self, restarts: int) -> Params:
+        """Per-restart views of the pre-update parameters (no copy)."""
+        return {n: p.expand(restarts, *p.shape) for n, p in self.params.items()}
+
+    def logits(self, params: Params, images: torch.Tensor) -> torch.Tensor:
+        """Logits of one parameter set on a plain batch ``(B, C, H, W)`` (used for label estimates)."""
+        return self._single(params, images)[0]
+
+    def _loss_grad(
+        self, params: Params, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[Params, list[torch.Tensor]]:
+        logits, stats = self.forward(params, images)
+        restarts, batch, classes = logits.shape
+        flat_targets = targets.reshape(restarts * batch, classes) if targets.ndim == 3 else targets.repeat(restarts)
+        per_image = F.cross_entropy(logits.reshape(restarts * batch, classes), flat_targets, reduction="none")
+        loss = per_image.reshape(restarts, batch).mean(dim=1).sum()  # each restart's mean loss, as the site computes
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
+        return dict(zip(names, grads)), stats
 
     def simulate(
         self,
@@ -105,53 +131,62 @@ class Victim:
         batch_size: int | None = None,
         optimizer: str = "sgd",
     ) -> SimulatedUpdate:
-        """Simulate the site on ``images``: one gradient, or ``steps`` local steps returning the weight difference.
+        """Simulate the site on each restart's ``images`` ``(R, N, C, H, W)``.
 
-        BN statistics are returned normalised as the batch statistics a single step would have recorded:
+        Args:
+            images: Dummy images per restart.
+            targets: Labels ``(N,)`` shared by all restarts, or soft labels ``(R, N, K)``.
+            mode: ``gradient``/``approximate`` (one gradient at the pre-update weights) or ``unrolled`` (``steps``
+                local steps on consecutive mini-batches of ``batch_size``, returning the weight difference).
+            steps: Local steps (unrolled mode).
+            learning_rate: Local learning rate (unrolled mode).
+            batch_size: Local batch size (unrolled mode).
+            optimizer: ``sgd`` or ``adam`` (unrolled mode).
+
+        BN statistics are returned normalised as the batch statistics a single step would have recorded,
         ``(r_S − (1−m)^S·r_0) / (1 − (1−m)^S)``, so that they compare directly with `observed_bn_stats`.
         """
-        get_grad = grad(self.loss_and_stats, has_aux=True)
+        restarts = images.shape[0]
+        params0 = self.expanded(restarts)
         if mode in ("gradient", "approximate"):
-            gradient, stats = get_grad(self.params, images, targets)
-            running = self._running_from_constant(stats, steps if mode == "approximate" else 1)
-            return SimulatedUpdate(gradient, running)
+            gradient, stats = self._loss_grad(params0, images, targets)
+            return SimulatedUpdate(gradient, self._stats_dict(stats))
         if learning_rate is None:
             raise MedPFLError(
                 "unrolled FedAvg inversion needs the site's learning rate",
                 fix="send 'learning_rate' in the update meta, or use update_mode='approximate'",
             )
-        batch = batch_size or images.shape[0]
-        params = dict(self.params)
+        batch = batch_size or images.shape[1]
+        params = dict(params0)
         adam_m = {n: torch.zeros_like(p) for n, p in params.items()}
         adam_v = {n: torch.zeros_like(p) for n, p in params.items()}
-        running = {k: v.clone() for k, v in self.bn_initial.items()}
-        count = images.shape[0]
+        running = {k: v.expand(restarts, *v.shape) for k, v in self.bn_initial.items()}
+        count = images.shape[1]
         for step in range(steps):
             start = (step * batch) % count
             index = [(start + i) % count for i in range(min(batch, count))]
-            gradient, stats = get_grad(params, images[index], targets[index])
+            step_targets = targets[:, index] if targets.ndim == 3 else targets[index]
+            gradient, stats = self._loss_grad(params, images[:, index], step_targets)
             self._advance_running(running, stats)
             if optimizer == "adam":
                 params = _adam_step(params, gradient, adam_m, adam_v, step + 1, learning_rate)
             else:
                 params = {n: params[n] - learning_rate * gradient[n] for n in params}
-        delta = {n: params[n] - self.params[n] for n in params}
+        delta = {n: params[n] - params0[n] for n in params}
         return SimulatedUpdate(delta, self._normalise_running(running, steps))
 
-    def _running_from_constant(
-        self, stats: list[tuple[torch.Tensor, torch.Tensor]], steps: int
-    ) -> dict[str, torch.Tensor]:
-        del steps  # a constant batch statistic over S steps normalises to itself
+    def _stats_dict(self, stats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for prefix, (mean, var) in zip(self.bn_layers, stats):
-            out[prefix + "running_mean"] = mean
-            out[prefix + "running_var"] = var
+        for i, prefix in enumerate(self.bn_layers):
+            out[prefix + "running_mean"] = stats[2 * i]
+            out[prefix + "running_var"] = stats[2 * i + 1]
         return out
 
-    def _advance_running(self, running: dict[str, torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for (prefix, momentum), (mean, var) in zip(self.bn_layers.items(), stats):
-            running[prefix + "running_mean"] = (1 - momentum) * running[prefix + "running_mean"] + momentum * mean
-            running[prefix + "running_var"] = (1 - momentum) * running[prefix + "running_var"] + momentum * var
+    def _advance_running(self, running: dict[str, torch.Tensor], stats: list[torch.Tensor]) -> None:
+        for i, (prefix, momentum) in enumerate(self.bn_layers.items()):
+            for j, suffix in enumerate(("running_mean", "running_var")):
+                key = prefix + suffix
+                running[key] = (1 - momentum) * running[key] + momentum * stats[2 * i + j]
 
     def _normalise_running(self, running: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
         out = {}
