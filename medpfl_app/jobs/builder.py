@@ -67,16 +67,14 @@ def _build_fed_job(spec: JobSpec):
     from nvflare.client.config import TransferType
     from nvflare.job_config.script_runner import ScriptRunner
 
-    from medpfl_app.models.lightning_module import ImageClassifier
+    from medpfl_app.models.global_model import GlobalNetwork
 
     training = spec.training
-    initial_model = ImageClassifier(
+    initial_model = GlobalNetwork(
         network=training.network,
         in_channels=training.in_channels,
         num_classes=training.num_classes,
         image_size=training.image_size,
-        learning_rate=training.learning_rate,
-        optimizer=training.optimizer,
         seed=training.seed,
         dp_sgd=training.dp_sgd,
     )

@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from medpfl_app.defenses.dp_sgd import DPSGDConfig, DPSGDSession, make_dp_compatible, make_private
+from medpfl_app.defenses.dp_sgd import DPSGDConfig, DPSGDSession, make_private
 from medpfl_app.errors import MedPFLError
-from medpfl_app.models.networks import build_network
+from medpfl_app.models.global_model import build_seeded_network
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -62,8 +62,6 @@ class ImageClassifier(pl.LightningModule):
         dp_sgd: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(dp_sgd, bool):
-            raise MedPFLError(f"dp_sgd must be true or false, got {dp_sgd!r}", fix="pass a boolean")
         if optimizer not in OPTIMIZERS:
             raise MedPFLError(f"unknown optimizer {optimizer!r}", fix=f"use one of: {', '.join(OPTIMIZERS)}")
         if not learning_rate > 0:
@@ -77,14 +75,9 @@ class ImageClassifier(pl.LightningModule):
         self.seed = seed
         self.dp_sgd = dp_sgd
         self.save_hyperparameters()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            net = build_network(network, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
-            if dp_sgd:
-                # At construction, not at the site's first round: the server builds its initial global model from
-                # the same class and arguments, and NVFlare loads it into the sites with strict key matching.
-                net, _ = make_dp_compatible(net)
-        self.net = net
+        self.net = build_seeded_network(
+            network, in_channels=in_channels, num_classes=num_classes, image_size=image_size, seed=seed, dp_sgd=dp_sgd
+        )
         # Opacus state (hooks, DP optimizer, Poisson loader, accountant); set once by `enable_dp_sgd`, kept for
         # the whole job so ε accumulates over all rounds.
         self.dp_session: DPSGDSession | None = None

@@ -113,3 +113,14 @@ def test_same_seed_gives_the_same_initial_global_model() -> None:
 def test_bad_configuration_is_one_clear_error(kwargs: dict, fragment: str) -> None:
     with pytest.raises(MedPFLError, match=fragment):
         ImageClassifier(**kwargs)
+
+
+@pytest.mark.parametrize("dp_sgd", [False, True])
+def test_server_global_network_matches_the_site_module(dp_sgd: bool) -> None:
+    """The server holds GlobalNetwork (no Lightning); its keys and initial weights equal the sites' module's."""
+    from medpfl_app.models.global_model import GlobalNetwork
+
+    server = GlobalNetwork(network="lenet_sigmoid", image_size=32, seed=5, dp_sgd=dp_sgd).state_dict()
+    site = ImageClassifier(network="lenet_sigmoid", image_size=32, seed=5, dp_sgd=dp_sgd).state_dict()
+    assert list(server) == list(site)
+    assert all(torch.equal(server[key], site[key]) for key in server)
