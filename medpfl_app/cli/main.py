@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "medpfl_app.cli.jobs",
     "medpfl_app.cli.poc",
     "medpfl_app.cli.attack",
+    "medpfl_app.cli.report",
 )
 
 

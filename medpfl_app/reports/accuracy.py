@@ -1,0 +1,84 @@
+"""Model accuracy per round from NVFlare's ``metrics/round_metrics.jsonl``, to plot next to leakage.
+
+Each line: ``{"round": 0, "aggregated_metrics": [{"name": "accuracy", "value": 0.25}], "sites": [{"name":
+"site-1", "metrics": [...]}]}``. Like the ledger, the file may end in a truncated line; bad lines are counted and
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medpfl_app.reports.model import number
+
+METRICS_FILE = "round_metrics.jsonl"
+#: Metric names read as "accuracy", in order of preference (validation accuracy first).
+ACCURACY_NAMES = ("val_accuracy", "accuracy", "val_acc", "acc")
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracy by round: aggregated (the global model) and per site; empty when no metrics file was found."""
+
+    path: Path | None = None
+    metric: str | None = None
+    aggregated: Mapping[int, float] = field(default_factory=dict)
+    per_site: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    skipped_lines: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.aggregated or self.per_site)
+
+
+def find_round_metrics(root: Path) -> Path | None:
+    """The ``metrics/round_metrics.jsonl`` under ``root`` (the first in sorted order if several), or ``None``."""
+    found = sorted(p for p in root.rglob(METRICS_FILE) if p.parent.name == "metrics" and p.is_file())
+    return found[0] if found else None
+
+
+def _pick(metrics: Any) -> tuple[str, float] | None:
+    values = {}
+    for entry in metrics if isinstance(metrics, list) else ():
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            value = number(entry.get("value"))
+            if value is not None:
+                values[entry["name"]] = value
+    for name in ACCURACY_NAMES:
+        if name in values:
+            return name, values[name]
+    return None
+
+
+def read_accuracy(path: Path | None) -> Accuracy:
+    """Read accuracy per round from ``path``; ``None`` gives an empty `Accuracy`."""
+    if path is None:
+        return Accuracy()
+    aggregated: dict[int, float] = {}
+    per_site: dict[str, dict[int, float]] = {}
+    names: set[str] = set()
+    skipped: list[int] = []
+    for number_, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            skipped.append(number_)
+            continue
+        round_number = row.get("round") if isinstance(row, dict) else None
+        if isinstance(round_number, bool) or not isinstance(round_number, int):
+            skipped.append(number_)
+            continue
+        if picked := _pick(row.get("aggregated_metrics")):
+            names.add(picked[0])
+            aggregated[round_number] = picked[1]
+        for site in row.get("sites") or ():
+            if isinstance(site, Mapping) and isinstance(site.get("name"), str) and (picked := _pick(site.get("metrics"))):
+                names.add(picked[0])
+                per_site.setdefault(site["name"], {})[round_number] = picked[1]
+    return Accuracy(path=path, metric=", ".join(sorted(names)) or None, aggregated=aggregated, per_site=per_site,
+                    skipped_lines=tuple(skipped))

@@ -1,0 +1,356 @@
+"""The ledger's records as a site × round view: cells, audit configurations and the verdict.
+
+Records are untrusted input (the ledger is plain JSON a site name or reason can be smuggled into), so every field
+is read defensively here: a wrong type becomes ``None`` or a note, never an exception, and nothing is escaped here
+(the HTML template escapes; the terminal prints plain text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Worst first. ``unknown`` (nothing measured) ranks below every measured level: the verdict names the worst
+#: *measured* risk and counts the unknown site-rounds separately, so they are never hidden behind a "low".
+RISK_ORDER: tuple[str, ...] = ("high", "medium", "low", "unknown")
+RISK_RANK: dict[str, int] = {level: len(RISK_ORDER) - index for index, level in enumerate(RISK_ORDER)}
+RISK_MEANINGS: dict[str, str] = {
+    "high": "images were reconstructed: the site measured a close reconstruction (SSIM or identifiability above the "
+    "policy's high thresholds, or any image counted as a successful attack), or, without site scores, the server saw "
+    "a single-image update with its BatchNorm statistics exposed",
+    "medium": "partial leakage: some structure (SSIM above the medium threshold) or leakage beyond an uninformed "
+    "prior, or, without site scores, labels recovered or BatchNorm statistics exposed",
+    "low": "the site measured no meaningful reconstruction under this attack and budget (evidence, not a guarantee "
+    "against stronger attacks)",
+    "unknown": "no level could be set: not audited, not auditable, or no site scores and no server-side indicator",
+}
+
+
+def number(value: Any) -> float | None:
+    """A finite float from a JSON value, or ``None`` (bools, strings, NaN and infinities are not scores)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def text(value: Any) -> str | None:
+    """A string field as text (``None`` stays ``None``; other JSON values are shown as compact JSON)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """One attack + budget + threat model combination; every leakage number carries its tag (``A1``, ``A2`` …)."""
+
+    tag: str
+    attack: str
+    budget: str
+    threat_model: str
+
+    def describe(self) -> str:
+        """One line naming the attack, its budget and the threat model."""
+        return f"attack {self.attack} ({self.budget}); threat model: {self.threat_model}"
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain JSON."""
+        return {"tag": self.tag, "attack": self.attack, "budget": self.budget, "threat_model": self.threat_model}
+
+
+def _budget_text(budget: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    if (iterations := number(budget.get("iterations"))) is not None:
+        parts.append(f"{iterations:g} iterations")
+    if (restarts := number(budget.get("restarts"))) is not None:
+        parts.append(f"{restarts:g} restart{'s' if restarts != 1 else ''}")
+    if (limit := number(budget.get("time_limit_s"))) is not None:
+        parts.append(f"≤ {limit:g} s")
+    known = {"attack", "iterations", "restarts", "time_limit_s"}
+    for key in sorted(k for k in budget if k not in known):
+        parts.append(f"{key}={text(budget[key])}")
+    return ", ".join(parts) or "budget not recorded"
+
+
+def _threat_text(threat: Any) -> str:
+    if isinstance(threat, str):
+        return threat
+    if isinstance(threat, Mapping):
+        name = threat.get("name") or threat.get("adversary") or threat.get("description")
+        rest = {k: v for k, v in threat.items() if v is not name}
+        shown = text(name) if name is not None else None
+        details = ", ".join(f"{k}={text(v)}" for k, v in sorted(rest.items()))
+        return "; ".join(p for p in (shown, details) if p) or "not recorded"
+    return "not recorded" if threat is None else (text(threat) or "not recorded")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What the report shows for one site in one round (the worst of its records, if several)."""
+
+    site: str
+    round: int
+    status: str
+    risk: str
+    reason: str | None
+    scores_status: str | None
+    scores_reason: str | None
+    ssim_max: float | None
+    psnr_max: float | None
+    success_rate: float | None
+    label_accuracy: float | None
+    epsilon_client: float | None
+    epsilon_sample: float | None
+    delta: float | None
+    config: AuditConfig | None
+    defenses: tuple[Mapping[str, Any], ...]
+    record_count: int
+    record: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def measured(self) -> bool:
+        """Whether any leakage was actually scored at the site."""
+        return self.status == "audited" and self.scores_status == "scored"
+
+    def epsilon_text(self) -> str:
+        """Formal ε so far, naming its level; "none" when no formal DP was applied."""
+        parts = []
+        if self.epsilon_client is not None:
+            parts.append(f"ε={self.epsilon_client:.3g} (client-level)")
+        if self.epsilon_sample is not None:
+            parts.append(f"ε={self.epsilon_sample:.3g} (sample-level)")
+        if not parts:
+            return "none (no formal DP)"
+        return ", ".join(parts) + (f", δ={self.delta:.0e}" if self.delta is not None else "")
+
+
+@dataclass(frozen=True)
+class Note:
+    """A site-round that was not measured, and why (status and reason straight from the record)."""
+
+    site: str
+    round: int
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuditView:
+    """Everything the reports show, computed once from the ledger's records."""
+
+    sites: tuple[str, ...]
+    rounds: tuple[int, ...]
+    cells: Mapping[tuple[str, int], Cell]
+    configs: tuple[AuditConfig, ...]
+    notes: tuple[Note, ...]
+    malformed: tuple[str, ...]
+    records: tuple[Mapping[str, Any], ...]
+
+    def cell(self, site: str, round_number: int) -> Cell | None:
+        """The cell of ``site`` in ``round_number``, or ``None`` when the ledger has no record for it."""
+        return self.cells.get((site, round_number))
+
+    def missing(self) -> tuple[tuple[str, int], ...]:
+        """Site-rounds with no record at all (e.g. the site dropped out, or the audit never wrote one)."""
+        return tuple((s, r) for r in self.rounds for s in self.sites if (s, r) not in self.cells)
+
+    def worst(self, round_number: int | None = None) -> Cell | None:
+        """The record with the worst risk (ties: highest SSIM, PSNR, success rate, then the latest round)."""
+        cells = [c for c in self.cells.values() if round_number is None or c.round == round_number]
+        return max(cells, key=_severity, default=None)
+
+    def counts(self, round_number: int | None = None) -> dict[str, dict[str, int]]:
+        """Site-rounds by status, risk and site-score status."""
+        cells = [c for c in self.cells.values() if round_number is None or c.round == round_number]
+        result: dict[str, dict[str, int]] = {"status": {}, "risk": {}, "site_scores": {}}
+        for cell in cells:
+            result["status"][cell.status] = result["status"].get(cell.status, 0) + 1
+            result["risk"][cell.risk] = result["risk"].get(cell.risk, 0) + 1
+            key = cell.scores_status or "none"
+            result["site_scores"][key] = result["site_scores"].get(key, 0) + 1
+        return result
+
+
+def _severity(cell: Cell) -> tuple[float, ...]:
+    def score(value: float | None) -> float:
+        return -math.inf if value is None else value
+
+    return (RISK_RANK.get(cell.risk, 0), score(cell.ssim_max), score(cell.psnr_max), score(cell.success_rate),
+            cell.round)
+
+
+def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
+    """Group records by site and round, tag their audit configurations and collect the not-measured reasons.
+
+    Args:
+        records: Intact ledger records (`medpfl_app.audit.ledger.read_ledger`), in ledger order.
+
+    Returns:
+        The view. Records without a usable site or round are listed in ``malformed`` instead of the table.
+    """
+    configs: dict[str, AuditConfig] = {}
+    grouped: dict[tuple[str, int], list[Cell]] = {}
+    malformed: list[str] = []
+    for index, record in enumerate(records, start=1):
+        site, round_number = record.get("site"), record.get("round")
+        if not isinstance(site, str) or not site or isinstance(round_number, bool) or not isinstance(round_number, int):
+            malformed.append(f"record {index}: site {text(site)!s} / round {text(round_number)!s} unusable")
+            continue
+        cell = _cell(record, site, round_number, configs)
+        grouped.setdefault((site, round_number), []).append(cell)
+    cells: dict[tuple[str, int], Cell] = {}
+    notes: list[Note] = []
+    for key, group in grouped.items():
+        worst = max(group, key=_severity)
+        cells[key] = dataclasses.replace(worst, record_count=len(group))
+        for cell in group:
+            if cell.status != "audited":
+                notes.append(Note(cell.site, cell.round, cell.status, cell.reason or "no reason recorded"))
+            elif cell.scores_status != "scored":
+                why = cell.scores_reason or "no reason recorded"
+                notes.append(Note(cell.site, cell.round, f"site scores {cell.scores_status or 'missing'}", why))
+    return AuditView(
+        sites=tuple(sorted({s for s, _ in cells})),
+        rounds=tuple(sorted({r for _, r in cells})),
+        cells=cells,
+        configs=tuple(configs.values()),
+        notes=tuple(sorted(notes, key=lambda n: (n.round, n.site))),
+        malformed=tuple(malformed),
+        records=tuple(records),
+    )
+
+
+def _cell(record: Mapping[str, Any], site: str, round_number: int, configs: dict[str, AuditConfig]) -> Cell:
+    status = text(record.get("status")) or "missing"
+    risk = record.get("risk") if record.get("risk") in RISK_ORDER else "unknown"
+    scores = _mapping(record.get("site_scores"))
+    epsilon = _mapping(record.get("epsilon"))
+    defenses = record.get("defenses")
+    config = None
+    if status == "audited":
+        budget = _mapping(record.get("attack_budget"))
+        key = json.dumps([record.get("attack_budget"), record.get("threat_model")], sort_keys=True, default=str)
+        if key not in configs:
+            configs[key] = AuditConfig(
+                tag=f"A{len(configs) + 1}",
+                attack=text(budget.get("attack")) or "not recorded",
+                budget=_budget_text(budget),
+                threat_model=_threat_text(record.get("threat_model")),
+            )
+        config = configs[key]
+    return Cell(
+        site=site,
+        round=round_number,
+        status=status,
+        risk=str(risk),
+        reason=text(record.get("reason")),
+        scores_status=text(scores.get("status")),
+        scores_reason=text(scores.get("reason")),
+        ssim_max=number(scores.get("ssim_max")),
+        psnr_max=number(scores.get("psnr_max")),
+        success_rate=number(scores.get("attack_success_rate")),
+        label_accuracy=number(scores.get("label_accuracy")),
+        epsilon_client=number(epsilon.get("client_dp")),
+        epsilon_sample=number(epsilon.get("dp_sgd")),
+        delta=number(epsilon.get("delta")),
+        config=config,
+        defenses=tuple(d for d in defenses if isinstance(d, Mapping)) if isinstance(defenses, list) else (),
+        record_count=1,
+        record=record,
+    )
+
+
+def defense_chains(view: AuditView) -> dict[str, list[tuple[tuple[int, ...], tuple[Mapping[str, Any], ...]]]]:
+    """Per site, each distinct defense chain and the rounds it was applied in (chains can change mid-job)."""
+    chains: dict[str, list[tuple[tuple[int, ...], tuple[Mapping[str, Any], ...]]]] = {}
+    for site in view.sites:
+        seen: dict[str, tuple[list[int], tuple[Mapping[str, Any], ...]]] = {}
+        for round_number in view.rounds:
+            cell = view.cell(site, round_number)
+            if cell is None:
+                continue
+            key = json.dumps(cell.defenses, sort_keys=True, default=str)
+            seen.setdefault(key, ([], cell.defenses))[0].append(round_number)
+        chains[site] = [(tuple(rounds), chain) for rounds, chain in seen.values()]
+    return chains
+
+
+def defense_label(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(name, stated guarantee, installed by) of one ``medpfl_defenses`` entry, as plain text."""
+    name = text(entry.get("defense")) or "unnamed defense"
+    guarantee = text(entry.get("guarantee")) or "guarantee not stated (treat as heuristic)"
+    installed = text(entry.get("installed_by")) or "not recorded"
+    return name, guarantee, installed
+
+
+def params_text(entry: Mapping[str, Any]) -> str:
+    """The defense's parameters as ``key=value`` pairs."""
+    params = _mapping(entry.get("params"))
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(params.items()))
+
+
+def verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any]:
+    """The summary verdict: the worst measured risk, where, under which attack, budget and threat model.
+
+    Returns:
+        Plain JSON: ``risk``, ``site``, ``round``, ``scores``, ``config``, ``epsilon``, ``headline`` (one sentence)
+        and ``coverage`` (counts of what could not be measured, so a "low" is never read as complete).
+    """
+    skipped = list(skipped_lines)
+    counts = view.counts()
+    total = len(view.cells)
+    unmeasured = sum(1 for c in view.cells.values() if not c.measured)
+    coverage = {
+        "site_rounds": total,
+        "measured": total - unmeasured,
+        "not_measured": unmeasured,
+        "missing_site_rounds": len(view.missing()),
+        "skipped_ledger_lines": len(skipped),
+        "malformed_records": len(view.malformed),
+        **counts,
+    }
+    worst = view.worst()
+    if worst is None:
+        return {"risk": "unknown", "site": None, "round": None, "scores": None, "config": None, "epsilon": None,
+                "headline": "The ledger holds no usable audit record.", "coverage": coverage}
+    scores = {"ssim_max": worst.ssim_max, "psnr_max": worst.psnr_max, "attack_success_rate": worst.success_rate,
+              "label_accuracy": worst.label_accuracy}
+    if worst.risk == "unknown":
+        headline = f"No measured risk: none of the {total} site-rounds has site-scored leakage."
+    else:
+        shown = ", ".join(filter(None, [
+            f"SSIM {worst.ssim_max:.2f}" if worst.ssim_max is not None else None,
+            f"PSNR {worst.psnr_max:.1f} dB" if worst.psnr_max is not None else None,
+            f"attack success {worst.success_rate:.0%}" if worst.success_rate is not None else None,
+        ])) or "no site scores"
+        if not worst.measured:
+            shown = f"{shown}; level from server-side indicators: {_indicators_text(worst.record)}"
+        under = worst.config.describe() if worst.config else "attack not recorded"
+        headline = (f"Worst risk {worst.risk.upper()}: {worst.site}, round {worst.round} ({shown}; worst image) "
+                    f"under {under}; formal ε: {worst.epsilon_text()}.")
+    return {
+        "risk": worst.risk,
+        "site": worst.site,
+        "round": worst.round,
+        "scores": scores,
+        "config": worst.config.to_dict() if worst.config else None,
+        "epsilon": {"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
+        "headline": headline,
+        "coverage": coverage,
+    }
+
+
+def _indicators_text(record: Mapping[str, Any]) -> str:
+    indicators = _mapping(record.get("server_indicators"))
+    return ", ".join(f"{k}={text(v)}" for k, v in sorted(indicators.items())) or "none recorded"

@@ -1,0 +1,322 @@
+"""`render_report`: the ledger of a job → per-round JSON reports and one self-contained HTML report."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medpfl_app.atomic_io import write_atomic
+from medpfl_app.audit.ledger import LEDGER_FILE, find_ledgers, read_ledger
+from medpfl_app.errors import MedPFLError
+from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
+from medpfl_app.reports.model import (
+    RISK_MEANINGS,
+    RISK_ORDER,
+    AuditView,
+    build_view,
+    defense_chains,
+    defense_label,
+    params_text,
+    verdict,
+)
+from medpfl_app.reports.svg import Series, line_chart, site_colors
+from medpfl_app.reports.thumbnails import ThumbnailSet, collect_thumbnails
+
+REPORT_SCHEMA = "medpfl.audit-report/1"
+HTML_FILE = "audit_report.html"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where `render_report` read from and what it wrote."""
+
+    ledger: Path
+    out_dir: Path
+    html: Path
+    round_json: tuple[Path, ...]
+    thumbnails: tuple[Path, ...] = ()
+    round_metrics: Path | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """The rendered report's content, for the terminal summary and callers that want the numbers."""
+
+    paths: ReportPaths
+    view: AuditView
+    verdict: Mapping[str, Any]
+    skipped_lines: tuple[int, ...]
+    accuracy: Accuracy
+    thumbnail_notes: tuple[str, ...]
+
+
+def resolve_ledger(source: str | os.PathLike[str]) -> Path:
+    """The one audit ledger behind ``source``: the ledger file itself, or the only one under a folder.
+
+    Raises:
+        MedPFLError: nothing there, no ledger under the folder, or several (ambiguous).
+    """
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise MedPFLError(f"{path} does not exist",
+                          fix="pass a downloaded job folder, a simulator workspace or an audit_ledger.jsonl file")
+    ledgers = list(find_ledgers(path))
+    if not ledgers:
+        raise MedPFLError(
+            f"no audit ledger ({LEDGER_FILE}) under {path}",
+            fix="pass the job folder of a job that ran with the audit on (nvflare job download / download_job), "
+            "or the ledger file itself",
+        )
+    if len(ledgers) > 1:
+        listed = ", ".join(str(p.relative_to(path)) for p in ledgers)
+        raise MedPFLError(f"several audit ledgers under {path}: {listed}", fix="pass the ledger file you mean")
+    return ledgers[0]
+
+
+def render_report(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    thumbnails_from: str | os.PathLike[str] | None = None,
+) -> ReportPaths:
+    """Render ``report_round_<n>.json`` per round and ``audit_report.html`` from a job's audit ledger.
+
+    Args:
+        source: A downloaded job folder, a simulator workspace or an ``audit_ledger.jsonl`` file. Model accuracy is
+            read from a ``metrics/round_metrics.jsonl`` under the folder (or next to the ledger) when there is one.
+        out_dir: Report folder; default: the ledger's folder, so a downloaded job carries its report.
+        thumbnails_from: Opt-in folder of server reconstructions (``<site>/round_<n>/*.png``). Reconstructions
+            of real data are patient data: default ``None`` shows none. When given, downsized copies are written
+            owner-only (0600) and embedded, and the HTML itself is then written 0600 too.
+
+    Returns:
+        The paths read and written.
+
+    Raises:
+        MedPFLError: no ledger, several ledgers, or a bad thumbnail folder.
+    """
+    return build_report(source, out_dir, thumbnails_from=thumbnails_from).paths
+
+
+def build_report(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    thumbnails_from: str | os.PathLike[str] | None = None,
+) -> Report:
+    """`render_report`, also returning the content (for the terminal summary)."""
+    ledger = resolve_ledger(source)
+    contents = read_ledger(ledger)
+    view = build_view(contents.records)
+    search_root = Path(source) if Path(source).is_dir() else ledger.parent
+    accuracy = read_accuracy(find_round_metrics(search_root))
+    target = Path(out_dir) if out_dir is not None else ledger.parent
+    target.mkdir(parents=True, exist_ok=True)
+    summary = verdict(view, contents.skipped_lines)
+    thumbs = collect_thumbnails(thumbnails_from, target) if thumbnails_from is not None else None
+
+    round_paths = tuple(
+        _write(target / f"report_round_{n}.json",
+               json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy), indent=2) + "\n")
+        for n in view.rounds
+    )
+    html = render_html(view, summary, ledger=ledger, skipped_lines=contents.skipped_lines, accuracy=accuracy,
+                       thumbnails=thumbs)
+    # with thumbnails the page embeds patient data; without, it holds scalars only and follows the umask
+    html_path = _write(target / HTML_FILE, html, private=bool(thumbs and thumbs.thumbnails))
+    paths = ReportPaths(
+        ledger=ledger,
+        out_dir=target,
+        html=html_path,
+        round_json=round_paths,
+        thumbnails=tuple(t.path for t in thumbs.thumbnails) if thumbs else (),
+        round_metrics=accuracy.path,
+    )
+    return Report(paths=paths, view=view, verdict=summary, skipped_lines=contents.skipped_lines, accuracy=accuracy,
+                  thumbnail_notes=thumbs.ignored if thumbs else ())
+
+
+def _write(path: Path, content: str, *, private: bool = False) -> Path:
+    """Atomic write; owner-only when ``private``, else the usual umask-derived mode (the temp file is 0600)."""
+
+    def write(temp: Path) -> None:
+        temp.write_text(content, encoding="utf-8")
+        os.chmod(temp, 0o600 if private else 0o666 & ~_umask())
+
+    return write_atomic(path, write)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def round_report(
+    view: AuditView, round_number: int, ledger: Path, skipped_lines: Sequence[int], accuracy: Accuracy
+) -> dict[str, Any]:
+    """The JSON report of one round: its records verbatim plus a summary (verdict, counts, accuracy)."""
+    cells = [view.cell(site, round_number) for site in view.sites]
+    round_verdict = verdict(_only_round(view, round_number))
+    return {
+        "schema": REPORT_SCHEMA,
+        "round": round_number,
+        "ledger": str(ledger),
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {
+            "verdict": round_verdict,
+            "sites": [
+                {
+                    "site": c.site,
+                    "status": c.status,
+                    "risk": c.risk,
+                    "reason": c.reason,
+                    "site_scores": c.scores_status,
+                    "ssim_max": c.ssim_max,
+                    "psnr_max": c.psnr_max,
+                    "attack_success_rate": c.success_rate,
+                    "epsilon": {"client_dp": c.epsilon_client, "dp_sgd": c.epsilon_sample, "delta": c.delta},
+                    "audit_config": c.config.tag if c.config else None,
+                    "records": c.record_count,
+                }
+                for c in cells if c is not None
+            ],
+            "sites_without_record": [s for s, c in zip(view.sites, cells) if c is None],
+            "audit_configs": [c.to_dict() for c in view.configs],
+            "model_accuracy": accuracy.aggregated.get(round_number),
+            "model_accuracy_metric": accuracy.metric,
+            "ledger_lines_skipped": list(skipped_lines),
+            "risk_levels": RISK_MEANINGS,
+        },
+        "records": [r for r in view.records if r.get("round") == round_number and not isinstance(r.get("round"), bool)],
+    }
+
+
+def _only_round(view: AuditView, round_number: int) -> AuditView:
+    cells = {key: cell for key, cell in view.cells.items() if key[1] == round_number}
+    return dataclasses.replace(view, cells=cells, rounds=(round_number,),
+                               notes=tuple(n for n in view.notes if n.round == round_number), malformed=())
+
+
+def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
+    """The audit's documented risk policy (`medpfl_app.audit.risk`), when that module is installed.
+
+    Returns:
+        ``doc`` (how levels are set), ``thresholds`` and ``source``: the thresholds recorded in the records
+        (``risk_policy``) when they all agree, else the module's defaults, labelled as such.
+    """
+    try:
+        module = importlib.import_module("medpfl_app.audit.risk")
+    except ImportError:
+        return None
+    recorded = {json.dumps(r.get("risk_policy"), sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
+    if len(recorded) == 1:
+        thresholds, source = json.loads(recorded.pop()), "recorded in the ledger"
+    else:
+        policy = getattr(module, "RiskPolicy", None)
+        thresholds = policy().to_dict() if policy is not None and hasattr(policy, "to_dict") else {}
+        source = ("defaults (the records do not say which thresholds the job used)" if not recorded
+                  else "defaults (the records name different thresholds; each record's level is as recorded)")
+    doc = (module.__doc__ or "").replace("``", "").strip()
+    return {"doc": doc, "thresholds": thresholds, "source": source}
+
+
+def _plots(view: AuditView, accuracy: Accuracy) -> list[dict[str, Any]]:
+    colors = site_colors(view.sites)
+    rounds = sorted(set(view.rounds) | set(accuracy.aggregated))
+    measured = {site: [c for r in view.rounds if (c := view.cell(site, r)) is not None and c.measured]
+                for site in view.sites}
+
+    def leak(attr: str) -> list[Series]:
+        return [Series(site, colors[site], {c.round: v for c in measured[site] if (v := getattr(c, attr)) is not None})
+                for site in view.sites]
+
+    def tags(series_attr: str) -> list[str]:
+        used = {c.config.tag for cells in measured.values() for c in cells
+                if c.config is not None and getattr(c, series_attr) is not None}
+        return [f"{c.tag}: {c.describe()}" for c in view.configs if c.tag in used]
+
+    epsilon: list[Series] = []
+    for site in view.sites:
+        cells = [c for r in view.rounds if (c := view.cell(site, r)) is not None]
+        client = {c.round: c.epsilon_client for c in cells if c.epsilon_client is not None}
+        sample = {c.round: c.epsilon_sample for c in cells if c.epsilon_sample is not None}
+        if client or not sample:
+            epsilon.append(Series(f"{site} client-level" if client else f"{site}: none", colors[site], client))
+        if sample:
+            epsilon.append(Series(f"{site} sample-level", colors[site], sample, dashed=True))
+    acc = [Series("global model", "#333333", dict(accuracy.aggregated))] if accuracy.aggregated else []
+    acc += [Series(site, colors.get(site, "#888888"), dict(values), dashed=True)
+            for site, values in sorted(accuracy.per_site.items())]
+    no_metrics = "no metrics/round_metrics.jsonl found" if not accuracy.path else "no accuracy metric in the file"
+    specs = [
+        ("ssim", "Reconstruction SSIM (worst image)", "SSIM", leak("ssim_max"), (0.0, 1.0), tags("ssim_max"),
+         "no site-scored SSIM"),
+        ("psnr", "Reconstruction PSNR (worst image)", "PSNR (dB)", leak("psnr_max"), None, tags("psnr_max"),
+         "no site-scored PSNR"),
+        ("success", "Attack success rate", "share of images", leak("success_rate"), (0.0, 1.0), tags("success_rate"),
+         "no site-scored success rate"),
+        ("epsilon", "Formal ε so far", "ε", epsilon, None, [], "no formal DP in any record: ε undefined"),
+        ("accuracy", "Model accuracy", accuracy.metric or "accuracy", acc, (0.0, 1.0), [], no_metrics),
+    ]
+    return [
+        {"key": key, "svg": line_chart(key=key, title=title, y_label=y_label, rounds=rounds, series=series,
+                                       y_range=y_range, empty_note=empty),
+         "configs": configs}
+        for key, title, y_label, series, y_range, configs, empty in specs
+    ]
+
+
+def render_html(
+    view: AuditView,
+    summary: Mapping[str, Any],
+    *,
+    ledger: Path,
+    skipped_lines: Sequence[int],
+    accuracy: Accuracy,
+    thumbnails: ThumbnailSet | None,
+) -> str:
+    """The self-contained HTML report (inline CSS and SVG; every record string auto-escaped by Jinja2)."""
+    import jinja2
+    from markupsafe import Markup
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("medpfl_app.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    plots = _plots(view, accuracy)
+    for plot in plots:
+        plot["svg"] = Markup(plot["svg"])  # built by svg.line_chart, which escapes every text itself
+    chains = {
+        site: [
+            {"rounds": rounds, "defenses": [(*defense_label(d), params_text(d)) for d in chain]}
+            for rounds, chain in entries
+        ]
+        for site, entries in defense_chains(view).items()
+    }
+    job_ids = sorted({str(r.get("job_id")) for r in view.records if r.get("job_id") is not None})
+    return environment.get_template("audit_report.html.j2").render(
+        view=view,
+        verdict=summary,
+        ledger=str(ledger),
+        skipped_lines=list(skipped_lines),
+        accuracy=accuracy,
+        plots=plots,
+        chains=chains,
+        job_ids=job_ids,
+        risk_order=RISK_ORDER,
+        risk_meanings=RISK_MEANINGS,
+        policy=risk_policy(view.records),
+        thumbnails=thumbnails,
+        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    )

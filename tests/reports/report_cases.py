@@ -1,0 +1,81 @@
+"""Synthetic audit ledgers for the report tests: 3 sites × 3 rounds with every status, score state and defense."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medpfl_app.audit.ledger import AuditLedger
+
+MALICIOUS_SITE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+BUDGET = {"attack": "invertinggradients", "iterations": 300, "restarts": 1, "time_limit_s": 60}
+THREAT = {"name": "honest-but-curious server", "knows": "update meta, global weights"}
+CLIENT_DP = {"defense": "client_dp", "guarantee": "(ε, δ)-DP at client level", "installed_by": "site",
+             "params": {"clip_norm": 1.0, "noise_multiplier": 1.0}}
+LAPLACE = {"defense": "laplace_noise", "guarantee": "heuristic (no formal guarantee)", "installed_by": "job",
+           "params": {"b": 0.001}}
+
+
+def record(site: str, round_number: int, **overrides: Any) -> dict[str, Any]:
+    """One audited, site-scored, low-risk record; ``overrides`` change any field."""
+    base: dict[str, Any] = {
+        "job_id": "job-42",
+        "site": site,
+        "round": round_number,
+        "status": "audited",
+        "reason": None,
+        "model": {"network": "small_cnn", "config_hash": "abc", "num_parameters": 1000},
+        "threat_model": THREAT,
+        "defenses": [],
+        "epsilon": {"client_dp": None, "dp_sgd": None, "delta": None},
+        "server_indicators": {"labels_recovered": 1},
+        "site_scores": {"status": "scored", "reason": None, "psnr_mean": 12.0, "psnr_max": 13.0, "ssim_mean": 0.1,
+                        "ssim_max": 0.15, "attack_success_rate": 0.0, "label_accuracy": 1.0},
+        "risk": "low",
+        "attack_budget": BUDGET,
+    }
+    base.update(overrides)
+    return base
+
+
+def scores(ssim: float, psnr: float, success: float) -> dict[str, Any]:
+    """Scored site scores with the given worst-image SSIM / PSNR and success rate."""
+    return {"status": "scored", "reason": None, "psnr_mean": psnr - 1, "psnr_max": psnr, "ssim_mean": ssim - 0.05,
+            "ssim_max": ssim, "attack_success_rate": success, "label_accuracy": 1.0}
+
+
+def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) -> Path:
+    """A downloaded-job-like folder: ``<root>/workspace/audit/audit_ledger.jsonl`` (+ round metrics).
+
+    site-hr (batch size 1, no defense): high risk, worst in round 1 (SSIM 0.93).
+    site-dp (client DP): low risk, ε growing; round 2 site scores unavailable.
+    MALICIOUS_SITE (Laplace): round 0 not audited (queue full), round 1 not auditable (HE), round 2 medium.
+    """
+    ledger = AuditLedger(root / "workspace" / "audit" / "audit_ledger.jsonl")
+    for r in range(3):
+        hr = {0: (0.85, 24.0, 0.5), 1: (0.93, 29.5, 1.0), 2: (0.88, 26.0, 1.0)}[r]
+        ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr)))
+        dp_scores = (scores(0.05 + 0.01 * r, 9.0, 0.0) if r < 2
+                     else {"status": "unavailable", "reason": "site-dp did not answer within 30 s"})
+        ledger.append(record("site-dp", r, defenses=[CLIENT_DP], risk="low" if r < 2 else "unknown",
+                             epsilon={"client_dp": 1.5 * (r + 1), "dp_sgd": None, "delta": 1e-5},
+                             site_scores=dp_scores))
+    ledger.append(record(MALICIOUS_SITE, 0, status="not_audited", reason="audit queue full <b>bold</b>",
+                         risk="unknown", site_scores=None, defenses=[LAPLACE]))
+    ledger.append(record(MALICIOUS_SITE, 1, status="not_auditable", reason="update is HE-encrypted (CKKS)",
+                         risk="unknown", site_scores=None, defenses=[LAPLACE]))
+    ledger.append(record(MALICIOUS_SITE, 2, risk="medium", site_scores=scores(0.45, 17.0, 0.25), defenses=[LAPLACE]))
+    if truncated_tail:
+        with open(ledger.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record("site-hr", 3))[:40])
+    if metrics:
+        folder = root / "workspace" / "metrics"
+        folder.mkdir(parents=True)
+        lines = [
+            {"round": r, "aggregated_metrics": [{"name": "accuracy", "value": 0.3 + 0.2 * r}],
+             "sites": [{"name": "site-hr", "metrics": [{"name": "accuracy", "value": 0.25 + 0.2 * r}]}]}
+            for r in range(3)
+        ]
+        (folder / "round_metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return ledger.path

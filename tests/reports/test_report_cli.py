@@ -1,0 +1,52 @@
+"""``medpfl report``: terminal summary, files written, one clear error without a ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from report_cases import MALICIOUS_SITE, write_job
+
+from medpfl_app.cli.main import main
+
+
+def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
+    write_job(tmp_path / "job")
+    assert main(["report", str(tmp_path / "job"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.strip().startswith("site"))
+    assert [w for w in header.split() if w.isdigit()] == ["0", "1", "2"]
+    hr = next(line for line in lines if line.strip().startswith("site-hr"))
+    assert hr.split()[1:4] == ["high", "0.85/24.0/-", "A1"]
+    dp = next(line for line in lines if line.strip().startswith("site-dp"))
+    assert "low 0.06/9.0/3 A1" in dp and "unknown (scores unavailable)" in dp
+    bad = next(line for line in lines if "alert" in line)
+    assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/-" in bad
+    assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
+    assert "A1: attack invertinggradients (300 iterations, 1 restart, ≤ 60 s)" in out
+    assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
+    assert (tmp_path / "out" / "report_round_2.json").is_file()
+    assert MALICIOUS_SITE in out  # printable text is kept as is; only control characters are replaced
+
+
+def test_control_characters_in_site_names_do_not_reach_the_terminal(tmp_path: Path, capsys) -> None:
+    from medpfl_app.audit.ledger import AuditLedger
+    from report_cases import record
+
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger.append(record("evil\x1b[2Jsite", 0))
+    assert main(["report", str(ledger.path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil?[2Jsite" in out
+
+
+def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "medpfl_app.cli.main", "report", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "no audit ledger (audit_ledger.jsonl) under" in done.stderr and "fix:" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,216 @@
+"""JSON and HTML reports from synthetic ledgers: verdict, table, colours, reasons, escaping, thumbnails."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from report_cases import MALICIOUS_SITE, record, scores, write_job
+
+from medpfl_app.audit.ledger import AuditLedger
+from medpfl_app.errors import MedPFLError
+from medpfl_app.reports import REPORT_SCHEMA, render_report
+
+
+class _Cells(HTMLParser):
+    """Collects the risk-table cells (``td.cell``) and every element's tag, and the text of ``<script>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: list[dict[str, str]] = []
+        self.tags: list[str] = []
+        self.img_sources: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        found = {k: v or "" for k, v in attrs}
+        if tag == "td" and "cell" in found.get("class", "").split():
+            self.cells.append(found)
+        if tag == "img":
+            self.img_sources.append(found.get("src", ""))
+
+
+def _parse(html: str) -> _Cells:
+    parser = _Cells()
+    parser.feed(html)
+    return parser
+
+
+@pytest.fixture()
+def job(tmp_path: Path) -> Path:
+    write_job(tmp_path / "job")
+    return tmp_path / "job"
+
+
+def test_round_json_holds_that_rounds_records_and_a_summary(job: Path, tmp_path: Path) -> None:
+    """One report_round_<n>.json per round; records verbatim; per-round worst and model accuracy."""
+    paths = render_report(job, tmp_path / "out")
+    assert [p.name for p in paths.round_json] == ["report_round_0.json", "report_round_1.json", "report_round_2.json"]
+    report = json.loads(paths.round_json[0].read_text())
+    assert report["schema"] == REPORT_SCHEMA and report["round"] == 0
+    assert sorted(r["site"] for r in report["records"]) == sorted(["site-hr", "site-dp", MALICIOUS_SITE])
+    assert all(r["round"] == 0 for r in report["records"])
+    summary = report["summary"]
+    assert summary["verdict"]["site"] == "site-hr" and summary["verdict"]["risk"] == "high"
+    assert summary["verdict"]["scores"]["ssim_max"] == pytest.approx(0.85)  # round 0's, not the job's worst
+    assert summary["model_accuracy"] == pytest.approx(0.3)
+    assert summary["ledger_lines_skipped"] == [10]
+    statuses = {s["site"]: s["status"] for s in summary["sites"]}
+    assert statuses[MALICIOUS_SITE] == "not_audited"
+
+
+def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(job: Path, tmp_path: Path) -> None:
+    paths = render_report(job, tmp_path / "out")
+    html = paths.html.read_text()
+    verdict = re.search(r'<section id="verdict" class="verdict risk-(\w+)".*?</section>', html, re.S)
+    assert verdict is not None and verdict.group(1) == "high"
+    text = verdict.group(0)
+    assert "site-hr, round 1" in text and "SSIM 0.93" in text and "PSNR 29.5 dB" in text
+    assert "invertinggradients" in text and "300 iterations" in text and "honest-but-curious server" in text
+    assert "6 of 9 site-rounds measured" in text
+
+
+def test_a_higher_level_beats_higher_scores_and_unknown_never_wins(tmp_path: Path) -> None:
+    """The level decides first (a medium beats a low with better scores); scores only break ties between levels."""
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger.append(record("a", 0, risk="low", site_scores=scores(0.29, 30.0, 0.0)))
+    ledger.append(record("b", 0, risk="medium", site_scores=scores(0.31, 12.0, 0.0)))
+    ledger.append(record("c", 0, status="not_audited", reason="queue full", risk="unknown", site_scores=None))
+    ledger.append(record("d", 1, risk="medium", site_scores=scores(0.45, 14.0, 0.0)))
+    report = json.loads(render_report(ledger.path).round_json[0].read_text())
+    assert report["summary"]["verdict"]["site"] == "b"
+    overall = (tmp_path / "audit_report.html").read_text()
+    assert "d, round 1" in overall  # the tie between the two mediums goes to the higher SSIM
+
+
+def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Path) -> None:
+    html = render_report(job, tmp_path / "out").html.read_text()
+    cells = _parse(html).cells
+    grid = {(c["data-site"], c["data-round"]): c for c in cells}
+    assert set(grid) == {(s, str(r)) for s in ("site-hr", "site-dp", MALICIOUS_SITE) for r in range(3)}
+    for (site, round_number), cell in grid.items():
+        assert f"risk-{cell['data-risk']}" in cell["class"].split()
+    assert {grid[("site-hr", str(r))]["data-risk"] for r in range(3)} == {"high"}
+    assert grid[("site-dp", "0")]["data-risk"] == "low"
+    assert grid[(MALICIOUS_SITE, "2")]["data-risk"] == "medium"
+    assert grid[(MALICIOUS_SITE, "0")]["data-risk"] == "unknown"
+    style = html[html.index("<style>"): html.index("</style>")]
+    colours = {level: re.search(rf"\.risk-{level} {{ background: (#[0-9a-f]{{6}})", style).group(1)
+               for level in ("high", "medium", "low", "unknown")}
+    assert len(set(colours.values())) == 4
+
+
+def test_a_site_round_without_record_is_shown_as_missing(tmp_path: Path) -> None:
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger.append(record("a", 0))
+    ledger.append(record("a", 1))
+    ledger.append(record("b", 0))
+    html = render_report(ledger.path).html.read_text()
+    grid = {(c["data-site"], c["data-round"]): c["data-risk"] for c in _parse(html).cells}
+    assert grid[("b", "1")] == "missing"
+    assert "b round 1" in html
+
+
+def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job: Path, tmp_path: Path) -> None:
+    html = render_report(job, tmp_path / "out").html.read_text()
+    section = html[html.index('<section id="not-measured">'): html.index('<section id="risk-levels">')]
+    assert "update is HE-encrypted (CKKS)" in section and "not auditable" in section
+    assert "audit queue full &lt;b&gt;bold&lt;/b&gt;" in section and "<b>bold</b>" not in section
+    assert "site-dp did not answer within 30 s" in section and "site scores unavailable" in section
+    assert re.search(r"corrupt: 10\b", section)
+
+
+def test_defense_chain_shows_each_stated_guarantee(job: Path, tmp_path: Path) -> None:
+    html = render_report(job, tmp_path / "out").html.read_text()
+    section = html[html.index('<section id="defenses">'): html.index('<section id="not-measured">')]
+    assert "client_dp" in section and "(ε, δ)-DP at client level" in section
+    assert "laplace_noise" in section and "heuristic (no formal guarantee)" in section
+    assert "no defense" in section  # site-hr
+
+
+def test_every_string_from_the_ledger_is_escaped(job: Path, tmp_path: Path) -> None:
+    """A site name carrying markup appears only as text: no script element, no img, no event handler."""
+    html = render_report(job, tmp_path / "out").html.read_text()
+    parsed = _parse(html)
+    assert "script" not in parsed.tags and "img" not in parsed.tags
+    assert MALICIOUS_SITE not in html and "onerror=alert(1)>" not in html
+    assert "&lt;script&gt;alert(" in html  # shown, escaped, in the table, the SVG legends and the notes
+
+
+def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> None:
+    html = render_report(job, tmp_path / "out").html.read_text()
+    plots = re.findall(r'<figure class="plot" data-plot="(\w+)">', html)
+    assert plots == ["ssim", "psnr", "success", "epsilon", "accuracy"]
+    accuracy = html[html.index('data-plot="accuracy"'):]
+    accuracy = accuracy[: accuracy.index("</figure>")]
+    assert "global model, round 2: 0.7" in accuracy and "round_metrics.jsonl" in accuracy
+    epsilon = html[html.index('<figure class="plot" data-plot="epsilon"'):]
+    assert "site-dp client-level, round 2: 4.5" in epsilon[: epsilon.index("</figure>")]
+    ssim = html[html.index('<figure class="plot" data-plot="ssim"'):]
+    assert "A1: attack invertinggradients" in ssim[: ssim.index("</figure>")]
+
+
+def test_without_round_metrics_the_accuracy_plot_says_so(tmp_path: Path) -> None:
+    write_job(tmp_path / "job", metrics=False)
+    html = render_report(tmp_path / "job").html.read_text()
+    assert "no metrics/round_metrics.jsonl found" in html
+
+
+def test_report_is_self_contained(job: Path, tmp_path: Path) -> None:
+    html = render_report(job, tmp_path / "out").html.read_text()
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert "@import" not in html and "url(" not in html
+
+
+def test_thumbnails_are_off_by_default(job: Path, tmp_path: Path) -> None:
+    paths = render_report(job, tmp_path / "out")
+    html = paths.html.read_text()
+    assert paths.thumbnails == () and not (tmp_path / "out" / "thumbnails").exists()
+    assert "data:image" not in html and not _parse(html).img_sources
+    assert "Not shown (default)" in html
+
+
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (200, 200), color=value).save(path)
+
+
+def test_opted_in_thumbnails_are_embedded_and_owner_only(job: Path, tmp_path: Path) -> None:
+    recon = tmp_path / "recon"
+    _png(recon / "site-hr" / "round_1" / "img0.png", 40)
+    _png(recon / "site-hr" / "round_1" / "img1.png", 200)
+    (recon / "site-hr" / "round_1" / "notes.txt").write_text("x")
+    (recon / "site-hr" / "round_2").mkdir()
+    (recon / "site-hr" / "round_2" / "fake.png").write_text("not a png")
+    paths = render_report(job, tmp_path / "out", thumbnails_from=recon)
+    assert len(paths.thumbnails) == 2
+    for thumb in paths.thumbnails:
+        assert stat.S_IMODE(thumb.stat().st_mode) == 0o600
+        assert thumb.parent.stat().st_mode & 0o077 == 0
+        from PIL import Image
+
+        with Image.open(thumb) as image:
+            assert max(image.size) <= 96
+    assert stat.S_IMODE(paths.html.stat().st_mode) == 0o600
+    html = paths.html.read_text()
+    assert len(_parse(html).img_sources) == 2 and all(s.startswith("data:image/png;base64,") for s in _parse(html).img_sources)
+    assert "patient data" in html and "notes.txt" in html and "not a PNG file" in html
+
+
+def test_source_forms_and_a_missing_ledger(job: Path, tmp_path: Path) -> None:
+    ledger = next(job.rglob("audit_ledger.jsonl"))
+    assert render_report(ledger).html == ledger.parent / "audit_report.html"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedPFLError, match="no audit ledger"):
+        render_report(tmp_path / "empty")
+    (job / "copy").mkdir()
+    (job / "copy" / "audit_ledger.jsonl").write_bytes(ledger.read_bytes())
+    with pytest.raises(MedPFLError, match="several audit ledgers"):
+        render_report(job)
