@@ -51,48 +51,107 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+#: Budget fields that are measured per audit (early stopping, timing), not configured: they stay out of the
+#: configuration's identity and are shown per record instead.
+MEASURED_BUDGET_KEYS = frozenset({"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s"})
+
+
 @dataclass(frozen=True)
 class AuditConfig:
-    """One attack + budget + threat model combination; every leakage number carries its tag (``A1``, ``A2`` …)."""
+    """One attack + configured budget + threat model; every leakage number carries its tag (``A1``, ``A2`` …).
+
+    Attributes:
+        tag: Short name shown next to each number.
+        attack: The attack's registry name.
+        budget: The configured budget (restarts, time limit, image cap, …) as text.
+        threat_model: What the attacker knew or assumed, as text (every recorded field).
+        threat_name: The threat model's headline (its declared adversary).
+        iterations: The iterations the attack actually ran, over the records of this configuration.
+    """
 
     tag: str
     attack: str
     budget: str
     threat_model: str
+    threat_name: str
+    iterations: tuple[int, ...] = ()
+
+    def iterations_text(self) -> str:
+        """The iterations actually run: one value, or the range over records."""
+        if not self.iterations:
+            return "iterations not recorded"
+        low, high = min(self.iterations), max(self.iterations)
+        return f"{low} iterations run" if low == high else f"{low}–{high} iterations run"
 
     def describe(self) -> str:
-        """One line naming the attack, its budget and the threat model."""
-        return f"attack {self.attack} ({self.budget}); threat model: {self.threat_model}"
+        """The full line: attack, configured budget, iterations run and the whole threat model."""
+        return f"attack {self.attack} ({self.budget}; {self.iterations_text()}); threat model: {self.threat_model}"
 
-    def to_dict(self) -> dict[str, str]:
+    def short(self) -> str:
+        """A compact line for headlines; the tag leads to the full description."""
+        return f"attack {self.attack} ({self.budget}; {self.iterations_text()}), threat model {self.threat_name} [{self.tag}]"
+
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
-        return {"tag": self.tag, "attack": self.attack, "budget": self.budget, "threat_model": self.threat_model}
+        return {"tag": self.tag, "attack": self.attack, "budget": self.budget, "threat_model": self.threat_model,
+                "threat_name": self.threat_name, "iterations_run": list(self.iterations)}
 
 
 def _budget_text(budget: Mapping[str, Any]) -> str:
     parts: list[str] = []
-    if (iterations := number(budget.get("iterations"))) is not None:
-        parts.append(f"{iterations:g} iterations")
     if (restarts := number(budget.get("restarts"))) is not None:
         parts.append(f"{restarts:g} restart{'s' if restarts != 1 else ''}")
     if (limit := number(budget.get("time_limit_s"))) is not None:
         parts.append(f"≤ {limit:g} s")
-    known = {"attack", "iterations", "restarts", "time_limit_s"}
-    for key in sorted(k for k in budget if k not in known):
+    shown = {"attack", "restarts", "time_limit_s"} | MEASURED_BUDGET_KEYS
+    for key in sorted(k for k in budget if k not in shown and budget[k] is not None):
         parts.append(f"{key}={text(budget[key])}")
     return ", ".join(parts) or "budget not recorded"
+
+
+def _threat_name(threat: Any) -> str:
+    if isinstance(threat, Mapping):
+        for key in ("name", "declared", "attacker", "adversary", "description"):
+            if isinstance(threat.get(key), str):
+                return threat[key].split(":")[0].split("(")[0].strip() or "not recorded"
+    if isinstance(threat, str):
+        return threat.split(":")[0].split("(")[0].strip() or "not recorded"
+    return "not recorded"
 
 
 def _threat_text(threat: Any) -> str:
     if isinstance(threat, str):
         return threat
     if isinstance(threat, Mapping):
-        name = threat.get("name") or threat.get("adversary") or threat.get("description")
-        rest = {k: v for k, v in threat.items() if v is not name}
-        shown = text(name) if name is not None else None
-        details = ", ".join(f"{k}={text(v)}" for k, v in sorted(rest.items()))
-        return "; ".join(p for p in (shown, details) if p) or "not recorded"
+        return "; ".join(f"{k}={text(v)}" for k, v in sorted(threat.items())) or "not recorded"
     return "not recorded" if threat is None else (text(threat) or "not recorded")
+
+
+def _config_key(record: Mapping[str, Any]) -> str:
+    budget = {k: v for k, v in _mapping(record.get("attack_budget")).items() if k not in MEASURED_BUDGET_KEYS}
+    return json.dumps([budget, record.get("threat_model")], sort_keys=True, default=str)
+
+
+def _configs(records: Sequence[Mapping[str, Any]]) -> dict[str, AuditConfig]:
+    """One `AuditConfig` per distinct configured budget + threat model among the audited records, in ledger order."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        if record.get("status") == "audited":
+            grouped.setdefault(_config_key(record), []).append(record)
+    configs: dict[str, AuditConfig] = {}
+    for index, (key, group) in enumerate(grouped.items(), start=1):
+        budget = _mapping(group[0].get("attack_budget"))
+        iterations = sorted({int(v) for r in group
+                             if (v := number(_mapping(r.get("attack_budget")).get("iterations"))) is not None})
+        configs[key] = AuditConfig(
+            tag=f"A{index}",
+            attack=text(budget.get("attack")) or "not recorded",
+            budget=_budget_text(budget),
+            threat_model=_threat_text(group[0].get("threat_model")),
+            threat_name=_threat_name(group[0].get("threat_model")),
+            iterations=tuple(iterations),
+        )
+    return configs
 
 
 @dataclass(frozen=True)
@@ -199,13 +258,14 @@ def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
     Returns:
         The view. Records without a usable site or round are listed in ``malformed`` instead of the table.
     """
-    configs: dict[str, AuditConfig] = {}
+    configs = _configs(records)
     grouped: dict[tuple[str, int], list[Cell]] = {}
     malformed: list[str] = []
     for index, record in enumerate(records, start=1):
         site, round_number = record.get("site"), record.get("round")
         if not isinstance(site, str) or not site or isinstance(round_number, bool) or not isinstance(round_number, int):
-            malformed.append(f"record {index}: site {text(site)!s} / round {text(round_number)!s} unusable")
+            why = f"{text(record.get('status'))}: {text(record.get('reason')) or 'no reason recorded'}"
+            malformed.append(f"record {index}: site {text(site)!s} / round {text(round_number)!s} unusable ({why})")
             continue
         cell = _cell(record, site, round_number, configs)
         grouped.setdefault((site, round_number), []).append(cell)
@@ -237,18 +297,7 @@ def _cell(record: Mapping[str, Any], site: str, round_number: int, configs: dict
     scores = _mapping(record.get("site_scores"))
     epsilon = _mapping(record.get("epsilon"))
     defenses = record.get("defenses")
-    config = None
-    if status == "audited":
-        budget = _mapping(record.get("attack_budget"))
-        key = json.dumps([record.get("attack_budget"), record.get("threat_model")], sort_keys=True, default=str)
-        if key not in configs:
-            configs[key] = AuditConfig(
-                tag=f"A{len(configs) + 1}",
-                attack=text(budget.get("attack")) or "not recorded",
-                budget=_budget_text(budget),
-                threat_model=_threat_text(record.get("threat_model")),
-            )
-        config = configs[key]
+    config = configs.get(_config_key(record)) if status == "audited" else None
     return Cell(
         site=site,
         round=round_number,
@@ -336,7 +385,10 @@ def verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any
         ])) or "no site scores"
         if not worst.measured:
             shown = f"{shown}; level from server-side indicators: {_indicators_text(worst.record)}"
-        under = worst.config.describe() if worst.config else "attack not recorded"
+        under = worst.config.short() if worst.config else "attack not recorded"
+        run = number(_mapping(worst.record.get("attack_budget")).get("iterations"))
+        if run is not None and worst.config and len(worst.config.iterations) > 1:
+            under += f", this record {run:g} iterations"
         headline = (f"Worst risk {worst.risk.upper()}: {worst.site}, round {worst.round} ({shown}; worst image) "
                     f"under {under}; formal ε: {worst.epsilon_text()}.")
     return {

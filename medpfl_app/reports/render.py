@@ -208,25 +208,30 @@ def _only_round(view: AuditView, round_number: int) -> AuditView:
 
 
 def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
-    """The audit's documented risk policy (`medpfl_app.audit.risk`), when that module is installed.
+    """The risk thresholds behind the records' levels, and how the audit applies them.
 
     Returns:
-        ``doc`` (how levels are set), ``thresholds`` and ``source``: the thresholds recorded in the records
-        (``risk_policy``) when they all agree, else the module's defaults, labelled as such.
+        ``thresholds`` and their ``source``: the ``risk_policy`` the records carry when they all agree, else the
+        defaults of `medpfl_app.audit.risk` (labelled as such); ``doc``: that module's description of the levels
+        (empty when the module is not installed). ``None`` when neither records nor module say anything.
     """
     try:
         module = importlib.import_module("medpfl_app.audit.risk")
     except ImportError:
-        return None
+        module = None
     recorded = {json.dumps(r.get("risk_policy"), sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
+    defaults = getattr(module, "RiskPolicy", None)
     if len(recorded) == 1:
-        thresholds, source = json.loads(recorded.pop()), "recorded in the ledger"
+        thresholds, source = json.loads(recorded.pop()), "as recorded with every audit record"
+    elif defaults is not None and hasattr(defaults, "to_dict"):
+        thresholds = defaults().to_dict()
+        source = ("the policy's defaults (the records do not say which thresholds the job used)" if not recorded
+                  else "the policy's defaults (the records name different thresholds; each level is as recorded)")
+    elif module is None:
+        return None
     else:
-        policy = getattr(module, "RiskPolicy", None)
-        thresholds = policy().to_dict() if policy is not None and hasattr(policy, "to_dict") else {}
-        source = ("defaults (the records do not say which thresholds the job used)" if not recorded
-                  else "defaults (the records name different thresholds; each record's level is as recorded)")
-    doc = (module.__doc__ or "").replace("``", "").strip()
+        thresholds, source = {}, ""
+    doc = (module.__doc__ or "").replace("``", "").strip() if module is not None else ""
     return {"doc": doc, "thresholds": thresholds, "source": source}
 
 
@@ -243,7 +248,7 @@ def _plots(view: AuditView, accuracy: Accuracy) -> list[dict[str, Any]]:
     def tags(series_attr: str) -> list[str]:
         used = {c.config.tag for cells in measured.values() for c in cells
                 if c.config is not None and getattr(c, series_attr) is not None}
-        return [f"{c.tag}: {c.describe()}" for c in view.configs if c.tag in used]
+        return [c.tag for c in view.configs if c.tag in used]
 
     epsilon: list[Series] = []
     for site in view.sites:

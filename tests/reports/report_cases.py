@@ -9,8 +9,14 @@ from typing import Any
 from medpfl_app.audit.ledger import AuditLedger
 
 MALICIOUS_SITE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-BUDGET = {"attack": "invertinggradients", "iterations": 300, "restarts": 1, "time_limit_s": 60}
-THREAT = {"name": "honest-but-curious server", "knows": "update meta, global weights"}
+# Shaped like the audit worker's records: configured budget fields plus measured ones (iterations run, times).
+BUDGET = {"attack": "invertinggradients", "iterations": 300, "restarts": 1, "time_limit_s": 60, "max_images": 4,
+          "reduced": None, "evaluations": 300, "wall_time_s": 12.5, "audit_wall_time_s": 13.0, "queue_wait_s": 0.2}
+THREAT = {"declared": "honest-but-curious server: knows the architecture and the update as received",
+          "attacker": "honest-but-curious server (knows architecture, weights before the update and the update)",
+          "batch_size": 8, "labels_known": False}
+POLICY = {"ssim_high": 0.6, "ssim_medium": 0.3, "identifiability_high": 0.5, "relative_leakage_medium": 0.5,
+          "epsilon_caps_at_medium": 1.0}
 CLIENT_DP = {"defense": "client_dp", "guarantee": "(ε, δ)-DP at client level", "installed_by": "site",
              "params": {"clip_norm": 1.0, "noise_multiplier": 1.0}}
 LAPLACE = {"defense": "laplace_noise", "guarantee": "heuristic (no formal guarantee)", "installed_by": "job",
@@ -34,6 +40,7 @@ def record(site: str, round_number: int, **overrides: Any) -> dict[str, Any]:
                         "ssim_max": 0.15, "attack_success_rate": 0.0, "label_accuracy": 1.0},
         "risk": "low",
         "attack_budget": BUDGET,
+        "risk_policy": POLICY,
     }
     base.update(overrides)
     return base
@@ -48,14 +55,17 @@ def scores(ssim: float, psnr: float, success: float) -> dict[str, Any]:
 def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) -> Path:
     """A downloaded-job-like folder: ``<root>/workspace/audit/audit_ledger.jsonl`` (+ round metrics).
 
-    site-hr (batch size 1, no defense): high risk, worst in round 1 (SSIM 0.93).
+    site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 then 240 iterations run): high risk,
+    worst in round 1 (SSIM 0.93). The other sites share configuration A2 (batch size 8).
     site-dp (client DP): low risk, ε growing; round 2 site scores unavailable.
     MALICIOUS_SITE (Laplace): round 0 not audited (queue full), round 1 not auditable (HE), round 2 medium.
     """
     ledger = AuditLedger(root / "workspace" / "audit" / "audit_ledger.jsonl")
     for r in range(3):
         hr = {0: (0.85, 24.0, 0.5), 1: (0.93, 29.5, 1.0), 2: (0.88, 26.0, 1.0)}[r]
-        ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr)))
+        ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr),
+                             threat_model={**THREAT, "batch_size": 1},
+                             attack_budget={**BUDGET, "iterations": (300, 180, 240)[r], "wall_time_s": 7.0 + r}))
         dp_scores = (scores(0.05 + 0.01 * r, 9.0, 0.0) if r < 2
                      else {"status": "unavailable", "reason": "site-dp did not answer within 30 s"})
         ledger.append(record("site-dp", r, defenses=[CLIENT_DP], risk="low" if r < 2 else "unknown",

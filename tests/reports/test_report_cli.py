@@ -21,11 +21,13 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     hr = next(line for line in lines if line.strip().startswith("site-hr"))
     assert hr.split()[1:4] == ["high", "0.85/24.0/-", "A1"]
     dp = next(line for line in lines if line.strip().startswith("site-dp"))
-    assert "low 0.06/9.0/3 A1" in dp and "unknown (scores unavailable)" in dp
+    assert "low 0.06/9.0/3 A2" in dp and "unknown (scores unavailable)" in dp
     bad = next(line for line in lines if "alert" in line)
-    assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/-" in bad
+    assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/- A2" in bad
     assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
-    assert "A1: attack invertinggradients (300 iterations, 1 restart, ≤ 60 s)" in out
+    a1 = next(line for line in lines if line.strip().startswith("A1:"))
+    assert "attack invertinggradients (1 restart, ≤ 60 s, max_images=4; 180–300 iterations run)" in a1
+    assert "batch_size=1" in a1 and "declared=honest-but-curious server" in a1
     assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
     assert (tmp_path / "out" / "report_round_2.json").is_file()
     assert MALICIOUS_SITE in out  # printable text is kept as is; only control characters are replaced

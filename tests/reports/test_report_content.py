@@ -70,7 +70,8 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     assert verdict is not None and verdict.group(1) == "high"
     text = verdict.group(0)
     assert "site-hr, round 1" in text and "SSIM 0.93" in text and "PSNR 29.5 dB" in text
-    assert "invertinggradients" in text and "300 iterations" in text and "honest-but-curious server" in text
+    assert "attack invertinggradients (1 restart, ≤ 60 s, max_images=4; 180–300 iterations run)" in text
+    assert "threat model honest-but-curious server [A1], this record 180 iterations" in text
     assert "6 of 9 site-rounds measured" in text
 
 
@@ -151,7 +152,10 @@ def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> 
     epsilon = html[html.index('<figure class="plot" data-plot="epsilon"'):]
     assert "site-dp client-level, round 2: 4.5" in epsilon[: epsilon.index("</figure>")]
     ssim = html[html.index('<figure class="plot" data-plot="ssim"'):]
-    assert "A1: attack invertinggradients" in ssim[: ssim.index("</figure>")]
+    assert "configurations A1, A2" in ssim[: ssim.index("</figure>")]
+    configs = html[html.index('<ul class="compact" id="configs">'):]
+    configs = configs[: configs.index("</ul>")]
+    assert "<b>A1</b>: attack <b>invertinggradients</b>" in configs and "batch_size=1" in configs
 
 
 def test_without_round_metrics_the_accuracy_plot_says_so(tmp_path: Path) -> None:
@@ -214,3 +218,15 @@ def test_source_forms_and_a_missing_ledger(job: Path, tmp_path: Path) -> None:
     (job / "copy" / "audit_ledger.jsonl").write_bytes(ledger.read_bytes())
     with pytest.raises(MedPFLError, match="several audit ledgers"):
         render_report(job)
+
+
+def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None:
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    policy = {"ssim_high": 0.7, "ssim_medium": 0.35}
+    ledger.append(record("a", 0, risk_policy=policy))
+    ledger.append(record("b", 0, risk_policy=policy))
+    html = render_report(ledger.path).html.read_text()
+    table = html[html.index('<table id="thresholds">'):]
+    table = table[: table.index("</table>")]
+    assert "<td>ssim_high</td><td>0.7</td>" in table and "<td>ssim_medium</td><td>0.35</td>" in table
+    assert "as recorded with every audit record" in html
