@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ class Guarantee(StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Defense:
+class Defense(abc.ABC):
     """Base of all update defenses: a frozen, validated configuration that maps an update to a new one.
 
     Subclasses set ``key`` (registry name) and ``guarantee``, validate their fields in ``__post_init__`` and
@@ -51,8 +52,9 @@ class Defense:
         check_update(update, defense=self.key)
         return self._apply(update, make_rng(seed))
 
+    @abc.abstractmethod
     def _apply(self, update: Update, rng: Any) -> DefenseOutput:
-        raise NotImplementedError
+        """The defense itself, on an already checked update."""
 
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
