@@ -76,8 +76,11 @@ def read_accuracy(path: Path | None) -> Accuracy:
         if picked := _pick(row.get("aggregated_metrics")):
             names.add(picked[0])
             aggregated[round_number] = picked[1]
-        for site in row.get("sites") or ():
-            if isinstance(site, Mapping) and isinstance(site.get("name"), str) and (picked := _pick(site.get("metrics"))):
+        sites = row.get("sites")
+        for site in sites if isinstance(sites, list) else ():
+            if not isinstance(site, Mapping) or not isinstance(site.get("name"), str):
+                continue
+            if picked := _pick(site.get("metrics")):
                 names.add(picked[0])
                 per_site.setdefault(site["name"], {})[round_number] = picked[1]
     return Accuracy(path=path, metric=", ".join(sorted(names)) or None, aggregated=aggregated, per_site=per_site,

@@ -89,7 +89,8 @@ class AuditConfig:
 
     def short(self) -> str:
         """A compact line for headlines; the tag leads to the full description."""
-        return f"attack {self.attack} ({self.budget}; {self.iterations_text()}), threat model {self.threat_name} [{self.tag}]"
+        budget = f"{self.budget}; {self.iterations_text()}"
+        return f"attack {self.attack} ({budget}), threat model {self.threat_name} [{self.tag}]"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""

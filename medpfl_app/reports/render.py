@@ -190,7 +190,7 @@ def round_report(
                 }
                 for c in cells if c is not None
             ],
-            "sites_without_record": [s for s, c in zip(view.sites, cells) if c is None],
+            "sites_without_record": [s for s, c in zip(view.sites, cells, strict=True) if c is None],
             "audit_configs": [c.to_dict() for c in view.configs],
             "model_accuracy": accuracy.aggregated.get(round_number),
             "model_accuracy_metric": accuracy.metric,
@@ -219,7 +219,7 @@ def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | N
         module = importlib.import_module("medpfl_app.audit.risk")
     except ImportError:
         module = None
-    recorded = {json.dumps(r.get("risk_policy"), sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
+    recorded = {json.dumps(r["risk_policy"], sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
     defaults = getattr(module, "RiskPolicy", None)
     if len(recorded) == 1:
         thresholds, source = json.loads(recorded.pop()), "as recorded with every audit record"

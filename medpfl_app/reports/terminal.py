@@ -47,6 +47,7 @@ def summary_text(report: Report) -> str:
         f"{len(view.notes)} not audited / not auditable / unscored (reasons in the HTML); "
         f"{coverage['skipped_ledger_lines']} ledger lines skipped"
     )
+    lines.extend(f"  not in the table: {_printable(m)}" for m in view.malformed)
     paths = report.paths
     lines.append(f"Ledger: {paths.ledger}")
     lines.append(f"HTML report: {paths.html}")

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> None:
+    """Chromium shows the verdict, all 9 coloured cells and 5 drawn plots, with no console error or request."""
     from playwright.sync_api import sync_playwright
 
     write_job(tmp_path / "job")
@@ -36,7 +37,8 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> No
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("console",
+                    lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("request", lambda r: requests.append(r.url))
             dialogs: list[str] = []
@@ -63,13 +65,14 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> No
             for index in range(5):
                 svg = figures.nth(index).locator("svg")
                 box = svg.bounding_box()
-                assert box is not None and box["width"] >= 300 and box["height"] >= 200, figures.nth(index).get_attribute("data-plot")
+                name = figures.nth(index).get_attribute("data-plot")
+                assert box is not None and box["width"] >= 300 and box["height"] >= 200, name
                 drawn = svg.evaluate("s => s.querySelectorAll('polyline, circle, text.empty').length")
                 assert drawn > 0
                 # the browser's own layout of the SVG: points lie inside the drawing
                 inside = svg.evaluate(
-                    "s => [...s.querySelectorAll('circle')].every(c => { const b = c.getBBox();"
-                    " return b.x >= 0 && b.y >= 0 && b.x <= s.viewBox.baseVal.width && b.y <= s.viewBox.baseVal.height; })"
+                    "s => [...s.querySelectorAll('circle')].every(c => { const b = c.getBBox(), v = s.viewBox.baseVal;"
+                    " return b.x >= 0 && b.y >= 0 && b.x <= v.width && b.y <= v.height; })"
                 )
                 assert inside
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)

@@ -12,6 +12,7 @@ from medpfl_app.cli.main import main
 
 
 def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
+    """The terminal summary: a row per site with risk SSIM/PSNR/ε and tag per round, configs, verdict, files."""
     write_job(tmp_path / "job")
     assert main(["report", str(tmp_path / "job"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -34,6 +35,7 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
 
 
 def test_control_characters_in_site_names_do_not_reach_the_terminal(tmp_path: Path, capsys) -> None:
+    """An escape sequence in a site name is printed as ``?``, never sent to the user's terminal."""
     from medpfl_app.audit.ledger import AuditLedger
     from report_cases import record
 
@@ -45,6 +47,7 @@ def test_control_characters_in_site_names_do_not_reach_the_terminal(tmp_path: Pa
 
 
 def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
+    """No ledger under the folder: exit 2 with one message and its fix, no traceback."""
     done = subprocess.run(
         [sys.executable, "-m", "medpfl_app.cli.main", "report", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
@@ -52,3 +55,21 @@ def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no audit ledger (audit_ledger.jsonl) under" in done.stderr and "fix:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_records_without_site_or_round_and_garbage_lines_are_reported(tmp_path: Path, capsys) -> None:
+    """A ledger with nothing usable still renders, and says what it could not place."""
+    from medpfl_app.audit.ledger import AuditLedger
+    from report_cases import record
+
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger.append(record(None, None, status="not_audited", reason="peer context had no site name", risk="unknown"))
+    with open(ledger.path, "a") as handle:
+        handle.write("garbage\n")
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Verdict: The ledger holds no usable audit record." in out and "1 ledger lines skipped" in out
+    expected = "record 1: site None / round None unusable (not_audited: peer context had no site name)"
+    assert expected in out
+    html = (tmp_path / "audit_report.html").read_text()
+    assert "peer context had no site name" in html and "corrupt: 2" in html

@@ -42,6 +42,7 @@ def _parse(html: str) -> _Cells:
 
 @pytest.fixture()
 def job(tmp_path: Path) -> Path:
+    """A downloaded-job-like folder with the synthetic ledger and round metrics."""
     write_job(tmp_path / "job")
     return tmp_path / "job"
 
@@ -64,6 +65,7 @@ def test_round_json_holds_that_rounds_records_and_a_summary(job: Path, tmp_path:
 
 
 def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(job: Path, tmp_path: Path) -> None:
+    """The verdict names the worst record's site, round and scores, and the attack, budget and threat model."""
     paths = render_report(job, tmp_path / "out")
     html = paths.html.read_text()
     verdict = re.search(r'<section id="verdict" class="verdict risk-(\w+)".*?</section>', html, re.S)
@@ -89,11 +91,12 @@ def test_a_higher_level_beats_higher_scores_and_unknown_never_wins(tmp_path: Pat
 
 
 def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Path) -> None:
+    """Every site × round has a cell whose colour class matches its recorded risk; the four colours differ."""
     html = render_report(job, tmp_path / "out").html.read_text()
     cells = _parse(html).cells
     grid = {(c["data-site"], c["data-round"]): c for c in cells}
     assert set(grid) == {(s, str(r)) for s in ("site-hr", "site-dp", MALICIOUS_SITE) for r in range(3)}
-    for (site, round_number), cell in grid.items():
+    for cell in grid.values():
         assert f"risk-{cell['data-risk']}" in cell["class"].split()
     assert {grid[("site-hr", str(r))]["data-risk"] for r in range(3)} == {"high"}
     assert grid[("site-dp", "0")]["data-risk"] == "low"
@@ -106,6 +109,7 @@ def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Pa
 
 
 def test_a_site_round_without_record_is_shown_as_missing(tmp_path: Path) -> None:
+    """A site-round the ledger has no record for is a 'missing' cell and listed, not silently blank."""
     ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("a", 0))
     ledger.append(record("a", 1))
@@ -117,6 +121,7 @@ def test_a_site_round_without_record_is_shown_as_missing(tmp_path: Path) -> None
 
 
 def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job: Path, tmp_path: Path) -> None:
+    """Every reason for a missing measurement is listed (escaped), with the skipped ledger line numbers."""
     html = render_report(job, tmp_path / "out").html.read_text()
     section = html[html.index('<section id="not-measured">'): html.index('<section id="risk-levels">')]
     assert "update is HE-encrypted (CKKS)" in section and "not auditable" in section
@@ -126,6 +131,7 @@ def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job
 
 
 def test_defense_chain_shows_each_stated_guarantee(job: Path, tmp_path: Path) -> None:
+    """Each site's chain names every defense with its stated guarantee; an undefended site says so."""
     html = render_report(job, tmp_path / "out").html.read_text()
     section = html[html.index('<section id="defenses">'): html.index('<section id="not-measured">')]
     assert "client_dp" in section and "(ε, δ)-DP at client level" in section
@@ -143,6 +149,7 @@ def test_every_string_from_the_ledger_is_escaped(job: Path, tmp_path: Path) -> N
 
 
 def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> None:
+    """Five plots, in order; ε and accuracy values come from the ledger and round_metrics.jsonl."""
     html = render_report(job, tmp_path / "out").html.read_text()
     plots = re.findall(r'<figure class="plot" data-plot="(\w+)">', html)
     assert plots == ["ssim", "psnr", "success", "epsilon", "accuracy"]
@@ -159,12 +166,14 @@ def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> 
 
 
 def test_without_round_metrics_the_accuracy_plot_says_so(tmp_path: Path) -> None:
+    """No round_metrics.jsonl: the accuracy plot states why it is empty."""
     write_job(tmp_path / "job", metrics=False)
     html = render_report(tmp_path / "job").html.read_text()
     assert "no metrics/round_metrics.jsonl found" in html
 
 
 def test_report_is_self_contained(job: Path, tmp_path: Path) -> None:
+    """No script, stylesheet link, remote URL or CSS import: the page opens offline."""
     html = render_report(job, tmp_path / "out").html.read_text()
     assert "<script" not in html and "<link" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
@@ -172,6 +181,7 @@ def test_report_is_self_contained(job: Path, tmp_path: Path) -> None:
 
 
 def test_thumbnails_are_off_by_default(job: Path, tmp_path: Path) -> None:
+    """Without the opt-in, no image, no data URI and no thumbnails folder are written."""
     paths = render_report(job, tmp_path / "out")
     html = paths.html.read_text()
     assert paths.thumbnails == () and not (tmp_path / "out" / "thumbnails").exists()
@@ -187,6 +197,7 @@ def _png(path: Path, value: int) -> None:
 
 
 def test_opted_in_thumbnails_are_embedded_and_owner_only(job: Path, tmp_path: Path) -> None:
+    """Opted in: downsized copies 0600 in 0700 folders, embedded as data URIs, HTML 0600, bad files listed."""
     recon = tmp_path / "recon"
     _png(recon / "site-hr" / "round_1" / "img0.png", 40)
     _png(recon / "site-hr" / "round_1" / "img1.png", 200)
@@ -204,11 +215,13 @@ def test_opted_in_thumbnails_are_embedded_and_owner_only(job: Path, tmp_path: Pa
             assert max(image.size) <= 96
     assert stat.S_IMODE(paths.html.stat().st_mode) == 0o600
     html = paths.html.read_text()
-    assert len(_parse(html).img_sources) == 2 and all(s.startswith("data:image/png;base64,") for s in _parse(html).img_sources)
+    sources = _parse(html).img_sources
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "patient data" in html and "notes.txt" in html and "not a PNG file" in html
 
 
 def test_source_forms_and_a_missing_ledger(job: Path, tmp_path: Path) -> None:
+    """A ledger file renders next to itself; an empty folder or two ledgers are clear errors."""
     ledger = next(job.rglob("audit_ledger.jsonl"))
     assert render_report(ledger).html == ledger.parent / "audit_report.html"
     (tmp_path / "empty").mkdir()
@@ -221,6 +234,7 @@ def test_source_forms_and_a_missing_ledger(job: Path, tmp_path: Path) -> None:
 
 
 def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None:
+    """The thresholds table shows the risk policy the records were assessed with."""
     ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
     policy = {"ssim_high": 0.7, "ssim_medium": 0.35}
     ledger.append(record("a", 0, risk_policy=policy))
