@@ -384,13 +384,15 @@ def verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any
             f"PSNR {worst.psnr_max:.1f} dB" if worst.psnr_max is not None else None,
             f"attack success {worst.success_rate:.0%}" if worst.success_rate is not None else None,
         ])) or "no site scores"
-        if not worst.measured:
+        if worst.measured:
+            shown += "; worst image"
+        else:
             shown = f"{shown}; level from server-side indicators: {_indicators_text(worst.record)}"
         under = worst.config.short() if worst.config else "attack not recorded"
         run = number(_mapping(worst.record.get("attack_budget")).get("iterations"))
         if run is not None and worst.config and len(worst.config.iterations) > 1:
             under += f", this record {run:g} iterations"
-        headline = (f"Worst risk {worst.risk.upper()}: {worst.site}, round {worst.round} ({shown}; worst image) "
+        headline = (f"Worst risk {worst.risk.upper()}: {worst.site}, round {worst.round} ({shown}) "
                     f"under {under}; formal ε: {worst.epsilon_text()}.")
     return {
         "risk": worst.risk,

@@ -244,3 +244,16 @@ def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None
     table = table[: table.index("</table>")]
     assert "<td>ssim_high</td><td>0.7</td>" in table and "<td>ssim_medium</td><td>0.35</td>" in table
     assert "as recorded with every audit record" in html
+
+
+def test_a_level_from_server_indicators_alone_says_so(tmp_path: Path) -> None:
+    """Without site scores the verdict names the server-side indicators that set the level, not image scores."""
+    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger.append(record("a", 0, risk="medium", site_scores={"status": "unavailable", "reason": "site offline"},
+                         server_indicators={"labels_recovered": True, "bn_statistics_exposed": False}))
+    ledger.append(record("b", 0, risk="low"))
+    summary = json.loads(render_report(ledger.path).round_json[0].read_text())["summary"]["verdict"]
+    assert summary["site"] == "a" and summary["risk"] == "medium"
+    assert "no site scores; level from server-side indicators: bn_statistics_exposed=false, labels_recovered=true" \
+        in summary["headline"]
+    assert "worst image" not in summary["headline"]
