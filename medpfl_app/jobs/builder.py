@@ -112,6 +112,15 @@ def _finish_job_folder(spec: JobSpec, job_dir: Path) -> None:
     client_config_path = job_dir / "app" / "config" / "config_fed_client.json"
     client_config = json.loads(client_config_path.read_text())
     client_config["task_result_filters"] = _chains(spec.client_result_filters, "out")
+    if spec.client_components:
+        existing = {component.get("id") for component in client_config.get("components", [])}
+        clashes = sorted(existing & {component["id"] for component in spec.client_components})
+        if clashes:
+            raise MedPFLError(f"job {spec.name}: client component id(s) {clashes} already used by the exporter",
+                              fix="choose other ids")
+        client_config.setdefault("components", []).extend(dict(c) for c in spec.client_components)
+    if spec.client_end_run_readiness_timeout is not None:
+        client_config["end_run_readiness_timeout"] = spec.client_end_run_readiness_timeout
     _write_json(client_config_path, client_config)
 
     server_config_path = job_dir / "app" / "config" / "config_fed_server.json"

@@ -31,6 +31,8 @@ class TrainingSpec:
             BatchNorm is then replaced by GroupNorm in the global model too.
         dp_max_grad_norm: Per-sample gradient clipping norm for DP-SGD.
         dp_delta: δ for which sites report the DP-SGD ε.
+        site_overrides: Per-site training settings, ``"SITE:KEY=VALUE[,KEY=VALUE]"`` with keys ``batch_size``,
+            ``max_steps``, ``local_epochs``, ``learning_rate`` (e.g. the demo's high-risk site).
     """
 
     network: str = "small_cnn"
@@ -46,8 +48,13 @@ class TrainingSpec:
     dp_noise_multiplier: float = 0.0
     dp_max_grad_norm: float = 1.0
     dp_delta: float = 1e-5
+    site_overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from medpfl_app.training.site_entry import parse_site_overrides
+
+        object.__setattr__(self, "site_overrides", tuple(self.site_overrides))
+        parse_site_overrides(self.site_overrides)  # raises MedPFLError on a malformed entry
         if self.network not in NETWORKS:
             raise MedPFLError(f"unknown network {self.network!r}", fix=f"use one of: {', '.join(NETWORKS.names())}")
         if self.num_classes < 2:
@@ -73,9 +80,12 @@ class TrainingSpec:
     def script_args(self) -> str:
         """The site entry's command line (``medpfl_app.training.site_entry``); DP-SGD flags only when it is on."""
         items = asdict(self)
+        overrides = items.pop("site_overrides")
         if not self.dp_sgd:
             items = {key: value for key, value in items.items() if not key.startswith("dp_")}
-        return " ".join(f"--{key} {value}" for key, value in items.items())
+        args = [f"--{key} {value}" for key, value in items.items()]
+        args += [f"--site_override {value}" for value in overrides]
+        return " ".join(args)
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,9 @@ class JobSpec:
         server_data_filters: Filters the server applies to every outgoing global model.
         scope: Privacy scope requested from the sites' ``privacy.json`` (None: each site's default scope).
         end_run_readiness_timeout: Seconds the server waits at the end for components that are not done.
+        client_components: ``{"id": ..., "path": ..., "args": {...}}`` components added to every site's app
+            (e.g. the audit's site scorer).
+        client_end_run_readiness_timeout: Seconds each site waits at the end for its components (None: NVFlare's).
     """
 
     name: str
@@ -105,8 +118,13 @@ class JobSpec:
     server_data_filters: tuple[dict[str, Any], ...] = ()
     scope: str | None = None
     end_run_readiness_timeout: float | None = None
+    client_components: tuple[dict[str, Any], ...] = ()
+    client_end_run_readiness_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        ids = [component.get("id") for component in self.client_components]
+        if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
+            raise MedPFLError(f"job {self.name}: every client component needs a unique 'id'", fix="add unique ids")
         if not _JOB_NAME.match(self.name):
             raise MedPFLError(
                 f"job name {self.name!r} is not a valid folder name",
@@ -122,6 +140,39 @@ class JobSpec:
 #: Server-side, read-only: records each received update's defense history and training facts (never blocks).
 RECEIVED_UPDATE_RECORDER = {"path": "medpfl_app.filters.received.ReceivedUpdateRecorder", "args": {}}
 DEMO_TRAINING = TrainingSpec(learning_rate=3e-3, local_epochs=3)
+
+#: The server-side audit (issue 5): a read-only global-weights cache on outgoing models, the audit filter on
+#: received updates, and each site's scorer component (ground truth stays at the site).
+AUDIT_WEIGHTS_CACHE = {"path": "medpfl_app.audit.server.GlobalWeightsCache", "args": {}}
+AUDIT_FILTER = {"path": "medpfl_app.audit.server.AuditFilter", "args": {}}
+AUDIT_SITE_SCORER = {"id": "medpfl_audit_scorer", "path": "medpfl_app.audit.site_scorer.AuditSiteScorer", "args": {}}
+#: Audited jobs train the seed paper's sigmoid LeNet at 32 px with plain SGD, and site-1 is the literature's
+#: high-risk configuration (one image per step, one local step per round) next to two ordinary sites.
+AUDIT_HIGH_RISK_SITE = "site-1"
+AUDIT_TRAINING = TrainingSpec(
+    network="lenet_sigmoid",
+    image_size=32,
+    optimizer="sgd",
+    learning_rate=0.05,
+    local_epochs=1,
+    site_overrides=(f"{AUDIT_HIGH_RISK_SITE}:batch_size=1,max_steps=1",),
+)
+
+
+def audited(name: str, description: str, client_result_filters: tuple[dict[str, Any], ...] = ()) -> JobSpec:
+    """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training)."""
+    return JobSpec(
+        name=name,
+        description=description,
+        num_rounds=2,
+        training=AUDIT_TRAINING,
+        client_result_filters=client_result_filters,
+        server_result_filters=(RECEIVED_UPDATE_RECORDER, AUDIT_FILTER),
+        server_data_filters=(AUDIT_WEIGHTS_CACHE,),
+        client_components=(AUDIT_SITE_SCORER,),
+        end_run_readiness_timeout=300.0,
+        client_end_run_readiness_timeout=300.0,
+    )
 
 JOB_CATALOG: dict[str, JobSpec] = {
     spec.name: spec
@@ -178,6 +229,28 @@ JOB_CATALOG: dict[str, JobSpec] = {
             training=DEMO_TRAINING,
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
             scope="strict",
+        ),
+        audited(
+            "fedavg_audit",
+            "Server-side audit (issue 5), no defense: every received update is attacked (labels, gradient "
+            "inversion), scored at its site, and written to the audit ledger; site-1 trains one image per round.",
+        ),
+        audited(
+            "fedavg_audit_laplace",
+            "Server-side audit of the seed paper's Laplace noise (b=0.01 on every update; heuristic, no formal "
+            "guarantee); site-1 trains one image per round.",
+            ({"path": "medpfl_app.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},),
+        ),
+        audited(
+            "fedavg_audit_client_dp",
+            "Server-side audit of client-level DP (clip L2 1.0, Gaussian z=1.0, RDP ε at δ=1e-5): the audit "
+            "attacks the noised updates exactly as received; site-1 trains one image per round.",
+            (
+                {
+                    "path": "medpfl_app.filters.client_dp.ClientDPFilter",
+                    "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
+                },
+            ),
         ),
         JobSpec(
             name="fedavg_densenet121",

@@ -76,16 +76,23 @@ class TrainingFactsCallback(Callback):
         self.local_epochs = local_epochs
         self._start_step = 0
         self._batch_sizes: list[int] = []
+        self._positions: list[int] = []
         self.last_facts: dict[str, Any] = {}
+        # Site-local only (for the audit's site scorer): positions of the samples this round trained on. Never
+        # put in the meta: sample identities must not leave the site.
+        self.last_positions: tuple[int, ...] = ()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_step = trainer.global_step
         self._batch_sizes = []
+        self._positions = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._batch_sizes.append(int(batch["label"].shape[0]))
+        if isinstance(batch, dict) and "index" in batch:
+            self._positions.extend(int(i) for i in torch.as_tensor(batch["index"]).reshape(-1).tolist())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
@@ -112,4 +119,5 @@ class TrainingFactsCallback(Callback):
             "torch_version": str(torch.__version__),
             "dp_sgd": dp_sgd_facts(pl_module),
         }
+        self.last_positions = tuple(self._positions)
         setattr(pl_module, FL_META_ATTRIBUTE, dict(self.last_facts))

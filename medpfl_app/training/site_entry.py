@@ -39,7 +39,35 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="> 0 turns on sample-level DP-SGD (Opacus) with this noise multiplier (0: off)")
     parser.add_argument("--dp_max_grad_norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
     parser.add_argument("--dp_delta", type=float, default=1e-5, help="δ for which DP-SGD's ε is reported")
+    parser.add_argument("--site_override", action="append", default=[], metavar="SITE:KEY=VALUE[,KEY=VALUE]",
+                        help="per-site training settings (batch_size, max_steps, local_epochs, learning_rate), "
+                             "e.g. site-1:batch_size=1,max_steps=1; repeatable")
     return parser
+
+
+SITE_OVERRIDE_KEYS = {"batch_size": int, "max_steps": int, "local_epochs": int, "learning_rate": float}
+
+
+def parse_site_overrides(values: Sequence[str]) -> dict[str, dict[str, int | float]]:
+    """``["site-1:batch_size=1,max_steps=1"]`` → ``{"site-1": {"batch_size": 1, "max_steps": 1}}``.
+
+    Raises:
+        MedPFLError: a malformed entry, an unknown key or a value of the wrong type.
+    """
+    parsed: dict[str, dict[str, int | float]] = {}
+    for value in values:
+        site, sep, body = str(value).partition(":")
+        if not sep or not site or not body:
+            raise MedPFLError(f"bad --site_override {value!r}", fix="write SITE:KEY=VALUE[,KEY=VALUE], e.g. site-1:batch_size=1")
+        for pair in body.split(","):
+            key, eq, raw = pair.partition("=")
+            if not eq or key not in SITE_OVERRIDE_KEYS:
+                raise MedPFLError(f"bad --site_override entry {pair!r}", fix=f"use keys {sorted(SITE_OVERRIDE_KEYS)}")
+            try:
+                parsed.setdefault(site, {})[key] = SITE_OVERRIDE_KEYS[key](raw)
+            except ValueError:
+                raise MedPFLError(f"--site_override {key}={raw!r} is not a number", fix="give a number") from None
+    return parsed
 
 
 def dp_sgd_config(args: argparse.Namespace) -> DPSGDConfig | None:
@@ -75,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"MedPFL site {site} cannot train: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
+    from medpfl_app.audit import site_record
+    from medpfl_app.training.facts import TrainingFactsCallback
+
+    facts = next(cb for cb in trainer.callbacks if isinstance(cb, TrainingFactsCallback))
+    # In-process only, for the audit's site scorer in this client process: the images stay here.
+    site_record.register_training_data(site, datamodule.train_dataloader().dataset)
     flare.patch(trainer)
     while flare.is_running():
         input_model = flare.receive()
@@ -83,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("site %s: round %s", site, input_model.current_round)
         trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule)
+        if input_model.current_round is not None:
+            site_record.record_round(site, int(input_model.current_round), facts.last_positions)
         if module.dp_session is not None:
             logger.info("site %s: DP-SGD ε = %.4g at δ = %g, cumulative over this job's local steps so far", site,
                         module.dp_session.epsilon(), module.dp_session.config.delta)
@@ -97,6 +133,10 @@ def _prepare(args: argparse.Namespace, site: str):
     from medpfl_app.training.facts import TrainingFactsCallback
 
     dp_config = dp_sgd_config(args)  # before loading data: a bad flag should fail fast
+    own = parse_site_overrides(args.site_override).get(site, {})
+    if own:
+        args = argparse.Namespace(**{**vars(args), **own})
+        logger.info("site %s: per-site training settings %s", site, own)
     settings = resolve_site_data(site, workspace_dir=os.environ.get("MEDPFL_SITE_WORKSPACE"))
     data_config = settings.data
     overrides = {

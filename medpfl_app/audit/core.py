@@ -1,0 +1,287 @@
+"""The audit of one received update, as pure functions: what can be attacked, then the attack plan.
+
+No NVFlare import: `medpfl_app.audit.server` adapts these to filters. The attacker here is the honest-but-curious
+server holding the update exactly as received (after every client-side defense), the global weights the site
+started from and the training facts the site declared in the update meta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medpfl_app.audit.plan import AuditPlan
+from medpfl_app.errors import MedPFLError
+
+#: Meta keys the audit copies from an update (the training facts, NVFlare's filter history, defense records).
+FACT_KEYS = (
+    "medpfl_facts_version", "batch_size", "batch_sizes", "local_steps", "local_epochs", "learning_rate", "optimizer",
+    "num_train_images", "num_images_seen", "bn_buffers_included", "bn_momentum", "network", "image_size",
+    "in_channels", "num_classes", "state_dict_prefix", "torch_version", "dp_sgd",
+)
+META_KEYS = (*FACT_KEYS, "filter_history", "medpfl_defenses", "NUM_STEPS_CURRENT_ROUND", "processed_algorithm")
+_MODEL_FACTS = ("network", "image_size", "in_channels", "num_classes")
+
+
+@dataclass(frozen=True, eq=False)
+class AuditItem:
+    """One received update, copied out of the shareable so NVFlare may change or free the original.
+
+    Attributes:
+        site: Sending site.
+        round: FedAvg round (shareable header).
+        job_id: NVFlare job id.
+        data_kind: DXO data kind (``WEIGHT_DIFF``, ``WEIGHTS``, ...).
+        update: Name → NumPy array, as received.
+        global_weights: Name → NumPy array the site started from (None when the cache had none for the round).
+        meta: Plain-JSON subset of the update meta (`META_KEYS`).
+        received_at: ``time.time()`` when the filter saw it.
+    """
+
+    site: str
+    round: int | None
+    job_id: str | None
+    data_kind: str | None
+    update: Mapping[str, np.ndarray]
+    global_weights: Mapping[str, np.ndarray] | None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    received_at: float = 0.0
+
+
+def not_auditable_reason(data_kind: str | None, data: Any, meta: Mapping[str, Any] | None) -> str | None:
+    """Why an update cannot be attacked (encrypted, non-numeric, empty), or None when it can.
+
+    Args:
+        data_kind: The DXO's data kind (None: the payload was not a DXO).
+        data: The DXO's data dict.
+        meta: The DXO's meta.
+    """
+    meta = meta or {}
+    if data_kind is None:
+        return "the result is not an NVFlare DXO (no model update to attack)"
+    if meta.get("processed_algorithm"):
+        return f"the update is processed by {meta['processed_algorithm']!r} (e.g. homomorphic encryption): the server sees no plaintext"
+    if data_kind not in ("WEIGHT_DIFF", "WEIGHTS"):
+        return f"data kind {data_kind!r} carries no model weights or weight differences"
+    if not isinstance(data, Mapping) or not data:
+        return "the update carries no model tensors"
+    for name, value in data.items():
+        if not isinstance(value, np.ndarray) and not hasattr(value, "numpy"):
+            return f"update entry {name!r} is {type(value).__name__}, not a numeric array (encrypted or unknown format)"
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            return f"update entry {name!r} has non-numeric dtype {array.dtype}"
+    missing = [key for key in _MODEL_FACTS if meta.get(key) is None]
+    if missing:
+        return f"the update meta lacks the model facts {', '.join(missing)}: the server cannot rebuild the network"
+    return None
+
+
+def copy_arrays(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A private copy of every array (torch tensors converted), so later in-place changes cannot reach the audit."""
+    copied: dict[str, np.ndarray] = {}
+    for name, value in data.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        copied[str(name)] = np.array(value, copy=True)
+    return copied
+
+
+def plain_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The audit-relevant meta as plain JSON (deep-copied through JSON so no shared object survives)."""
+    chosen = {key: (meta or {}).get(key) for key in META_KEYS if (meta or {}).get(key) is not None}
+    return json.loads(json.dumps(chosen, default=str))
+
+
+def config_hash(meta: Mapping[str, Any], global_weights: Mapping[str, np.ndarray] | None) -> str:
+    """SHA-256 over the declared training configuration and the global weights' names, shapes and bytes."""
+    digest = hashlib.sha256()
+    config = {key: meta.get(key) for key in FACT_KEYS if key not in ("torch_version", "num_images_seen", "dp_sgd")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name in sorted(global_weights or {}):
+        array = np.ascontiguousarray(global_weights[name])
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries the audit's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import medpfl_app
+
+    found: dict[str, str | None] = {"medpfl": getattr(medpfl_app, "__version__", None)}
+    for label, dist in (("nvflare", "nvflare"), ("torch", "torch"), ("monai", "monai"), ("opacus", "opacus")):
+        try:
+            found[label] = version(dist)
+        except PackageNotFoundError:
+            found[label] = None
+    return found
+
+
+def epsilon_so_far(meta: Mapping[str, Any]) -> dict[str, float | None]:
+    """The formal ε this update states: client-level DP from the defense records, sample-level from DP-SGD facts."""
+    client_dp = None
+    delta = None
+    for entry in meta.get("medpfl_defenses") or []:
+        if isinstance(entry, Mapping) and entry.get("epsilon_total") is not None:
+            client_dp = float(entry["epsilon_total"])
+            params = entry.get("params") or {}
+            delta = params.get("delta", entry.get("delta", delta))
+    dp_sgd = None
+    facts = meta.get("dp_sgd")
+    if isinstance(facts, Mapping) and facts.get("epsilon") is not None:
+        dp_sgd = float(facts["epsilon"])
+        delta = facts.get("delta", delta)
+    return {"client_dp": client_dp, "dp_sgd": dp_sgd, "delta": None if delta is None else float(delta)}
+
+
+@dataclass(frozen=True, eq=False)
+class AuditOutcome:
+    """What the server-side audit of one update produced.
+
+    Attributes:
+        server_indicators: Plain-JSON numbers the server can state without ground truth.
+        attack_budget: The attack and budget actually used (plain JSON).
+        threat_model: What the attacker knew or assumed (plain JSON).
+        model: ``{"network", "config_hash", "num_parameters"}``.
+        reconstructions: ``(N, C, H, W)`` float32 in [0, 1], or None when no optimisation attack ran. Patient data:
+            sent only to the site that produced the update, never written by the server.
+        labels: Recovered labels per reconstruction (None with no attack).
+    """
+
+    server_indicators: dict[str, Any]
+    attack_budget: dict[str, Any]
+    threat_model: dict[str, Any]
+    model: dict[str, Any]
+    reconstructions: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def build_bare_network(meta: Mapping[str, Any]):
+    """The site's network without the Lightning wrapper, from the declared facts (DP-SGD: GroupNorm variant)."""
+    from medpfl_app.models.global_model import build_seeded_network
+
+    return build_seeded_network(
+        str(meta["network"]),
+        in_channels=int(meta["in_channels"]),
+        num_classes=int(meta["num_classes"]),
+        image_size=int(meta["image_size"]),
+        seed=0,  # weights come from the global model; the seed only fills the architecture
+        dp_sgd=meta.get("dp_sgd") is not None,
+    )
+
+
+def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
+    """Run the plan on one update: label recovery and BN exposure first, then the optimisation attack.
+
+    Raises:
+        MedPFLError: The update does not fit the declared network, or no global weights are known for it.
+    """
+    import torch
+
+    from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update, recover_labels_from_update
+
+    meta = dict(item.meta)
+    if item.global_weights is None:
+        raise MedPFLError(
+            f"no global weights cached for round {item.round}: the audit cannot know what {item.site} started from",
+            fix="add medpfl_app.audit.server.GlobalWeightsCache as the server task-data filter on 'train'",
+        )
+    net = build_bare_network(meta)
+    kind = UpdateKind.WEIGHT_DIFF
+    update = item.update
+    if item.data_kind == "WEIGHTS":  # a FULL model: the update is the difference to what the site received
+        update = {
+            name: value - item.global_weights[name] if name in item.global_weights else value
+            for name, value in item.update.items()
+        }
+    image_shape = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]))
+    started = time.monotonic()
+    knowledge = knowledge_from_update(
+        net, item.global_weights, update, meta, image_shape=image_shape, num_classes=int(meta["num_classes"]),
+        kind=kind, prefix=meta.get("state_dict_prefix") or "auto",
+    )
+    images_declared = knowledge.images
+    indicators: dict[str, Any] = {
+        "images_per_update": images_declared,
+        "local_steps": knowledge.local_steps,
+        "update_norm": float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in knowledge_update_arrays(knowledge)))),
+        "bn_statistics_exposed": bool(knowledge.bn_running_stats),
+        "bn_layers_exposed": len([k for k in (knowledge.bn_running_stats or {}) if k.endswith("running_mean")]),
+    }
+    # Cheap step 1: labels from the last layer (negated weight difference ≈ gradient direction).
+    try:
+        gradient_like = {name: -value for name, value in knowledge.update.items()}
+        labels = recover_labels_from_update(knowledge.model, gradient_like, images_declared)
+        indicators["labels_recovered"] = True
+        indicators["recovered_label_histogram"] = np.bincount(
+            labels.numpy().astype(int), minlength=knowledge.num_classes
+        ).tolist()
+    except MedPFLError as error:
+        indicators["labels_recovered"] = False
+        indicators["label_recovery_error"] = error.problem if hasattr(error, "problem") else str(error)
+    indicators["cheap_steps_s"] = round(time.monotonic() - started, 4)
+
+    budget: dict[str, Any] = {"attack": plan.attack, "iterations": 0, "restarts": plan.restarts,
+                              "time_limit_s": None, "max_images": plan.max_images, "reduced": None}
+    if plan.attack == "none":
+        return AuditOutcome(indicators, budget, knowledge.threat_model(), _model_info(meta, item, net))
+
+    attack_knowledge = knowledge
+    overrides: dict[str, Any] = {**plan.options, "iterations": plan.iterations, "restarts": plan.restarts,
+                                 "seed": plan.seed, "stop_loss": plan.stop_loss}
+    if images_declared > plan.max_images or knowledge.local_steps > plan.max_local_steps:
+        # Bounded cost: fewer dummy images against the update read as one approximate gradient (weaker attack).
+        count = min(images_declared, plan.max_images)
+        attack_knowledge = dataclasses.replace(
+            knowledge, num_images=count, batch_size=count, local_steps=1, labels=None
+        )
+        overrides["update_mode"] = "approximate"
+        budget["reduced"] = (
+            f"update covers {images_declared} images over {knowledge.local_steps} local steps; attacked as {count} "
+            "images matching the update as one approximate gradient"
+        )
+    attack = build_attack(plan.attack, **overrides)
+    torch.manual_seed(plan.seed)
+    result = attack.run(attack_knowledge)
+    indicators.update(
+        attack_matching_loss=float(result.matching_loss),
+        attack_stopped_early=bool(result.stopped_early),
+        attack_wall_time_s=round(float(result.wall_time_s), 3),
+        reconstructed_images=int(result.reconstructions.shape[0]),
+        labels_source=result.labels_source,
+    )
+    budget.update(
+        iterations=int(result.iterations), evaluations=int(result.evaluations), restarts=plan.restarts,
+        stop_loss=plan.stop_loss, options=dict(plan.options), update_mode=overrides.get("update_mode", "auto"),
+        wall_time_s=round(float(result.wall_time_s), 3),
+    )
+    return AuditOutcome(
+        server_indicators=indicators,
+        attack_budget=budget,
+        threat_model=dict(result.threat_model),
+        model=_model_info(meta, item, net),
+        reconstructions=result.reconstructions.detach().float().clamp(0, 1).numpy(),
+        labels=result.labels.detach().numpy().astype(np.int64),
+    )
+
+
+def knowledge_update_arrays(knowledge) -> list[np.ndarray]:
+    return [value.detach().double().numpy() for value in knowledge.update.values()]
+
+
+def _model_info(meta: Mapping[str, Any], item: AuditItem, net) -> dict[str, Any]:
+    return {
+        "network": meta.get("network"),
+        "config_hash": config_hash(meta, item.global_weights),
+        "num_parameters": int(sum(p.numel() for p in net.parameters())),
+    }

@@ -1,0 +1,126 @@
+"""Site-side scoring of reconstructions against the images the site really used: scalars only, nothing else.
+
+Pure functions; `medpfl_app.audit.site_scorer` is the NVFlare adapter. What leaves the site is exactly
+`score_reconstructions`' return value: named floats and counts, never an image, a sample index or a path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medpfl_app.errors import MedPFLError
+
+#: The only keys a site's score reply may carry (checked before anything is sent).
+SCORE_KEYS = (
+    "status", "reason", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate", "label_accuracy",
+    "identifiability", "relative_leakage", "ssim_threshold", "images_used", "reconstructions_scored",
+)
+
+
+def score_reconstructions(
+    reconstructions: torch.Tensor | np.ndarray,
+    used_images: torch.Tensor,
+    *,
+    used_positions: Sequence[int],
+    pool: torch.Tensor,
+    recovered_labels: Sequence[int] | None = None,
+    true_labels: Sequence[int] | None = None,
+    ssim_threshold: float = 0.9,
+) -> dict[str, Any]:
+    """Compare the server's reconstructions with the images behind the update; return scalar scores only.
+
+    When the attack reconstructed fewer images than the update used (a bounded audit), each reconstruction is
+    paired with a distinct used image by Hungarian matching on MSE, which favours the attacker (worst case for the
+    site); with more reconstructions than images, the best-matching ones are scored. Identifiability (is the
+    site image nearest to a reconstruction the true one, among all the site's training images) is reported only
+    when every used image has its own reconstruction: otherwise the pairing has already chosen the nearest images.
+
+    Args:
+        reconstructions: ``(N, C, H, W)`` from the server, in [0, 1].
+        used_images: ``(M, C, H, W)`` the distinct images the site trained on in that round.
+        used_positions: For each used image, its position in ``pool``.
+        pool: ``(P, C, H, W)`` all of the site's training images (identifiability is measured among them).
+        recovered_labels: The server's labels per reconstruction.
+        true_labels: The true label of each used image.
+        ssim_threshold: SSIM from which an image counts as reconstructed.
+
+    Returns:
+        ``{"status": "scored", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate",
+        "label_accuracy", "identifiability", "relative_leakage", ...}`` — floats or None, plus counts.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    from medpfl_app.metrics import evaluate_reconstruction
+
+    recon = torch.as_tensor(np.asarray(reconstructions, dtype=np.float32)).clamp(0, 1)
+    if recon.ndim != used_images.ndim or tuple(recon.shape[1:]) != tuple(used_images.shape[1:]):
+        raise MedPFLError(
+            f"reconstructions {tuple(recon.shape)} do not match the site's images {tuple(used_images.shape)}",
+            fix="the server attacked another architecture or image size than the site trained",
+        )
+    if used_images.shape[0] == 0 or recon.shape[0] == 0:
+        raise MedPFLError("nothing to score: no reconstruction or no recorded image", fix="train before scoring")
+    cost = torch.cdist(recon.flatten(1).double(), used_images.flatten(1).double()).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    rows, cols = rows.tolist(), cols.tolist()
+    labels_hat = None if recovered_labels is None else [int(recovered_labels[r]) for r in rows]
+    labels_true = None if true_labels is None else [int(true_labels[c]) for c in cols]
+    report = evaluate_reconstruction(
+        recon[rows],
+        used_images[cols].float(),
+        recovered_labels=labels_hat,
+        true_labels=labels_true,
+        prior=pool.float().mean(dim=0),  # uninformed about which patient: the site's mean image
+        pool=pool.float(),
+        pool_indices=[int(used_positions[c]) for c in cols],
+        ssim_threshold=ssim_threshold,
+    )
+    relative = report.relative_leakage
+    scores = {
+        "status": "scored",
+        "reason": None,
+        "psnr_mean": _finite(np.mean(report.psnr)),
+        "psnr_max": _finite(np.max(report.psnr)),
+        "ssim_mean": _finite(np.mean(report.ssim)),
+        "ssim_max": _finite(np.max(report.ssim)),
+        "attack_success_rate": _finite(report.asr),
+        "label_accuracy": _finite(report.label_accuracy),
+        # With fewer reconstructions than used images, the pairing itself picked the nearest originals, so the
+        # nearest-image test would be biased towards hits: not reported.
+        "identifiability": _finite(report.identifiability) if recon.shape[0] >= used_images.shape[0] else None,
+        "relative_leakage": _finite(max(relative)) if relative else None,
+        "ssim_threshold": float(ssim_threshold),
+        "images_used": int(used_images.shape[0]),
+        "reconstructions_scored": len(rows),
+    }
+    check_scalars_only(scores)
+    return scores
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if math.isinf(value):  # identical images give infinite PSNR: report a capped, JSON-safe number
+        return 100.0 if value > 0 else -100.0
+    return None if math.isnan(value) else value
+
+
+def check_scalars_only(scores: dict[str, Any]) -> None:
+    """Refuse anything but the known keys with ``None``, bool, int, float or short str values.
+
+    Raises:
+        MedPFLError: A key outside `SCORE_KEYS` or a non-scalar value (it would leave the site).
+    """
+    for key, value in scores.items():
+        if key not in SCORE_KEYS:
+            raise MedPFLError(f"site score key {key!r} is not allowed to leave the site", fix=f"use {SCORE_KEYS}")
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise MedPFLError(f"site score {key!r} is a {type(value).__name__}, not a scalar", fix="send scalars only")
+        if isinstance(value, str) and len(value) > 500:
+            raise MedPFLError(f"site score {key!r} is an over-long string", fix="send a short reason")

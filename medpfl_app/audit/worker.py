@@ -1,0 +1,238 @@
+"""The background audit: a bounded queue of received updates, one attack thread, one ledger-writer thread.
+
+The server's result filter only calls `AuditWorker.submit` (a non-blocking ``put``) or `AuditWorker.note`; every
+attack, site round-trip and fsync happens on the worker's own threads, so training never waits for the audit.
+A full queue or a failing audit becomes a ``not_audited`` ledger record with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from medpfl_app.audit.core import AuditItem, AuditOutcome, audit_update, epsilon_so_far, library_versions
+from medpfl_app.audit.ledger import AuditLedger
+from medpfl_app.audit.plan import AuditPlan
+from medpfl_app.audit.risk import RiskPolicy, assess_risk
+
+logger = logging.getLogger("medpfl.audit")
+
+#: ``scorer(site, round, reconstructions, labels) -> site_scores`` (plain scalars with ``status``).
+SiteScorer = Callable[[str, int | None, np.ndarray, np.ndarray | None], Mapping[str, Any]]
+
+THREAT_MODEL = (
+    "honest-but-curious server: knows the architecture, the global weights the site started from, the update exactly "
+    "as received (after every client-side defense) and the training facts the site declared in the update meta"
+)
+
+
+def unavailable_scores(reason: str) -> dict[str, Any]:
+    """Site scores that could not be obtained, with the reason (server indicators still stand)."""
+    return {"status": "unavailable", "reason": reason}
+
+
+def build_record(
+    *,
+    job_id: str | None,
+    site: str | None,
+    round_number: int | None,
+    status: str,
+    reason: str | None,
+    meta: Mapping[str, Any],
+    outcome: AuditOutcome | None,
+    site_scores: Mapping[str, Any] | None,
+    policy: RiskPolicy,
+    plan: AuditPlan,
+    versions: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One ledger record (schema ``medpfl.audit/1``, see `medpfl_app.audit.ledger`) from the audit's parts."""
+    epsilon = epsilon_so_far(meta)
+    indicators = dict(outcome.server_indicators) if outcome else {}
+    scores = dict(site_scores) if site_scores else unavailable_scores(reason or "no reconstruction to score")
+    threat = {"declared": THREAT_MODEL, **(dict(outcome.threat_model) if outcome else {})}
+    return {
+        "job_id": job_id,
+        "site": site,
+        "round": round_number,
+        "status": status,
+        "reason": reason,
+        "model": dict(outcome.model) if outcome else {
+            "network": meta.get("network"), "config_hash": None, "num_parameters": None,
+        },
+        "versions": dict(versions),
+        "threat_model": threat,
+        "defenses": list(meta.get("medpfl_defenses") or []),
+        "filter_history": list(meta.get("filter_history") or []),
+        "epsilon": epsilon,
+        "server_indicators": indicators,
+        "site_scores": scores,
+        "risk": assess_risk(
+            status=status, site_scores=scores, server_indicators=indicators, epsilon=epsilon, policy=policy
+        ),
+        "risk_policy": policy.to_dict(),
+        "attack_budget": dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0},
+        "training_facts": {key: meta.get(key) for key in ("batch_size", "local_steps", "learning_rate", "optimizer",
+                                                         "num_train_images", "bn_buffers_included", "dp_sgd")},
+    }
+
+
+class AuditWorker:
+    """Runs the audit plan on queued updates and appends one ledger record per update.
+
+    Args:
+        ledger: Where records go.
+        plan: The attack plan.
+        policy: The risk policy.
+        scorer: Asks the site to score the reconstructions of its own update (None: scores unavailable).
+        max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
+        job_id: Written into every record.
+    """
+
+    def __init__(
+        self,
+        ledger: AuditLedger,
+        plan: AuditPlan,
+        *,
+        policy: RiskPolicy = RiskPolicy(),
+        scorer: SiteScorer | None = None,
+        max_queue: int = 8,
+        job_id: str | None = None,
+        audit_fn: Callable[[AuditItem, AuditPlan], AuditOutcome] = audit_update,
+    ) -> None:
+        self.ledger = ledger
+        self.plan = plan
+        self.policy = policy
+        self.scorer = scorer
+        self.job_id = job_id
+        self._audit_fn = audit_fn
+        self._items: queue.Queue[AuditItem | None] = queue.Queue(maxsize=max_queue)
+        self._records: queue.Queue[dict[str, Any] | None] = queue.Queue()  # small dicts: unbounded is safe
+        self._versions = library_versions()
+        self.audited = 0
+        self.audit_seconds = 0.0
+        self._attacker = threading.Thread(target=self._attack_loop, name="medpfl-audit", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="medpfl-audit-ledger", daemon=True)
+        self._attacker.start()
+        self._writer.start()
+
+    # --- called from the NVFlare filter: never block, never raise -------------------------------------------
+    def submit(self, item: AuditItem) -> bool:
+        """Queue ``item`` for the attack thread; a full queue records it ``not_audited`` and returns False."""
+        try:
+            self._items.put_nowait(item)
+            return True
+        except queue.Full:
+            self.note(
+                site=item.site, round_number=item.round, status="not_audited", meta=item.meta,
+                reason=f"audit queue full ({self._items.maxsize} updates waiting): the attack thread is behind",
+            )
+            return False
+
+    def note(self, *, site: str | None, round_number: int | None, status: str, reason: str,
+             meta: Mapping[str, Any] | None = None) -> None:
+        """Record an update that was not audited or is not auditable (written by the ledger thread)."""
+        self._records.put(
+            build_record(
+                job_id=self.job_id, site=site, round_number=round_number, status=status, reason=reason,
+                meta=meta or {}, outcome=None, site_scores=None, policy=self.policy, plan=self.plan,
+                versions=self._versions,
+            )
+        )
+
+    def pending(self) -> int:
+        """Updates and records not yet in the ledger."""
+        return self._items.unfinished_tasks + self._records.unfinished_tasks
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until everything queued is in the ledger; returns whether it got there in time."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.pending()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end both threads (idempotent)."""
+        for q, thread in ((self._items, self._attacker), (self._records, self._writer)):
+            if thread.is_alive():
+                q.put(None)
+                thread.join(timeout=600)
+
+    # --- worker threads ---------------------------------------------------------------------------------------
+    def _attack_loop(self) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(1)  # leave the other cores to training: the audit must not slow it
+        except Exception:  # noqa: BLE001 - only a performance hint
+            pass
+        while True:
+            item = self._items.get()
+            try:
+                if item is None:
+                    return
+                self._records.put(self._audit_one(item))
+            except BaseException as error:  # noqa: BLE001 - a broken audit must still leave a record
+                self.note(site=getattr(item, "site", None), round_number=getattr(item, "round", None),
+                          status="not_audited", reason=f"internal audit error: {error!r}",
+                          meta=getattr(item, "meta", None))
+            finally:
+                self._items.task_done()
+
+    def _audit_one(self, item: AuditItem) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            outcome = self._audit_fn(item, self.plan)
+        except Exception as error:  # noqa: BLE001 - recorded, never raised into NVFlare
+            from medpfl_app.errors import MedPFLError
+
+            reason = f"{error.problem} ({error.fix})" if isinstance(error, MedPFLError) else f"audit failed: {error!r}"
+            return build_record(
+                job_id=self.job_id or item.job_id, site=item.site, round_number=item.round, status="not_audited",
+                reason=reason, meta=item.meta, outcome=None, site_scores=None, policy=self.policy, plan=self.plan,
+                versions=self._versions,
+            )
+        scores: Mapping[str, Any] | None
+        if outcome.reconstructions is None:
+            scores = unavailable_scores("the plan ran no optimisation attack: nothing to score")
+        elif self.scorer is None:
+            scores = unavailable_scores("no site scorer configured on the server")
+        else:
+            try:
+                scores = self.scorer(item.site, item.round, outcome.reconstructions, outcome.labels)
+            except Exception as error:  # noqa: BLE001
+                scores = unavailable_scores(f"asking the site for scores failed: {error!r}")
+        self.audited += 1
+        self.audit_seconds += time.monotonic() - started
+        record = build_record(
+            job_id=self.job_id or item.job_id, site=item.site, round_number=item.round, status="audited",
+            reason=None, meta=item.meta, outcome=outcome, site_scores=scores, policy=self.policy, plan=self.plan,
+            versions=self._versions,
+        )
+        record["attack_budget"]["audit_wall_time_s"] = round(time.monotonic() - started, 3)
+        record["attack_budget"]["queue_wait_s"] = round(max(0.0, started_wall(item, started)), 3)
+        return record
+
+    def _write_loop(self) -> None:
+        while True:
+            record = self._records.get()
+            try:
+                if record is None:
+                    return
+                self.ledger.append(record)
+            except Exception as error:  # noqa: BLE001 - the ledger thread must survive a bad record
+                logger.error("MedPFL audit: could not append a ledger record: %r", error)
+            finally:
+                self._records.task_done()
+
+
+def started_wall(item: AuditItem, started_monotonic: float) -> float:
+    """Seconds the item waited in the queue (wall clock; 0 when the filter did not stamp it)."""
+    if not item.received_at:
+        return 0.0
+    return time.time() - (time.monotonic() - started_monotonic) - item.received_at
