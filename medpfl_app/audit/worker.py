@@ -92,6 +92,7 @@ class AuditWorker:
         scorer: Asks the site to score the reconstructions of its own update (None: scores unavailable).
         max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
         job_id: Written into every record.
+        audit_fn: The audit of one update (default `medpfl_app.audit.core.audit_update`, looked up at call time).
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class AuditWorker:
         scorer: SiteScorer | None = None,
         max_queue: int = 8,
         job_id: str | None = None,
-        audit_fn: Callable[[AuditItem, AuditPlan], AuditOutcome] = audit_update,
+        audit_fn: Callable[[AuditItem, AuditPlan], AuditOutcome] | None = None,
     ) -> None:
         self.ledger = ledger
         self.plan = plan
@@ -187,7 +188,7 @@ class AuditWorker:
     def _audit_one(self, item: AuditItem) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            outcome = self._audit_fn(item, self.plan)
+            outcome = (self._audit_fn or audit_update)(item, self.plan)
         except Exception as error:  # noqa: BLE001 - recorded, never raised into NVFlare
             from medpfl_app.errors import MedPFLError
 

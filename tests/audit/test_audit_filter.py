@@ -1,0 +1,229 @@
+"""The server-side audit filter as NVFlare runs it: ``process(shareable, fl_ctx)`` on DXOs of tiny arrays."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.fl_exception import NotReadyToEndRun
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.workspace import Workspace
+from nvflare.app_common.app_constant import AppConstants
+
+from medpfl_app.audit import server as audit_server
+from medpfl_app.audit import worker as audit_worker
+from medpfl_app.audit.core import AuditOutcome
+from medpfl_app.audit.ledger import read_ledger
+from medpfl_app.audit.server import AuditFilter, GlobalWeightsCache, cached_global_weights
+
+JOB = "job-audit"
+#: Generous bound for "well under 50 ms" on a loaded 2-core machine; benchmarks/bench_audit.py measures the typical.
+FAST_S = 0.5
+FACTS = {"network": "lenet_sigmoid", "image_size": 8, "in_channels": 1, "num_classes": 4, "batch_size": 1}
+
+
+class _Engine:
+    def __init__(self, root) -> None:
+        self.root = root
+
+    def get_workspace(self) -> Workspace:
+        for folder in ("startup", "local"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        return Workspace(root_dir=str(self.root), site_name="server")
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        del event_type, fl_ctx
+
+
+def _ctx(root, site: str = "site-1") -> FLContext:
+    ctx = FLContext()
+    ctx.set_prop(ReservedKey.RUN_NUM, JOB, private=False, sticky=True)
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, "server", private=False, sticky=True)
+    ctx.set_prop(ReservedKey.ENGINE, _Engine(root), private=True, sticky=True)
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=True)
+    ctx.set_peer_context(peer)
+    return ctx
+
+
+def _update(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"net.fc.weight": rng.normal(size=(4, 6)).astype(np.float32), "net.fc.bias": np.zeros(4, np.float32)}
+
+
+def _shareable(data=None, *, kind=DataKind.WEIGHT_DIFF, meta=None, round_=0) -> Shareable:
+    shareable = DXO(data_kind=kind, data=_update() if data is None else data, meta=dict(FACTS) if meta is None else meta).to_shareable()
+    shareable.set_header(AppConstants.CURRENT_ROUND, round_)
+    return shareable
+
+
+def _outcome() -> AuditOutcome:
+    return AuditOutcome(
+        server_indicators={"labels_recovered": True, "images_per_update": 1, "bn_statistics_exposed": False},
+        attack_budget={"attack": "fake", "iterations": 0},
+        threat_model={"attacker": "test"},
+        model={"network": "lenet_sigmoid", "config_hash": "sha256:0", "num_parameters": 1},
+    )
+
+
+def _started_filter(tmp_path, **kwargs) -> tuple[AuditFilter, FLContext]:
+    audit = AuditFilter(**kwargs)
+    ctx = _ctx(tmp_path)
+    audit.handle_event(EventType.START_RUN, ctx)
+    return audit, ctx
+
+
+def _records(tmp_path, audit: AuditFilter, expected: int) -> list[dict]:
+    assert audit._worker is not None
+    assert audit._worker.drain(60), "the audit worker did not drain"
+    records = read_ledger(tmp_path / JOB / "medpfl" / "audit_ledger.jsonl").records
+    assert len(records) == expected, records
+    return list(records)
+
+
+def _assert_unchanged(before: dict[str, np.ndarray], shareable_in: Shareable, shareable_out: Shareable) -> None:
+    assert shareable_out is shareable_in
+    after = from_shareable(shareable_out).data
+    assert sorted(after) == sorted(before)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value)
+
+
+def test_process_returns_the_shareable_unchanged_and_fast_while_the_worker_is_busy(tmp_path, monkeypatch) -> None:
+    """A blocked attack thread must not slow or change what NVFlare gets back."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocked(item, plan):
+        entered.set()
+        release.wait(30)
+        return _outcome()
+
+    monkeypatch.setattr(audit_worker, "audit_update", blocked)
+    audit, ctx = _started_filter(tmp_path, max_queue=2)
+    try:
+        for round_ in range(4):
+            before = _update(round_)
+            shareable = _shareable({k: v.copy() for k, v in before.items()}, round_=round_)
+            started = time.perf_counter()
+            returned = audit.process(shareable, ctx)
+            elapsed = time.perf_counter() - started
+            _assert_unchanged(before, shareable, returned)
+            assert elapsed < FAST_S, f"process() took {elapsed:.3f} s with a busy worker"
+            if round_ == 0:
+                assert entered.wait(10)
+    finally:
+        release.set()
+    records = _records(tmp_path, audit, 4)
+    statuses = sorted(r["status"] for r in records)
+    # One update in the attack thread, two in the queue (its bound), the fourth refused as not audited.
+    assert statuses == ["audited", "audited", "audited", "not_audited"]
+    refused = next(r for r in records if r["status"] == "not_audited")
+    assert "queue full" in refused["reason"] and refused["round"] == 3 and refused["site"] == "site-1"
+
+
+def test_process_is_unchanged_and_fast_when_the_audit_is_broken(tmp_path, monkeypatch) -> None:
+    """An audit that raises becomes a not_audited record; the update still goes through untouched."""
+
+    def broken(item, plan):
+        raise RuntimeError("attack exploded")
+
+    monkeypatch.setattr(audit_worker, "audit_update", broken)
+    audit, ctx = _started_filter(tmp_path)
+    before = _update(1)
+    shareable = _shareable({k: v.copy() for k, v in before.items()})
+    started = time.perf_counter()
+    returned = audit.process(shareable, ctx)
+    assert time.perf_counter() - started < FAST_S
+    _assert_unchanged(before, shareable, returned)
+    (record,) = _records(tmp_path, audit, 1)
+    assert record["status"] == "not_audited" and "attack exploded" in record["reason"] and record["risk"] == "unknown"
+
+
+def test_process_survives_an_internal_error_in_the_filter(tmp_path, monkeypatch) -> None:
+    """Even a failure before the queue (here: copying the update) never raises into NVFlare."""
+
+    def no_copy(data):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(audit_server, "copy_arrays", no_copy)
+    audit, ctx = _started_filter(tmp_path)
+    shareable = _shareable()
+    assert audit.process(shareable, ctx) is shareable
+    (record,) = _records(tmp_path, audit, 1)
+    assert record["status"] == "not_audited" and "no room" in record["reason"]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason_part"),
+    [
+        pytest.param(lambda: _shareable(meta={**FACTS, "processed_algorithm": "CKKS"}), "processed by 'CKKS'", id="he"),
+        pytest.param(
+            lambda: _shareable({"net.fc.weight": np.array(["a", "b"], dtype=object)}), "non-numeric", id="object-array"
+        ),
+        pytest.param(lambda: _shareable({"net.fc.weight": b"ciphertext"}), "not a numeric array", id="bytes"),
+        pytest.param(lambda: _shareable(meta={"batch_size": 1}), "model facts", id="no-model"),
+        pytest.param(lambda: _shareable(kind=DataKind.METRICS, data={"accuracy": 0.5}), "no model weights", id="metrics"),
+    ],
+)
+def test_unattackable_updates_are_recorded_not_auditable(tmp_path, make, reason_part) -> None:
+    """Encrypted, non-numeric or model-less updates are 'not auditable' with the reason, and pass unchanged."""
+    audit, ctx = _started_filter(tmp_path)
+    shareable = make()
+    assert audit.process(shareable, ctx) is shareable
+    (record,) = _records(tmp_path, audit, 1)
+    assert record["status"] == "not_auditable" and reason_part in record["reason"], record["reason"]
+    assert record["risk"] == "unknown" and record["site_scores"]["status"] == "unavailable"
+
+
+def test_a_result_that_is_no_dxo_is_not_auditable(tmp_path) -> None:
+    audit, ctx = _started_filter(tmp_path)
+    shareable = Shareable()
+    shareable.set_header(AppConstants.CURRENT_ROUND, 2)
+    assert audit.process(shareable, ctx) is shareable
+    (record,) = _records(tmp_path, audit, 1)
+    assert record["status"] == "not_auditable" and "not an NVFlare DXO" in record["reason"]
+
+
+def test_end_of_run_is_held_while_audits_remain(tmp_path, monkeypatch) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: (release.wait(30), _outcome())[1])
+    audit, ctx = _started_filter(tmp_path)
+    audit.process(_shareable(), ctx)
+    with pytest.raises(NotReadyToEndRun):
+        audit.handle_event(EventType.CHECK_END_RUN_READINESS, ctx)
+    release.set()
+    _records(tmp_path, audit, 1)
+    audit.handle_event(EventType.CHECK_END_RUN_READINESS, ctx)  # drained: ready, no exception
+
+
+def test_constructor_args_are_stored_under_their_names() -> None:
+    """NVFlare's exporter reads constructor args back from same-named attributes (pitfall 9)."""
+    audit = AuditFilter(plan={"iterations": 5}, risk_policy={"ssim_high": 0.7}, max_queue=3, drain_timeout_s=9.0)
+    assert (audit.plan, audit.risk_policy, audit.max_queue, audit.drain_timeout_s) == (
+        {"iterations": 5}, {"ssim_high": 0.7}, 3, 9.0,
+    )
+
+
+def test_weights_cache_copies_once_per_round_and_never_touches_the_payload(tmp_path) -> None:
+    cache = GlobalWeightsCache()
+    ctx = _ctx(tmp_path)
+    weights = _update(7)
+    original = {k: v.copy() for k, v in weights.items()}
+    shareable = _shareable(weights, kind=DataKind.WEIGHTS, round_=5)
+    assert cache.process(shareable, ctx) is shareable
+    cached = cached_global_weights(JOB, 5)
+    assert cached is not None and sorted(cached) == sorted(original)
+    for key in original:
+        assert cached[key] is not weights[key]
+        np.testing.assert_array_equal(weights[key], original[key])
+    weights["net.fc.bias"] += 1  # the next client's copy of the payload changes later: the cache must not
+    np.testing.assert_array_equal(cached["net.fc.bias"], original["net.fc.bias"])
+    cache.process(_shareable(_update(8), kind=DataKind.WEIGHTS, round_=5), ctx)  # second client: not re-copied
+    np.testing.assert_array_equal(cached_global_weights(JOB, 5)["net.fc.weight"], original["net.fc.weight"])
