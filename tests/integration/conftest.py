@@ -70,3 +70,32 @@ def simulated_dp_sgd(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites
     return run_simulation(
         job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)}
     )
+
+
+AUDIT_SITES = ["site-1", "site-2", "site-3"]
+
+
+@pytest.fixture(scope="session")
+def demo_data_3_sites(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("demo_data_3")
+    return generate_demo_dataset(root, num_sites=3, train_per_site=16, val_per_site=4, image_size=32, seed=2)
+
+
+def _simulate_catalog_job(tmp_path_factory: pytest.TempPathFactory, data, name: str) -> SimulationResult:
+    root = tmp_path_factory.mktemp(f"sim_{name}")
+    job = export_job(JOB_CATALOG[name], root / "jobs")
+    return run_simulation(
+        job, root / "workspace", sites=AUDIT_SITES, timeout_s=600, env={"MEDPFL_DATA_ROOT": str(data.root)}
+    )
+
+
+@pytest.fixture(scope="session")
+def simulated_audit(tmp_path_factory: pytest.TempPathFactory, demo_data_3_sites) -> SimulationResult:
+    """The audited FedAvg job without defense (site-1: one image, one step per round), 3 sites x 2 rounds."""
+    return _simulate_catalog_job(tmp_path_factory, demo_data_3_sites, "fedavg_audit")
+
+
+@pytest.fixture(scope="session")
+def simulated_audit_client_dp(tmp_path_factory: pytest.TempPathFactory, demo_data_3_sites) -> SimulationResult:
+    """The audited FedAvg job under client-level DP (clip 1.0, z=1.0), 3 sites x 2 rounds."""
+    return _simulate_catalog_job(tmp_path_factory, demo_data_3_sites, "fedavg_audit_client_dp")

@@ -1,0 +1,62 @@
+"""The server-side audit in NVFlare's simulator: one ledger record per site per round, scored at the sites.
+
+Threat model of every number here: honest-but-curious server with the update as received, the global weights
+and the declared training facts; attack: the default `AuditPlan` (gradinv preset with L2 matching, 300 Adam steps,
+1 restart); sigmoid LeNet at 32 px, SGD; site-1 trains one image for one step per round.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from medpfl_app.audit.ledger import find_ledgers, read_ledger
+from medpfl_app.audit.scoring import SCORE_KEYS
+from medpfl_app.jobs.spec import AUDIT_HIGH_RISK_SITE
+
+from .conftest import AUDIT_SITES
+
+pytestmark = [pytest.mark.nvflare_run, pytest.mark.slow]
+
+
+def _records(simulation) -> list[dict]:
+    (ledger,) = list(find_ledgers(simulation.server_run_dir))
+    assert ledger.parent.name == "medpfl"  # under the server run dir: download_job delivers it
+    contents = read_ledger(ledger)
+    assert contents.skipped_lines == ()
+    return list(contents.records)
+
+
+def _check_one_scored_record_per_site_per_round(records: list[dict]) -> None:
+    keys = sorted((r["site"], r["round"]) for r in records)
+    assert keys == sorted((site, round_) for site in AUDIT_SITES for round_ in (0, 1))
+    for record in records:
+        assert record["status"] == "audited", record["reason"]
+        scores = record["site_scores"]
+        assert scores["status"] == "scored", scores
+        assert set(scores) <= set(SCORE_KEYS)
+        assert all(value is None or isinstance(value, (bool, int, float, str)) for value in scores.values())
+        assert record["risk"] in ("low", "medium", "high")
+        assert record["versions"]["nvflare"] and record["model"]["config_hash"].startswith("sha256:")
+        assert record["attack_budget"]["iterations"] >= 1
+
+
+def test_audit_without_defense_reconstructs_the_high_risk_site(simulated_audit) -> None:
+    records = _records(simulated_audit)
+    _check_one_scored_record_per_site_per_round(records)
+    high_risk = [r for r in records if r["site"] == AUDIT_HIGH_RISK_SITE]
+    for record in high_risk:
+        assert record["site_scores"]["images_used"] == 1
+        assert record["site_scores"]["ssim_max"] >= 0.8, record["site_scores"]
+        assert record["risk"] == "high"
+        assert record["defenses"] == [] and record["epsilon"]["client_dp"] is None
+
+
+def test_audit_under_client_dp_keeps_the_high_risk_site_below_ssim_0_3(simulated_audit_client_dp) -> None:
+    records = _records(simulated_audit_client_dp)
+    _check_one_scored_record_per_site_per_round(records)
+    for record in records:
+        assert record["defenses"] and record["defenses"][-1]["defense"] == "client_dp"
+        assert record["epsilon"]["client_dp"] > 0 and record["epsilon"]["delta"] == pytest.approx(1e-5)
+        assert "ClientDPFilter" in record["filter_history"]
+    for record in (r for r in records if r["site"] == AUDIT_HIGH_RISK_SITE):
+        assert record["site_scores"]["ssim_max"] < 0.3, record["site_scores"]
