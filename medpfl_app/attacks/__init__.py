@@ -6,6 +6,7 @@ Typical use (server side)::
     result = build_attack("idlg", iterations=100).run(knowledge)
 """
 
+from medpfl_app.attacks.bn_report import BNLeakReport, bn_statistics_report
 from medpfl_app.attacks.engine import MatchingConfig, run_matching
 from medpfl_app.attacks.knowledge import (
     AttackerKnowledge,
@@ -23,9 +24,11 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AttackerKnowledge",
+    "BNLeakReport",
     "MatchingConfig",
     "UpdateKind",
     "WorstCaseAssumptions",
+    "bn_statistics_report",
     "build_attack",
     "knowledge_from_update",
     "recover_labels",

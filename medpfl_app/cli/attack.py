@@ -46,9 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     grid = parser.add_argument_group("grid (--grid)")
     grid.add_argument("--grid", action="store_true", help="run the seed-paper grid instead of one attack")
     grid.add_argument("--seed-images", type=int, default=20, help="images per un-noised seed-setting cell")
-    grid.add_argument("--noised-images", type=int, default=4, help="images per Laplace-noise cell")
-    grid.add_argument("--realistic-iterations", type=int, default=600, help="Adam iterations in realistic cells")
+    grid.add_argument("--noised-images", type=int, default=2, help="images per Laplace-noise cell")
+    grid.add_argument("--realistic-iterations", type=int, default=150, help="Adam iterations in realistic cells")
+    grid.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits small, shared CPUs)")
     grid.add_argument("--quick", action="store_true", help="a tiny grid with toy budgets (smoke test, well under a minute)")
+    grid.add_argument(
+        "--paper-budget",
+        action="store_true",
+        help=(
+            "the seed code's budgets: L-BFGS 300 steps x 20 updates (early stop at loss 1e-6), GradInv 1000 it x 4 "
+            "restarts, 5 images per noise cell at 50 L-BFGS steps, realistic cells 400 it x 2 restarts "
+            "(~15 min on an idle 2-core CPU)"
+        ),
+    )
     parser.set_defaults(func=_run)
 
 
@@ -69,7 +79,11 @@ def _run(args: argparse.Namespace) -> int:
 def _run_grid(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import torch
+
     from medpfl_app.attacks.grid import GridConfig, timed_grid
+
+    torch.set_num_threads(max(1, args.threads))
 
     config = GridConfig(
         image_size=args.image_size,
@@ -78,6 +92,11 @@ def _run_grid(args: argparse.Namespace) -> int:
         realistic_iterations=args.realistic_iterations,
         seed=args.seed,
     )
+    if args.paper_budget:
+        config = dataclasses.replace(
+            config, lbfgs_steps=300, gradinv_iterations=1000, gradinv_restarts=4, noised_images=5, dlg_images=5,
+            noised_lbfgs_steps=50, realistic_iterations=400, realistic_restarts=2,
+        )
     if args.quick:
         config = dataclasses.replace(
             config, seed_images=2, noised_images=1, dlg_images=1, noise_scales=(0.01,), lbfgs_steps=10,
@@ -128,6 +147,16 @@ def _run_single(args: argparse.Namespace) -> int:
     result = attack.run(knowledge, progress=True)
     report = evaluate_reconstruction(result.reconstructions, x, recovered_labels=result.labels, true_labels=y)
     metrics = {**report.to_dict(), "noise_b": args.noise_b}
+    if knowledge.bn_running_stats and knowledge.bn_train_mode:
+        from medpfl_app.attacks.bn_report import bn_statistics_report
+
+        bn = bn_statistics_report(knowledge, originals=x).to_dict()
+        metrics["bn_buffers_alone"] = bn
+        print(
+            f"BN buffers alone reveal {bn['numbers_revealed']} batch statistics "
+            f"({'exact' if bn['exact'] else 'mixed over local steps'}; first-layer mean rel. error "
+            f"{bn['layers'][0]['mean_rel_error']:.2e})"
+        )
     json_path, png_path = result.save(args.out, originals=x, metrics=metrics)
     s = report.summary
     print(

@@ -130,3 +130,21 @@ def test_bn_attack_without_bn_buffers_is_rejected() -> None:
 def test_bad_budget_is_rejected() -> None:
     with pytest.raises(MedPFLError, match="positive budget"):
         build_attack("gradinv", iterations=0)
+
+
+def test_bn_buffers_reveal_exact_batch_statistics_after_one_step() -> None:
+    """One local step: the momentum inversion returns the batch's exact per-channel mean and unbiased variance."""
+    from medpfl_app.attacks.bn_report import bn_statistics_report
+
+    torch.manual_seed(0)
+    model = build_network("small_cnn", in_channels=1, num_classes=4, image_size=SIZE)
+    images = torch.cat([phantom(1), phantom(2), phantom(3)])
+    site = simulate_site_update(model, images, torch.tensor([0, 1, 2]), kind=UpdateKind.WEIGHT_DIFF, local_steps=1)
+    knowledge = knowledge_from_update(model, site.global_weights, site.update, site.meta, image_shape=SHAPE)
+
+    report = bn_statistics_report(knowledge, originals=images)
+
+    assert report.exact and len(report.layers) == 3
+    for layer in report.layers:
+        assert layer.mean_rel_error < 1e-4 and layer.var_rel_error < 1e-4
+    assert report.to_dict()["numbers_revealed"] == 2 * (16 + 32 + 64)
