@@ -37,7 +37,8 @@ class MatchingConfig:
         restarts: Independent initialisations, simulated together; the best by matching loss is returned.
         optimizer: ``lbfgs`` (DLG/iDLG/CPL) or ``adam`` (Inverting Gradients and later).
         lr: Step size.
-        objective: ``l2`` (sum of squared differences) or ``cosine`` (1 − cosine similarity over the layers).
+        objective: ``l2`` (sum of squared differences relative to ``‖target‖²``) or ``cosine`` (1 − cosine
+            similarity over the layers).
         signed: Step along the sign of the image gradient (Inverting Gradients).
         lr_decay: Multiply the step size by 0.1 at 3/8, 5/8 and 7/8 of the iterations.
         tv: Weight of the anisotropic total-variation prior.
@@ -53,7 +54,8 @@ class MatchingConfig:
         top_layers: Match only the k update tensors with the largest norm (None = all).
         update_mode: For weight differences: ``auto``, ``approximate`` (−Δ/(η·S) as a gradient) or ``unrolled``
             (simulate the S local steps and match Δ).
-        stop_loss: Stop once every restart's matching loss is below this (0 disables early stopping).
+        stop_loss: Stop once every restart's matching loss is below this (0 disables early stopping); the loss is
+            relative (see `matching_loss`), so the tolerance does not depend on the update's scale.
         batched: Simulate all restarts in one vectorised call (False runs them one after another; same results).
         seed: Seed of the initialisation.
     """
@@ -119,12 +121,19 @@ def _per_restart_sum(values: torch.Tensor) -> torch.Tensor:
 def matching_loss(
     simulated: dict[str, torch.Tensor], target: dict[str, torch.Tensor], objective: str
 ) -> torch.Tensor:
-    """Distance per restart ``(R,)`` between simulated updates ``(R, …)`` and the observed one, over ``target``."""
+    """Distance per restart ``(R,)`` between simulated updates ``(R, …)`` and the observed one, over ``target``.
+
+    ``l2`` is the DLG squared distance divided by ``‖target‖²``: the same minimisers, but scale-free, so that the
+    stopping tolerance and L-BFGS's gradient tolerance mean the same on a saturated model whose gradient is ~1e-6
+    as on a fresh one (with the absolute distance such updates "converged" at the first evaluation).
+    """
+    tgt_sq = sum(float(t.pow(2).sum()) for t in target.values())
     if objective == "l2":
-        return sum(_per_restart_sum((simulated[n] - t).pow(2)) for n, t in target.items())  # type: ignore[return-value]
+        distance = sum(_per_restart_sum((simulated[n] - t).pow(2)) for n, t in target.items())
+        return distance / max(tgt_sq, 1e-30)  # type: ignore[return-value]
     dot = sum(_per_restart_sum(simulated[n] * t) for n, t in target.items())
     sim_norm = sum(_per_restart_sum(simulated[n].pow(2)) for n in target)
-    tgt_norm = math.sqrt(sum(float(t.pow(2).sum()) for t in target.values()))
+    tgt_norm = math.sqrt(tgt_sq)
     return 1 - dot / (torch.sqrt(sim_norm) * tgt_norm + 1e-12)  # type: ignore[operator]
 
 
