@@ -35,13 +35,14 @@ class AuditPlan:
     """
 
     attack: str = "gradinv"
-    iterations: int = 300
+    iterations: int = 500
     restarts: int = 1
-    stop_loss: float = 1e-6
-    #: Exact-gradient matching for SGD updates (L2, unsigned Adam, light TV): on the demo's sigmoid LeNet at 32 px
-    #: it reaches SSIM 0.98 on one image in 300 steps where the cosine/signed preset stalls near 0.6.
+    stop_loss: float = 1e-10
+    #: Exact-gradient matching for one-step SGD updates (L2, unsigned Adam lr 0.1, constant step, no TV prior):
+    #: on the demo's sigmoid LeNet at 32 px it reaches SSIM > 0.9999 on one image in 500 steps for every seed
+    #: tried, where the cosine/signed/TV preset stalls near 0.6 and a TV prior dominates the tiny L2 loss.
     options: Mapping[str, Any] = field(
-        default_factory=lambda: {"objective": "l2", "signed": False, "lr": 0.05, "tv": 1e-4}
+        default_factory=lambda: {"objective": "l2", "signed": False, "lr": 0.1, "tv": 0.0, "lr_decay": False}
     )
     max_images: int = 4
     max_local_steps: int = 1

@@ -9,10 +9,11 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the FedAvg demo on embedded phantom data in the NVFlare simulator",
+        help="run the audited FedAvg demo on embedded phantom data in the NVFlare simulator",
         description=(
-            "Create brain-MRI-like phantom data for N sites, export the FedAvg job, run it in NVFlare's "
-            "simulator, and print per-round validation accuracy and where every output is."
+            "Create brain-MRI-like phantom data for N sites, export the audited FedAvg job (site-1 trains one "
+            "image per round: high risk), run it in NVFlare's simulator, and print per-round validation accuracy, "
+            "the audit's leakage per site and round, and where every output (the audit ledger too) is."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("medpfl_runs/demo"), help="output folder")
@@ -20,22 +21,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="FedAvg rounds (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="hard deadline in seconds")
+    parser.add_argument("--job", default=None,
+                        help="catalog job to run (default fedavg_audit; e.g. fedavg_audit_client_dp, fedavg_small_cnn)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from medpfl_app.jobs.demo import run_demo
 
-    outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout)
+    from medpfl_app.jobs.demo import DEMO_JOB
+
+    outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout,
+                       job=args.job or DEMO_JOB)
     simulation = outcome.simulation
     print(format_round_table(simulation.round_metrics))
+    ledger = outcome.audit_ledger
+    if ledger is not None:
+        from medpfl_app.audit.ledger import read_ledger
+
+        print()
+        print(format_audit_table(read_ledger(ledger).records))
     print(f"\nsimulated in {simulation.wall_seconds:.0f} s")
     print(f"demo data:     {outcome.data_root}")
     print(f"job folder:    {outcome.job_dir}")
     print(f"global model:  {simulation.global_model}")
     print(f"server run:    {simulation.server_run_dir}")
     print(f"console log:   {simulation.log_file}")
+    if ledger is not None:
+        print(f"audit ledger:  {ledger}")
     return 0
+
+
+def format_audit_table(records) -> str:
+    """One line per audited site and round: what the site measured and the risk level (see the ledger for why)."""
+    lines = [
+        "server-side audit (honest-but-curious server, update as received; scores measured at each site)",
+        "round  site      status        imgs  SSIM max  PSNR max  labels  risk     attack (iterations)",
+    ]
+    for record in sorted(records, key=lambda r: (r.get("round") is None, r.get("round"), str(r.get("site")))):
+        scores = record.get("site_scores") or {}
+        budget = record.get("attack_budget") or {}
+        lines.append(
+            f"{record.get('round', '?')!s:>5}  {str(record.get('site')):<8}  {record.get('status', '?'):<12}  "
+            f"{scores.get('images_used', '-')!s:>4}  {_fmt(scores.get('ssim_max'))}  {_fmt(scores.get('psnr_max'))}  "
+            f"{_fmt(scores.get('label_accuracy'))[-6:]}  {record.get('risk', '?'):<7}  "
+            f"{budget.get('attack', '-')} ({budget.get('iterations', '-')})"
+            + (f"  [{scores.get('reason') or record.get('reason')}]" if scores.get("status") != "scored" else "")
+        )
+    return "\n".join(lines)
 
 
 def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:

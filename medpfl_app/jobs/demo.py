@@ -1,4 +1,8 @@
-"""The demo: embedded phantom data at 3 sites, the FedAvg job, NVFlare's simulator, a per-round summary."""
+"""The demo: embedded phantom data at 3 sites, the audited FedAvg job, NVFlare's simulator, a per-round summary.
+
+By default the demo runs ``fedavg_audit``: site-1 is the literature's high-risk configuration (one image, one local
+step per round) next to two ordinary sites, and the server-side audit writes its ledger under the server run dir.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from medpfl_app.jobs.builder import export_job
 from medpfl_app.jobs.simulate import SimulationResult, run_simulation
 from medpfl_app.jobs.spec import JOB_CATALOG
 
-DEMO_JOB = "fedavg_small_cnn"
+DEMO_JOB = "fedavg_audit"
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,13 @@ class DemoOutcome:
     data_root: Path
     job_dir: Path
     simulation: SimulationResult
+
+    @property
+    def audit_ledger(self) -> Path | None:
+        """The server-side audit ledger of the run (None when the job had no audit)."""
+        from medpfl_app.audit.ledger import find_ledgers
+
+        return next(iter(find_ledgers(self.simulation.server_run_dir)), None)
 
 
 def run_demo(
@@ -27,15 +38,24 @@ def run_demo(
     seed: int = 0,
     timeout_s: float = 1800.0,
     show_progress: bool = True,
+    job: str = DEMO_JOB,
 ) -> DemoOutcome:
-    """Generate the demo data, export the demo job sized to ``num_sites``/``num_rounds``, and simulate it."""
+    """Generate the demo data, export the demo job sized to ``num_sites``/``num_rounds``, and simulate it.
+
+    Args:
+        job: A `JOB_CATALOG` name (default: the audited FedAvg job).
+    """
     from tqdm import tqdm
 
     from medpfl_app.data import generate_demo_dataset
 
     out_dir = Path(out_dir).resolve()
     dataset = generate_demo_dataset(out_dir / "data", num_sites=num_sites, seed=seed)
-    base = JOB_CATALOG[DEMO_JOB]
+    if job not in JOB_CATALOG:
+        from medpfl_app.errors import MedPFLError
+
+        raise MedPFLError(f"unknown demo job {job!r}", fix=f"use one of {', '.join(JOB_CATALOG)}")
+    base = JOB_CATALOG[job]
     spec = replace(
         base,
         num_rounds=num_rounds,

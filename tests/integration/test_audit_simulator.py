@@ -1,7 +1,7 @@
 """The server-side audit in NVFlare's simulator: one ledger record per site per round, scored at the sites.
 
 Threat model of every number here: honest-but-curious server with the update as received, the global weights
-and the declared training facts; attack: the default `AuditPlan` (gradinv preset with L2 matching, 300 Adam steps,
+and the declared training facts; attack: the default `AuditPlan` (gradinv preset with L2 matching, 500 Adam steps,
 1 restart); sigmoid LeNet at 32 px, SGD; site-1 trains one image for one step per round.
 """
 
