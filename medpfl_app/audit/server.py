@@ -31,6 +31,7 @@ from medpfl_app.audit.core import AuditItem, copy_arrays, not_auditable_reason, 
 from medpfl_app.audit.ledger import LEDGER_FILE
 
 RECORD_FOLDER = "medpfl"
+HIGH_RISK_ACTIONS = ("report", "stop_job")
 _KEEP_ROUNDS = 3
 
 _cache_lock = threading.Lock()
@@ -84,6 +85,9 @@ class AuditFilter(Filter):
         max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
         drain_timeout_s: Longest the end of the job is held for the audits still queued.
         ssim_threshold: SSIM at which the sites count an image as reconstructed.
+        on_high_risk: Policy action on the first ``high`` record: ``report`` (default: the ledger only) or
+            ``stop_job`` (end the run through NVFlare's fatal-error event, with the site, round and scores as the
+            reason). The audit runs behind training, so later rounds may already have started when it acts.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class AuditFilter(Filter):
         max_queue: int = 8,
         drain_timeout_s: float = 300.0,
         ssim_threshold: float = 0.9,
+        on_high_risk: str = "report",
     ) -> None:
         super().__init__()
         from medpfl_app.audit.plan import AuditPlan
@@ -103,6 +108,12 @@ class AuditFilter(Filter):
         self.max_queue = max_queue
         self.drain_timeout_s = drain_timeout_s
         self.ssim_threshold = ssim_threshold
+        self.on_high_risk = on_high_risk
+        if on_high_risk not in HIGH_RISK_ACTIONS:
+            from medpfl_app.errors import MedPFLError
+
+            raise MedPFLError(f"unknown on_high_risk action {on_high_risk!r}", fix=f"use one of {HIGH_RISK_ACTIONS}")
+        self._stopped = False
         # Validated eagerly so a bad job config fails at deployment, not silently mid-run.
         self._plan = AuditPlan.from_dict(plan)
         self._policy = RiskPolicy.from_dict(risk_policy)
@@ -146,7 +157,7 @@ class AuditFilter(Filter):
         ledger = AuditLedger(ledger_path(fl_ctx))
         self._worker = AuditWorker(
             ledger, self._plan, policy=self._policy, scorer=self._score_at_site, max_queue=self.max_queue,
-            job_id=fl_ctx.get_job_id(),
+            job_id=fl_ctx.get_job_id(), on_record=self._act_on_record,
         )
         self.log_info(fl_ctx, f"MedPFL audit: ledger at {ledger.path}; plan {self._plan.to_dict()}")
 
@@ -193,6 +204,21 @@ class AuditFilter(Filter):
             global_weights=cached_global_weights(job_id, round_number), meta=kept, received_at=time.time(),
         )
         worker.submit(item)
+
+    # --- policy action (runs on the ledger thread, after the record is durable) --------------------------------
+    def _act_on_record(self, record: dict[str, Any]) -> None:
+        if self.on_high_risk != "stop_job" or record.get("risk") != "high" or self._stopped or self._engine is None:
+            return
+        self._stopped = True
+        scores = record.get("site_scores") or {}
+        reason = (
+            f"MedPFL audit policy stop_job: high privacy risk for {record.get('site')} in round {record.get('round')} "
+            f"(attack {(record.get('attack_budget') or {}).get('attack')}, best SSIM {scores.get('ssim_max')}, "
+            f"success rate {scores.get('attack_success_rate')}); see the audit ledger"
+        )
+        with self._engine.new_context() as fl_ctx:
+            self.log_error(fl_ctx, reason)
+            self.system_panic(reason, fl_ctx)
 
     # --- the site round-trip (runs on the worker thread) ----------------------------------------------------
     def _score_at_site(self, site: str, round_number: int | None, reconstructions, labels) -> dict[str, Any]:

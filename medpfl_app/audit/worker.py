@@ -93,6 +93,7 @@ class AuditWorker:
         max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
         job_id: Written into every record.
         audit_fn: The audit of one update (default `medpfl_app.audit.core.audit_update`, looked up at call time).
+        on_record: Called on the ledger thread with each record once it is durably written (policy actions).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class AuditWorker:
         max_queue: int = 8,
         job_id: str | None = None,
         audit_fn: Callable[[AuditItem, AuditPlan], AuditOutcome] | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.plan = plan
@@ -112,6 +114,7 @@ class AuditWorker:
         self.scorer = scorer
         self.job_id = job_id
         self._audit_fn = audit_fn
+        self._on_record = on_record
         self._items: queue.Queue[AuditItem | None] = queue.Queue(maxsize=max_queue)
         self._records: queue.Queue[dict[str, Any] | None] = queue.Queue()  # small dicts: unbounded is safe
         self._versions = library_versions()
@@ -225,7 +228,9 @@ class AuditWorker:
             try:
                 if record is None:
                     return
-                self.ledger.append(record)
+                written = self.ledger.append(record)
+                if self._on_record is not None:
+                    self._on_record(written)
             except Exception as error:  # noqa: BLE001 - the ledger thread must survive a bad record
                 logger.error("MedPFL audit: could not append a ledger record: %r", error)
             finally:

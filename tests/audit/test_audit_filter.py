@@ -227,3 +227,50 @@ def test_weights_cache_copies_once_per_round_and_never_touches_the_payload(tmp_p
     np.testing.assert_array_equal(cached["net.fc.bias"], original["net.fc.bias"])
     cache.process(_shareable(_update(8), kind=DataKind.WEIGHTS, round_=5), ctx)  # second client: not re-copied
     np.testing.assert_array_equal(cached_global_weights(JOB, 5)["net.fc.weight"], original["net.fc.weight"])
+
+
+class _PanicEngine(_Engine):
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.events: list[tuple[str, object]] = []
+
+    def new_context(self) -> FLContext:
+        ctx = FLContext()
+        ctx.set_prop(ReservedKey.ENGINE, self, private=True, sticky=True)
+        return ctx
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        from nvflare.apis.fl_constant import FLContextKey
+
+        self.events.append((event_type, fl_ctx.get_prop(FLContextKey.EVENT_DATA)))
+
+
+@pytest.mark.parametrize("action", ["report", "stop_job"])
+def test_high_risk_policy_action(tmp_path, monkeypatch, action) -> None:
+    """stop_job ends the run once, with a reason naming site and round; report (default) only writes the ledger."""
+    risky = AuditOutcome(
+        server_indicators={"bn_statistics_exposed": True, "images_per_update": 1},
+        attack_budget={"attack": "fake", "iterations": 0}, threat_model={}, model={"network": "x"},
+    )
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: risky)
+    audit = AuditFilter(on_high_risk=action)
+    engine = _PanicEngine(tmp_path)
+    ctx = _ctx(tmp_path)
+    ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=True)
+    audit.handle_event(EventType.START_RUN, ctx)
+    audit.process(_shareable(round_=0), ctx)
+    audit.process(_shareable(round_=1), ctx)
+    records = _records(tmp_path, audit, 2)
+    assert all(r["risk"] == "high" for r in records)
+    panics = [data for event, data in engine.events if event == EventType.FATAL_SYSTEM_ERROR]
+    if action == "report":
+        assert panics == []
+    else:
+        assert len(panics) == 1 and "high privacy risk for site-1 in round 0" in panics[0]
+
+
+def test_unknown_policy_action_is_refused() -> None:
+    from medpfl_app.errors import MedPFLError
+
+    with pytest.raises(MedPFLError):
+        AuditFilter(on_high_risk="shout")
