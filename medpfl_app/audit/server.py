@@ -114,6 +114,7 @@ class AuditFilter(Filter):
 
             raise MedPFLError(f"unknown on_high_risk action {on_high_risk!r}", fix=f"use one of {HIGH_RISK_ACTIONS}")
         self._stopped = False
+        self._released = False
         # Validated eagerly so a bad job config fails at deployment, not silently mid-run.
         self._plan = AuditPlan.from_dict(plan)
         self._policy = RiskPolicy.from_dict(risk_policy)
@@ -134,12 +135,27 @@ class AuditFilter(Filter):
                     self._end_wait_started = now
                 if now - self._end_wait_started < self.drain_timeout_s:
                     raise NotReadyToEndRun(f"MedPFL audit: {worker.pending()} audits still running")
+            self._release_sites(fl_ctx)
         elif event_type == EventType.END_RUN:
             worker = self._worker
             if worker is not None:
                 if worker.pending():
                     self.log_warning(fl_ctx, f"MedPFL audit: run ends with {worker.pending()} audits unfinished")
                 threading.Thread(target=worker.stop, name="medpfl-audit-stop", daemon=True).start()
+
+    def _release_sites(self, fl_ctx: FLContext) -> None:
+        """Tell every site the audit is done, so their scorers stop holding the end of the run (once)."""
+        if self._released:
+            return
+        self._released = True
+        from medpfl_app.audit.site_scorer import RELEASE_TOPIC
+
+        try:
+            fl_ctx.get_engine().send_aux_request(
+                targets=None, topic=RELEASE_TOPIC, request=Shareable(), timeout=0.0, fl_ctx=fl_ctx, optional=True
+            )
+        except Exception as error:  # noqa: BLE001 - the sites then wait at most their wait_at_end_s
+            self.log_warning(fl_ctx, f"MedPFL audit: could not release the sites: {error!r}")
 
     def _ensure_worker(self, fl_ctx: FLContext):
         with self._lock:

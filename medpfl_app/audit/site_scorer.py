@@ -5,8 +5,9 @@ registers an auxiliary-message handler for `SCORE_TOPIC`; the server's audit sen
 site's update of one round; the handler compares them with the images the site really used in that round
 (`medpfl_app.audit.site_record`, filled by the training entry in this same process) and replies with scalar
 scores only (`medpfl_app.audit.scoring.SCORE_KEYS`). At the end of the job it asks NVFlare to wait
-(``NotReadyToEndRun``) until the last trained round has been scored, at most ``wait_at_end_s`` seconds, so the
-last round's scores reach the ledger.
+(``NotReadyToEndRun``) until the last trained round has been scored or the server says its audit is done
+(`RELEASE_TOPIC`, e.g. when the plan samples rounds), at most ``wait_at_end_s`` seconds, so the last round's
+scores reach the ledger.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable, make_reply
 
 SCORE_TOPIC = "medpfl.audit.score"
+#: Sent by the server once its audit queue is drained at the end of the job: the site need not wait any longer.
+RELEASE_TOPIC = "medpfl.audit.release"
 REQUEST_RECONSTRUCTIONS = "reconstructions"
 REQUEST_LABELS = "labels"
 REQUEST_ROUND = "round"
@@ -80,11 +83,14 @@ class AuditSiteScorer(FLComponent):
         self._scored_rounds: set[int] = set()
         self._lock = threading.Lock()
         self._end_check_started: float | None = None
+        self._released = False
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
             self._site = fl_ctx.get_identity_name()
-            fl_ctx.get_engine().register_aux_message_handler(topic=SCORE_TOPIC, message_handle_func=self._on_request)
+            engine = fl_ctx.get_engine()
+            engine.register_aux_message_handler(topic=SCORE_TOPIC, message_handle_func=self._on_request)
+            engine.register_aux_message_handler(topic=RELEASE_TOPIC, message_handle_func=self._on_release)
         elif event_type == EventType.CHECK_END_RUN_READINESS:
             self._check_end(fl_ctx)
 
@@ -101,10 +107,14 @@ class AuditSiteScorer(FLComponent):
         reply[REPLY_SCORES] = scores
         return reply
 
+    def _on_release(self, topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
+        self._released = True
+        return make_reply(ReturnCode.OK)
+
     def _check_end(self, fl_ctx: FLContext) -> None:
         from medpfl_app.audit import site_record
 
-        if not self._site or self.wait_at_end_s <= 0:
+        if not self._site or self.wait_at_end_s <= 0 or self._released:
             return
         rounds = site_record.recorded_rounds(self._site)
         with self._lock:

@@ -192,3 +192,20 @@ def test_missing_global_weights_are_refused() -> None:
                            global_weights=None, meta=item.meta)
     with pytest.raises(MedPFLError, match="no global weights"):
         audit_update(no_weights, AuditPlan(iterations=1))
+
+
+def test_site_scorer_holds_the_end_until_scored_or_released() -> None:
+    from nvflare.apis.fl_exception import NotReadyToEndRun
+
+    from medpfl_app.audit.site_scorer import RELEASE_TOPIC
+
+    site = "site-test-end"
+    site_record.clear(site)
+    site_record.record_round(site, 0, [1])
+    scorer = AuditSiteScorer(wait_at_end_s=60)
+    scorer._site = site
+    with pytest.raises(NotReadyToEndRun):
+        scorer._check_end(FLContext())
+    scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext())
+    scorer._check_end(FLContext())  # released by the server: ready
+    site_record.clear(site)
