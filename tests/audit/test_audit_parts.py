@@ -209,3 +209,65 @@ def test_site_scorer_holds_the_end_until_scored_or_released() -> None:
     scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext())
     scorer._check_end(FLContext())  # released by the server: ready
     site_record.clear(site)
+
+
+def test_epsilon_so_far_reads_client_dp_and_dp_sgd() -> None:
+    from medpfl_app.audit.core import epsilon_so_far
+
+    meta = {
+        "medpfl_defenses": [{"defense": "laplace"}, {"defense": "client_dp", "epsilon_total": 3.5, "delta": 1e-5}],
+        "dp_sgd": {"epsilon": 8.0, "delta": 1e-6},
+    }
+    assert epsilon_so_far(meta) == {"client_dp": 3.5, "dp_sgd": 8.0, "delta": 1e-6}
+    assert epsilon_so_far({}) == {"client_dp": None, "dp_sgd": None, "delta": None}
+
+
+class _AuxEngine:
+    def __init__(self, replies) -> None:
+        self.replies = replies
+        self.requests: list = []
+
+    def new_context(self):
+        return FLContext()
+
+    def send_aux_request(self, targets, topic, request, timeout, fl_ctx, optional=False, secure=False):
+        self.requests.append((targets, topic, dict(request)))
+        return self.replies
+
+
+def _reply(code: str = "OK", scores=None) -> Shareable:
+    from nvflare.apis.shareable import make_reply
+
+    reply = make_reply(code)
+    if scores is not None:
+        reply[REPLY_SCORES] = scores
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("replies", "reason_part"),
+    [
+        pytest.param({}, "no reply from site-1", id="unreachable"),
+        pytest.param({"site-1": _reply("EXECUTION_EXCEPTION")}, "answered EXECUTION_EXCEPTION", id="error"),
+        pytest.param({"site-1": _reply()}, "sent no scores", id="empty"),
+    ],
+)
+def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_part) -> None:
+    from medpfl_app.audit.server import AuditFilter
+
+    audit = AuditFilter()
+    audit._engine = _AuxEngine(replies)
+    scores = audit._score_at_site("site-1", 2, np.zeros((1, 1, 16, 16), np.float32), np.array([0]))
+    assert scores["status"] == "unavailable" and reason_part in scores["reason"]
+    ((targets, topic, request),) = audit._engine.requests
+    assert targets == ["site-1"] and topic == SCORE_TOPIC and request["round"] == 2
+
+
+def test_a_site_reply_with_arrays_is_refused() -> None:
+    """Defense in depth: the server refuses site 'scores' that are not scalars (the worker records them unavailable)."""
+    from medpfl_app.audit.server import AuditFilter
+
+    audit = AuditFilter()
+    audit._engine = _AuxEngine({"site-1": _reply(scores={"status": "scored", "ssim_max": [0.5]})})
+    with pytest.raises(MedPFLError):
+        audit._score_at_site("site-1", 0, np.zeros((1, 1, 16, 16), np.float32), None)
