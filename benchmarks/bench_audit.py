@@ -30,15 +30,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_fedavg import TreeMemorySampler  # noqa: E402
-from results_file import replace_section  # noqa: E402
+from bench_fedavg import TreeMemorySampler
+from results_file import replace_section
 
-from medpfl_app.audit.ledger import find_ledgers, read_ledger  # noqa: E402
-from medpfl_app.data import generate_demo_dataset  # noqa: E402
-from medpfl_app.jobs import JOB_CATALOG  # noqa: E402
-from medpfl_app.jobs.builder import export_job  # noqa: E402
-from medpfl_app.jobs.simulate import run_simulation  # noqa: E402
-from medpfl_app.jobs.spec import RECEIVED_UPDATE_RECORDER  # noqa: E402
+from medpfl_app.audit.ledger import find_ledgers, read_ledger
+from medpfl_app.data import generate_demo_dataset
+from medpfl_app.jobs import JOB_CATALOG
+from medpfl_app.jobs.builder import export_job
+from medpfl_app.jobs.simulate import run_simulation
+from medpfl_app.jobs.spec import RECEIVED_UPDATE_RECORDER
 
 SECTION = "Server-side audit (issue 5)"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -188,7 +188,12 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     """
     import torch
 
-    from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update, recover_labels_from_update
+    from medpfl_app.attacks import (
+        UpdateKind,
+        build_attack,
+        knowledge_from_update,
+        recover_labels_from_update,
+    )
 
     meta = dict(item.meta)
     if item.global_weights is None:
@@ -214,7 +219,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     indicators: dict[str, Any] = {
         "images_per_update": images_declared,
         "local_steps": knowledge.local_steps,
-        "update_norm": float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in knowledge_update_arrays(knowledge)))),
+        "update_norm": float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in _update_arrays(knowledge)))),
         "bn_statistics_exposed": bool(knowledge.bn_running_stats),
         "bn_layers_exposed": len([k for k in (knowledge.bn_running_stats or {}) if k.endswith("running_mean")]),
     }
@@ -275,7 +280,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     )
 
 
-def knowledge_update_arrays(knowledge) -> list[np.ndarray]:
+def _update_arrays(knowledge) -> list[np.ndarray]:
     return [value.detach().double().numpy() for value in knowledge.update.values()]
 
 

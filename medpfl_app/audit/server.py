@@ -27,7 +27,12 @@ from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from medpfl_app.audit.core import AuditItem, copy_arrays, not_auditable_reason, plain_meta
+from medpfl_app.audit.core import (
+    AuditItem,
+    copy_arrays,
+    not_auditable_reason,
+    plain_meta,
+)
 from medpfl_app.audit.ledger import LEDGER_FILE
 
 RECORD_FOLDER = "medpfl"

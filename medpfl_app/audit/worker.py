@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from medpfl_app.audit.core import AuditItem, AuditOutcome, audit_update, epsilon_so_far, library_versions
+from medpfl_app.audit.core import (
+    AuditItem,
+    AuditOutcome,
+    audit_update,
+    epsilon_so_far,
+    library_versions,
+)
 from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import RiskPolicy, assess_risk
@@ -101,7 +107,7 @@ class AuditWorker:
         ledger: AuditLedger,
         plan: AuditPlan,
         *,
-        policy: RiskPolicy = RiskPolicy(),
+        policy: RiskPolicy | None = None,
         scorer: SiteScorer | None = None,
         max_queue: int = 8,
         job_id: str | None = None,
@@ -110,7 +116,7 @@ class AuditWorker:
     ) -> None:
         self.ledger = ledger
         self.plan = plan
-        self.policy = policy
+        self.policy = policy or RiskPolicy()
         self.scorer = scorer
         self.job_id = job_id
         self._audit_fn = audit_fn

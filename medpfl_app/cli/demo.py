@@ -27,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medpfl_app.jobs.demo import run_demo
-
-    from medpfl_app.jobs.demo import DEMO_JOB
+    from medpfl_app.jobs.demo import DEMO_JOB, run_demo
 
     outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout,
                        job=args.job or DEMO_JOB)
@@ -62,7 +60,7 @@ def format_audit_table(records) -> str:
         scores = record.get("site_scores") or {}
         budget = record.get("attack_budget") or {}
         lines.append(
-            f"{record.get('round', '?')!s:>5}  {str(record.get('site')):<8}  {record.get('status', '?'):<12}  "
+            f"{record.get('round', '?')!s:>5}  {record.get('site')!s:<8}  {record.get('status', '?'):<12}  "
             f"{scores.get('images_used', '-')!s:>4}  {_fmt(scores.get('ssim_max'))}  {_fmt(scores.get('psnr_max'))}  "
             f"{_fmt(scores.get('label_accuracy'))[-6:]}  {record.get('risk', '?'):<7}  "
             f"{budget.get('attack', '-')} ({budget.get('iterations', '-')})"

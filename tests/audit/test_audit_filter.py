@@ -20,7 +20,11 @@ from medpfl_app.audit import server as audit_server
 from medpfl_app.audit import worker as audit_worker
 from medpfl_app.audit.core import AuditOutcome
 from medpfl_app.audit.ledger import read_ledger
-from medpfl_app.audit.server import AuditFilter, GlobalWeightsCache, cached_global_weights
+from medpfl_app.audit.server import (
+    AuditFilter,
+    GlobalWeightsCache,
+    cached_global_weights,
+)
 
 JOB = "job-audit"
 #: Generous bound for "well under 50 ms" on a loaded 2-core machine; benchmarks/bench_audit.py measures the typical.

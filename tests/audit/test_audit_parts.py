@@ -14,8 +14,17 @@ from medpfl_app.audit import site_record
 from medpfl_app.audit.core import AuditItem, audit_update, not_auditable_reason
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import RiskPolicy, assess_risk
-from medpfl_app.audit.scoring import SCORE_KEYS, check_scalars_only, score_reconstructions
-from medpfl_app.audit.site_scorer import REPLY_SCORES, SCORE_TOPIC, AuditSiteScorer, score_request
+from medpfl_app.audit.scoring import (
+    SCORE_KEYS,
+    check_scalars_only,
+    score_reconstructions,
+)
+from medpfl_app.audit.site_scorer import (
+    REPLY_SCORES,
+    SCORE_TOPIC,
+    AuditSiteScorer,
+    score_request,
+)
 from medpfl_app.audit.worker import build_record
 from medpfl_app.errors import MedPFLError
 
@@ -144,16 +153,15 @@ def test_plan_validation_and_sampling() -> None:
 
 
 def _lenet_item(batch: int = 1, steps: int = 1, lr: float = 0.1) -> tuple[AuditItem, torch.Tensor]:
+    from medpfl_app.attacks import UpdateKind
     from medpfl_app.attacks.site import simulate_site_update
     from medpfl_app.models.global_model import build_seeded_network
-
-    from medpfl_app.attacks import UpdateKind
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=16, seed=0, dp_sgd=False)
     images = _images(batch, size=16, seed=5)
     site = simulate_site_update(net, images, torch.arange(batch) % 4, kind=UpdateKind.WEIGHT_DIFF,
                                 local_steps=steps, learning_rate=lr, batch_size=batch)
-    prefix = lambda d: {f"net.{k}": v.numpy() for k, v in d.items()}  # noqa: E731 - as Lightning sends them
+    prefix = lambda d: {f"net.{k}": v.numpy() for k, v in d.items()}
     meta = {**site.meta, "network": "lenet_sigmoid", "image_size": 16, "in_channels": 1, "num_classes": 4,
             "state_dict_prefix": "net.", "medpfl_defenses": [{"defense": "laplace", "installed_by": "job"}],
             "filter_history": ["LaplaceNoiseFilter"]}
