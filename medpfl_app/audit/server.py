@@ -147,6 +147,23 @@ class AuditFilter(Filter):
                 if worker.pending():
                     self.log_warning(fl_ctx, f"MedPFL audit: run ends with {worker.pending()} audits unfinished")
                 threading.Thread(target=worker.stop, name="medpfl-audit-stop", daemon=True).start()
+            self._render_report(fl_ctx)
+
+    def _render_report(self, fl_ctx: FLContext) -> None:
+        """Write the HTML/JSON reports beside the ledger, so `download_job` delivers them with it.
+
+        Runs once at END_RUN, after the readiness wait drained the queue; a failure is logged, never raised, and
+        `medpfl report <downloaded job>` can always re-render from the ledger.
+        """
+        try:
+            from medpfl_app.reports import render_report
+
+            ledger = ledger_path(fl_ctx)
+            if os.path.isfile(ledger):
+                paths = render_report(os.path.dirname(os.path.dirname(ledger)), os.path.dirname(ledger))
+                self.log_info(fl_ctx, f"MedPFL audit: report written to {paths.html}")
+        except Exception as error:  # noqa: BLE001 - reporting must never disturb the end of the job
+            self.log_warning(fl_ctx, f"MedPFL audit: could not render the report: {error!r}")
 
     def _release_sites(self, fl_ctx: FLContext) -> None:
         """Tell every site the audit is done, so their scorers stop holding the end of the run (once)."""

@@ -33,40 +33,33 @@ def _run(args: argparse.Namespace) -> int:
                        job=args.job or DEMO_JOB)
     simulation = outcome.simulation
     print(format_round_table(simulation.round_metrics))
+    if outcome.network == "lenet_sigmoid":
+        print(
+            "note: this job trains the seed paper's sigmoid LeNet at 32 px, the literature's worst case for leakage,\n"
+            "      not a model that learns these phantoms in a few rounds (accuracy stays near chance). For a model\n"
+            "      that does, run `medpfl demo --job fedavg_small_cnn`."
+        )
     ledger = outcome.audit_ledger
+    report = None
     if ledger is not None:
-        from medpfl_app.audit.ledger import read_ledger
+        from medpfl_app.reports import build_report
+        from medpfl_app.reports.terminal import summary_text
 
+        # The server already wrote the report at the end of the run; re-rendering keeps the printed summary and
+        # the HTML identical even if that step failed.
+        report = build_report(simulation.server_run_dir)
         print()
-        print(format_audit_table(read_ledger(ledger).records))
+        print(summary_text(report))
     print(f"\nsimulated in {simulation.wall_seconds:.0f} s")
     print(f"demo data:     {outcome.data_root}")
     print(f"job folder:    {outcome.job_dir}")
     print(f"global model:  {simulation.global_model}")
     print(f"server run:    {simulation.server_run_dir}")
     print(f"console log:   {simulation.log_file}")
-    if ledger is not None:
-        print(f"audit ledger:  {ledger}")
+    if report is not None:
+        print(f"audit ledger:  {report.paths.ledger}")
+        print(f"audit report:  {report.paths.html}")
     return 0
-
-
-def format_audit_table(records) -> str:
-    """One line per audited site and round: what the site measured and the risk level (see the ledger for why)."""
-    lines = [
-        "server-side audit (honest-but-curious server, update as received; scores measured at each site)",
-        "round  site      status        imgs  SSIM max  PSNR max  labels  risk     attack (iterations)",
-    ]
-    for record in sorted(records, key=lambda r: (r.get("round") is None, r.get("round"), str(r.get("site")))):
-        scores = record.get("site_scores") or {}
-        budget = record.get("attack_budget") or {}
-        lines.append(
-            f"{record.get('round', '?')!s:>5}  {record.get('site')!s:<8}  {record.get('status', '?'):<12}  "
-            f"{scores.get('images_used', '-')!s:>4}  {_fmt(scores.get('ssim_max'))}  {_fmt(scores.get('psnr_max'))}  "
-            f"{_fmt(scores.get('label_accuracy'))[-6:]}  {record.get('risk', '?'):<7}  "
-            f"{budget.get('attack', '-')} ({budget.get('iterations', '-')})"
-            + (f"  [{scores.get('reason') or record.get('reason')}]" if scores.get("status") != "scored" else "")
-        )
-    return "\n".join(lines)
 
 
 def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:

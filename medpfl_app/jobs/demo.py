@@ -21,6 +21,7 @@ class DemoOutcome:
     data_root: Path
     job_dir: Path
     simulation: SimulationResult
+    network: str
 
     @property
     def audit_ledger(self) -> Path | None:
@@ -49,12 +50,12 @@ def run_demo(
 
     from medpfl_app.data import generate_demo_dataset
 
-    out_dir = Path(out_dir).resolve()
-    dataset = generate_demo_dataset(out_dir / "data", num_sites=num_sites, seed=seed)
     if job not in JOB_CATALOG:
         from medpfl_app.errors import MedPFLError
 
         raise MedPFLError(f"unknown demo job {job!r}", fix=f"use one of {', '.join(JOB_CATALOG)}")
+    out_dir = Path(out_dir).resolve()
+    dataset = generate_demo_dataset(out_dir / "data", num_sites=num_sites, seed=seed)
     base = JOB_CATALOG[job]
     spec = replace(
         base,
@@ -72,4 +73,4 @@ def run_demo(
             env={"MEDPFL_DATA_ROOT": str(dataset.root)},
             on_round=lambda number: bar.update(1),
         )
-    return DemoOutcome(data_root=dataset.root, job_dir=job_dir, simulation=simulation)
+    return DemoOutcome(data_root=dataset.root, job_dir=job_dir, simulation=simulation, network=spec.training.network)
