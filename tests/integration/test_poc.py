@@ -89,3 +89,22 @@ def test_admin_show_scopes_lists_the_site_policy(poc_layout) -> None:
         assert site in text
     for scope in ("public", "private", "strict"):
         assert scope in text
+
+
+def test_an_audited_poc_job_downloads_with_its_ledger_and_html_report(poc_layout, tmp_path: Path) -> None:
+    """The audited job in POC mode: the downloaded result holds the audit ledger and the rendered HTML report."""
+    from dataclasses import replace
+
+    from medpfl_app.audit.ledger import find_ledgers, read_ledger
+    from medpfl_app.jobs import JOB_CATALOG
+
+    audited = replace(JOB_CATALOG["fedavg_audit"], name="poc_audit", num_rounds=1, min_clients=2)
+    job = export_job(audited, tmp_path / "jobs")
+    outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
+    assert outcome.status == "FINISHED:COMPLETED"
+    ledgers = list(find_ledgers(outcome.result_dir))
+    assert len(ledgers) == 1, f"expected one audit ledger in {outcome.result_dir}"
+    records = read_ledger(ledgers[0]).records
+    assert sorted(r["site"] for r in records) == SIM_SITES
+    html = ledgers[0].parent / "audit_report.html"
+    assert html.is_file() and "MedPFL privacy audit report" in html.read_text()
