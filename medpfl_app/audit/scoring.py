@@ -53,21 +53,10 @@ def score_reconstructions(
         ``{"status": "scored", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate",
         "label_accuracy", "identifiability", "relative_leakage", ...}`` — floats or None, plus counts.
     """
-    from scipy.optimize import linear_sum_assignment
-
     from medpfl_app.metrics import evaluate_reconstruction
 
     recon = torch.as_tensor(np.asarray(reconstructions, dtype=np.float32)).clamp(0, 1)
-    if recon.ndim != used_images.ndim or tuple(recon.shape[1:]) != tuple(used_images.shape[1:]):
-        raise MedPFLError(
-            f"reconstructions {tuple(recon.shape)} do not match the site's images {tuple(used_images.shape)}",
-            fix="the server attacked another architecture or image size than the site trained",
-        )
-    if used_images.shape[0] == 0 or recon.shape[0] == 0:
-        raise MedPFLError("nothing to score: no reconstruction or no recorded image", fix="train before scoring")
-    cost = torch.cdist(recon.flatten(1).double(), used_images.flatten(1).double()).numpy()
-    rows, cols = linear_sum_assignment(cost)
-    rows, cols = rows.tolist(), cols.tolist()
+    rows, cols = pair_reconstructions(recon, used_images)
     labels_hat = None if recovered_labels is None else [int(recovered_labels[r]) for r in rows]
     labels_true = None if true_labels is None else [int(true_labels[c]) for c in cols]
     report = evaluate_reconstruction(
@@ -100,6 +89,39 @@ def score_reconstructions(
     }
     check_scalars_only(scores)
     return scores
+
+
+def pair_reconstructions(
+    reconstructions: torch.Tensor | np.ndarray, used_images: torch.Tensor
+) -> tuple[list[int], list[int]]:
+    """Pair reconstructions with distinct used images by Hungarian matching on pixel distance.
+
+    The pairing `score_reconstructions` scores, and the one the site uses to match demo originals to
+    reconstructions (`medpfl_app.audit.release`), so a thumbnail shows the original that was scored.
+
+    Args:
+        reconstructions: ``(N, C, H, W)`` in [0, 1].
+        used_images: ``(M, C, H, W)`` the images behind the update.
+
+    Returns:
+        ``(rows, cols)``: reconstruction ``rows[k]`` is paired with used image ``cols[k]`` (``min(N, M)`` pairs).
+
+    Raises:
+        MedPFLError: The shapes differ, or either side is empty.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    recon = torch.as_tensor(np.asarray(reconstructions, dtype=np.float32)).clamp(0, 1)
+    if recon.ndim != used_images.ndim or tuple(recon.shape[1:]) != tuple(used_images.shape[1:]):
+        raise MedPFLError(
+            f"reconstructions {tuple(recon.shape)} do not match the site's images {tuple(used_images.shape)}",
+            fix="the server attacked another architecture or image size than the site trained",
+        )
+    if used_images.shape[0] == 0 or recon.shape[0] == 0:
+        raise MedPFLError("nothing to score: no reconstruction or no recorded image", fix="train before scoring")
+    cost = torch.cdist(recon.flatten(1).double(), used_images.flatten(1).double()).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return rows.tolist(), cols.tolist()
 
 
 def _finite(value: Any) -> float | None:

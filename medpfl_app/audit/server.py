@@ -10,6 +10,11 @@ Both are thin: the work happens in `medpfl_app.audit.worker` (threads) and `medp
   raises (a raising server result filter would drop the site's result). The ledger is
   ``<run dir>/medpfl/audit_ledger.jsonl``, which ``download_job`` delivers. At the end of the job it raises
   ``NotReadyToEndRun`` while audits remain (set ``end_run_readiness_timeout`` in the server config).
+
+Thumbnails (off by default): with ``store_reconstructions`` on, the audit also writes the reconstructions it
+produced as owner-only PNGs (`medpfl_app.audit.thumbnail_store`) under ``<run dir>/medpfl/thumbnails``, asks each
+site for matching originals, which only a site that opted in and trains on the synthetic demo set releases, and
+embeds both in the end-of-run report.
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ class AuditFilter(Filter):
         on_high_risk: Policy action on the first ``high`` record: ``report`` (default: the ledger only) or
             ``stop_job`` (end the run through NVFlare's fatal-error event, with the site, round and scores as the
             reason). The audit runs behind training, so later rounds may already have started when it acts.
+        store_reconstructions: Default off. When on, the reconstructions the audit produced are written as
+            owner-only PNGs (0600, folders 0700) to ``<run dir>/medpfl/thumbnails/<site>/round_<n>/recon_<i>.png``,
+            each site is asked for matching originals (written as ``original_<i>.png`` beside them; a site sends
+            them only when its own scorer allows it and its data is the synthetic demo set) and the end-of-run
+            report embeds them. Reconstructions of real data are patient data: turn this on for demo data only.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class AuditFilter(Filter):
         drain_timeout_s: float = 300.0,
         ssim_threshold: float = 0.9,
         on_high_risk: str = "report",
+        store_reconstructions: bool = False,
     ) -> None:
         super().__init__()
         from medpfl_app.audit.plan import AuditPlan
@@ -114,6 +125,10 @@ class AuditFilter(Filter):
         self.drain_timeout_s = drain_timeout_s
         self.ssim_threshold = ssim_threshold
         self.on_high_risk = on_high_risk
+        if not isinstance(store_reconstructions, bool):
+            raise TypeError(f"store_reconstructions must be true or false, got {store_reconstructions!r}")
+        self.store_reconstructions = store_reconstructions
+        self._thumbnail_dir: str | None = None
         if on_high_risk not in HIGH_RISK_ACTIONS:
             from medpfl_app.errors import MedPFLError
 
@@ -156,12 +171,19 @@ class AuditFilter(Filter):
         `medpfl report <downloaded job>` can always re-render from the ledger.
         """
         try:
+            from medpfl_app.audit.thumbnail_store import stored_any
             from medpfl_app.reports import render_report
 
             ledger = ledger_path(fl_ctx)
             if os.path.isfile(ledger):
-                paths = render_report(os.path.dirname(os.path.dirname(ledger)), os.path.dirname(ledger))
-                self.log_info(fl_ctx, f"MedPFL audit: report written to {paths.html}")
+                thumbnails = self._thumbnail_dir if self.store_reconstructions else None
+                paths = render_report(
+                    os.path.dirname(os.path.dirname(ledger)), os.path.dirname(ledger),
+                    # only this job's own, opted-in store: never a folder the job did not write
+                    thumbnails_from=thumbnails if thumbnails and stored_any(thumbnails) else None,
+                )
+                self.log_info(fl_ctx, f"MedPFL audit: report written to {paths.html}"
+                                      + (f" with {len(paths.thumbnails)} thumbnails" if paths.thumbnails else ""))
         except Exception as error:  # noqa: BLE001 - reporting must never disturb the end of the job
             self.log_warning(fl_ctx, f"MedPFL audit: could not render the report: {error!r}")
 
@@ -193,6 +215,10 @@ class AuditFilter(Filter):
             return
         self._engine = fl_ctx.get_engine()
         ledger = AuditLedger(ledger_path(fl_ctx))
+        if self.store_reconstructions:
+            from medpfl_app.audit.thumbnail_store import THUMBNAILS_FOLDER
+
+            self._thumbnail_dir = os.path.join(os.path.dirname(ledger.path), THUMBNAILS_FOLDER)
         self._worker = AuditWorker(
             ledger, self._plan, policy=self._policy, scorer=self._score_at_site, max_queue=self.max_queue,
             job_id=fl_ctx.get_job_id(), on_record=self._act_on_record,
@@ -260,17 +286,47 @@ class AuditFilter(Filter):
 
     # --- the site round-trip (runs on the worker thread) ----------------------------------------------------
     def _score_at_site(self, site: str, round_number: int | None, reconstructions, labels) -> dict[str, Any]:
+        """Ask ``site`` for scalar scores; with ``store_reconstructions``, also store the thumbnails.
+
+        Raises:
+            MedPFLError: The site's scores are not scalars (the worker records them unavailable).
+        """
+        originals = None
+        try:
+            scores, originals = self._ask_site(site, round_number, reconstructions, labels)
+        finally:  # the reconstructions are stored even when the site cannot be reached
+            if self.store_reconstructions:
+                self._store_thumbnails(site, round_number, reconstructions, originals)
+        return scores
+
+    def _store_thumbnails(self, site: str, round_number: int | None, reconstructions, originals) -> None:
+        """Write the round's PNGs owner-only; a failure is logged, never raised (the scores still count)."""
+        from medpfl_app.audit.thumbnail_store import store_round
+
+        try:
+            if self._thumbnail_dir is None or round_number is None:
+                self.logger.warning(f"MedPFL audit: no thumbnails for {site} round {round_number}: no run folder "
+                                    "or no round number")
+                return
+            store_round(self._thumbnail_dir, site, int(round_number), reconstructions, originals)
+        except Exception as error:  # noqa: BLE001 - thumbnails must never cost the audit record
+            self.logger.warning(f"MedPFL audit: could not store thumbnails for {site} round {round_number}: {error!r}")
+
+    def _ask_site(self, site: str, round_number: int | None, reconstructions, labels):
+        """``(scores, originals)``: the site's scalar scores and any synthetic demo originals it released."""
         from medpfl_app.audit import site_scorer as sc
         from medpfl_app.audit.worker import unavailable_scores
 
         engine = self._engine
         if engine is None:
-            return unavailable_scores("the server engine is not available")
+            return unavailable_scores("the server engine is not available"), None
         request = Shareable()
         request[sc.REQUEST_ROUND] = round_number
         request[sc.REQUEST_RECONSTRUCTIONS] = reconstructions
         request[sc.REQUEST_LABELS] = labels
         request[sc.REQUEST_THRESHOLD] = float(self.ssim_threshold)
+        if self.store_reconstructions:  # only then: a server that stores nothing has no use for ground truth
+            request[sc.REQUEST_ORIGINALS] = True
         timeout = self._plan.score_timeout_s
         with engine.new_context() as fl_ctx:
             replies = engine.send_aux_request(
@@ -278,14 +334,32 @@ class AuditFilter(Filter):
             )
         reply = (replies or {}).get(site)
         if reply is None:
-            return unavailable_scores(f"no reply from {site} within {timeout:g} s (unreachable or not running)")
+            return unavailable_scores(f"no reply from {site} within {timeout:g} s (unreachable or not running)"), None
         code = reply.get_return_code()
         if code != "OK":
-            return unavailable_scores(f"{site} answered {code} (no scorer component, or it timed out)")
+            return unavailable_scores(f"{site} answered {code} (no scorer component, or it timed out)"), None
         scores = reply.get(sc.REPLY_SCORES)
         if not isinstance(scores, dict):
-            return unavailable_scores(f"{site} sent no scores")
+            return unavailable_scores(f"{site} sent no scores"), None
         from medpfl_app.audit.scoring import check_scalars_only
 
         check_scalars_only(scores)
-        return dict(scores)
+        return dict(scores), self._originals_from(site, round_number, reply, reconstructions)
+
+    def _originals_from(self, site: str, round_number: int | None, reply: Shareable, reconstructions):
+        """The reply's released originals, checked; None when not asked for, refused or malformed (logged)."""
+        from medpfl_app.audit import site_scorer as sc
+        from medpfl_app.audit.release import accept_originals
+
+        payload = reply.get(sc.REPLY_ORIGINALS)
+        if not self.store_reconstructions or payload is None:
+            refused = reply.get(sc.REPLY_ORIGINALS_REFUSED)
+            if self.store_reconstructions and refused:
+                self.logger.info(f"MedPFL audit: {site} released no originals for round {round_number}: "
+                                 f"{str(refused)[:300]}")
+            return None
+        try:
+            return accept_originals(payload, len(reconstructions))
+        except Exception as error:  # noqa: BLE001 - a bad payload costs the originals, not the scores
+            self.logger.warning(f"MedPFL audit: ignored the originals {site} sent for round {round_number}: {error!r}")
+            return None

@@ -26,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=Path,
         default=None,
         metavar="DIR",
-        help="opt in to showing the server's stored reconstructions from DIR/<site>/round_<n>/*.png. They are "
-        "patient data for real data: copies and the HTML are then written owner-only (0600). Off by default.",
+        help="opt in to showing the server's stored reconstructions from DIR/<site>/round_<n>/*.png (an audited "
+        "job with store_reconstructions on keeps them in <run dir>/medpfl/thumbnails; original_<i>.png there are "
+        "synthetic demo originals a site released, shown above recon_<i>.png). They are patient data for real "
+        "data: copies and the HTML are then written owner-only (0600). Off by default.",
     )
     parser.set_defaults(func=_run)
 

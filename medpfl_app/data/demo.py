@@ -16,6 +16,10 @@ from medpfl_app.data.phantoms import PHANTOM_CLASSES, generate_phantom
 from medpfl_app.errors import MedPFLError
 
 MANIFEST_NAME = "manifest.json"
+#: Written into every demo ``manifest.json`` (``"dataset"``, with ``"synthetic": true``) so that a site can tell its
+#: training data is this generated phantom set and not patient data (the audit's site scorer releases demo originals
+#: only then).
+DEMO_DATASET_ID = "medpfl.demo-phantoms/1"
 _TRAINING_STREAM, _VALIDATION_STREAM = 0, 1
 
 
@@ -56,7 +60,8 @@ def generate_demo_dataset(
     sites whose sizes vary around ``train_per_site``, each with at least a quarter of it). Each site also gets
     ``val_per_site`` validation phantoms of its own, drawn with its training label mix. Images are written to
     ``<out_dir>/<site>/images/*.nii.gz``, the datalist to ``<out_dir>/<site>/datalist.json`` (relative paths),
-    and a summary to ``<out_dir>/manifest.json``. The same arguments give byte-identical pixel data.
+    and a summary to ``<out_dir>/manifest.json`` that states the data is synthetic (``"synthetic": true``,
+    ``"dataset":`` `DEMO_DATASET_ID`). The same arguments give byte-identical pixel data.
 
     Args:
         out_dir: Output folder (created if needed; existing files of the same names are replaced).
@@ -130,6 +135,8 @@ def generate_demo_dataset(
         }
     bar.close()
     manifest: dict[str, Any] = {
+        "dataset": DEMO_DATASET_ID,
+        "synthetic": True,  # generated phantoms, no patient: see DEMO_DATASET_ID
         "generator": "medpfl_app.data.phantoms",
         "seed": seed,
         "partition": partition,

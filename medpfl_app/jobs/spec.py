@@ -159,17 +159,36 @@ AUDIT_TRAINING = TrainingSpec(
 )
 
 
-def audited(name: str, description: str, client_result_filters: tuple[dict[str, Any], ...] = ()) -> JobSpec:
-    """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training)."""
+def audited(
+    name: str,
+    description: str,
+    client_result_filters: tuple[dict[str, Any], ...] = (),
+    *,
+    demo_thumbnails: bool = False,
+) -> JobSpec:
+    """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training).
+
+    Args:
+        name: Job name.
+        description: One line for ``jobs/README.md``.
+        client_result_filters: The sites' defenses.
+        demo_thumbnails: Store the reconstructions (server) and release matching originals (sites) for the
+            report's thumbnails. Only for jobs meant for the synthetic demo data: reconstructions of real data
+            are patient data, and each site still refuses originals of anything but the demo set.
+    """
+    audit_filter, scorer = AUDIT_FILTER, AUDIT_SITE_SCORER
+    if demo_thumbnails:
+        audit_filter = {**AUDIT_FILTER, "args": {**AUDIT_FILTER["args"], "store_reconstructions": True}}
+        scorer = {**AUDIT_SITE_SCORER, "args": {**AUDIT_SITE_SCORER["args"], "release_demo_originals": True}}
     return JobSpec(
         name=name,
         description=description,
         num_rounds=2,
         training=AUDIT_TRAINING,
         client_result_filters=client_result_filters,
-        server_result_filters=(RECEIVED_UPDATE_RECORDER, AUDIT_FILTER),
+        server_result_filters=(RECEIVED_UPDATE_RECORDER, audit_filter),
         server_data_filters=(AUDIT_WEIGHTS_CACHE,),
-        client_components=(AUDIT_SITE_SCORER,),
+        client_components=(scorer,),
         end_run_readiness_timeout=300.0,
         client_end_run_readiness_timeout=300.0,
     )
@@ -233,7 +252,10 @@ JOB_CATALOG: dict[str, JobSpec] = {
         audited(
             "fedavg_audit",
             "Server-side audit (issue 5), no defense: every received update is attacked (labels, gradient "
-            "inversion), scored at its site, and written to the audit ledger; site-1 trains one image per round.",
+            "inversion), scored at its site, and written to the audit ledger; site-1 trains one image per round. "
+            "For the synthetic demo data only: the report shows the reconstructions (stored 0600) under the "
+            "originals the sites release for demo data.",
+            demo_thumbnails=True,
         ),
         audited(
             "fedavg_audit_laplace",

@@ -27,7 +27,11 @@ from medpfl_app.reports.model import (
     verdict,
 )
 from medpfl_app.reports.svg import Series, line_chart, site_colors
-from medpfl_app.reports.thumbnails import ThumbnailSet, collect_thumbnails
+from medpfl_app.reports.thumbnails import (
+    ThumbnailSet,
+    collect_thumbnails,
+    thumbnail_rows,
+)
 
 REPORT_SCHEMA = "medpfl.audit-report/1"
 HTML_FILE = "audit_report.html"
@@ -94,9 +98,10 @@ def render_report(
         source: A downloaded job folder, a simulator workspace or an ``audit_ledger.jsonl`` file. Model accuracy is
             read from a ``metrics/round_metrics.jsonl`` under the folder (or next to the ledger) when there is one.
         out_dir: Report folder; default: the ledger's folder, so a downloaded job carries its report.
-        thumbnails_from: Opt-in folder of server reconstructions (``<site>/round_<n>/*.png``). Reconstructions
-            of real data are patient data: default ``None`` shows none. When given, downsized copies are written
-            owner-only (0600) and embedded, and the HTML itself is then written 0600 too.
+        thumbnails_from: Opt-in folder of server reconstructions (``<site>/round_<n>/*.png``; ``original_<i>.png``
+            files are originals a site released for synthetic demo data, shown above ``recon_<i>.png``).
+            Reconstructions of real data are patient data: default ``None`` shows none. When given, downsized
+            copies are written owner-only (0600) and embedded, and the HTML itself is then written 0600 too.
 
     Returns:
         The paths read and written.
@@ -323,5 +328,6 @@ def render_html(
         risk_meanings=RISK_MEANINGS,
         policy=risk_policy(view.records),
         thumbnails=thumbnails,
+        thumbnail_rows=thumbnail_rows(thumbnails),
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )

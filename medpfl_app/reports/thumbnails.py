@@ -1,9 +1,11 @@
 """Reconstruction thumbnails: opt-in only, because reconstructions of real data are patient data.
 
-Ground truth never leaves a site, so the server can only show what its own attack reconstructed. The audit stores
-those images (when its policy lets it) as ``<folder>/<site>/round_<n>/*.png``; `collect_thumbnails` downsizes
-copies into the report folder with owner-only permissions (files 0600, folders 0700). Nothing here runs unless the
-caller names the folder (``medpfl report --open-thumbnails FOLDER``).
+Ground truth never leaves a site, so the server normally shows only what its own attack reconstructed. The audit
+stores those images (when its policy lets it, `medpfl_app.audit.thumbnail_store`) as
+``<folder>/<site>/round_<n>/recon_<i>.png``, plus ``original_<i>.png`` where a site released the matching original
+(synthetic demo data only). `collect_thumbnails` downsizes copies into the report folder with owner-only permissions
+(files 0600, folders 0700); other PNG names count as reconstructions. Nothing here runs unless the caller names the
+folder (``medpfl report --open-thumbnails FOLDER``, or the audit's own store at the end of an opted-in job).
 """
 
 from __future__ import annotations
@@ -22,17 +24,34 @@ THUMBNAIL_SIZE = 96
 THUMBNAILS_DIR = "thumbnails"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROUND_DIR = re.compile(r"round_(\d+)")
+_KINDS = (("original", re.compile(r"original_(\d+)\.png", re.IGNORECASE)),
+          ("reconstruction", re.compile(r"recon_(\d+)\.png", re.IGNORECASE)))
 
 
 @dataclass(frozen=True)
 class Thumbnail:
-    """One downsized reconstruction copied into the report folder."""
+    """One downsized image in the report folder.
+
+    Attributes:
+        kind: ``"original"`` (a site-released synthetic demo original) or ``"reconstruction"``.
+        index: The reconstruction index from ``recon_<i>`` / ``original_<i>`` (pairs the two), else None.
+    """
 
     site: str
     round: int
     name: str
     path: Path
     data_uri: str
+    kind: str = "reconstruction"
+    index: int | None = None
+
+
+def _kind(name: str) -> tuple[str, int | None]:
+    for kind, pattern in _KINDS:
+        match = pattern.fullmatch(name)
+        if match:
+            return kind, int(match.group(1))
+    return "reconstruction", None
 
 
 @dataclass(frozen=True)
@@ -64,7 +83,10 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
     Raises:
         MedPFLError: ``folder`` is not a folder.
     """
-    from PIL import Image, UnidentifiedImageError  # Pillow only when thumbnails are asked for
+    from PIL import (  # Pillow only when thumbnails are asked for
+        Image,
+        UnidentifiedImageError,
+    )
 
     source = Path(folder)
     if not source.is_dir():
@@ -76,6 +98,8 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
     target = out_dir / THUMBNAILS_DIR
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
+    # The audit's own store is the report folder's thumbnails folder: embed those files, do not copy onto them.
+    in_place = source.resolve() == target.resolve()
     thumbnails: list[Thumbnail] = []
     ignored: list[str] = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -97,22 +121,59 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
             ignored.append(f"{relative}: unreadable PNG ({error})")
             continue
         site, round_number = relative.parts[0], int(match.group(1))
-        folder_out = target / _safe(site) / f"round_{round_number}"
-        folder_out.mkdir(parents=True, exist_ok=True)
-        for made in (target / _safe(site), folder_out):
-            os.chmod(made, 0o700)
         content = buffer.getvalue()
+        if in_place:
+            for made in (path.parent.parent, path.parent):
+                os.chmod(made, 0o700)
+            _owner_only(path)
+            written = path
+        else:
+            folder_out = target / _safe(site) / f"round_{round_number}"
+            folder_out.mkdir(parents=True, exist_ok=True)
+            for made in (target / _safe(site), folder_out):
+                os.chmod(made, 0o700)
 
-        def write(temp: Path, content: bytes = content) -> None:
-            temp.write_bytes(content)
-            _owner_only(temp)
+            def write(temp: Path, content: bytes = content) -> None:
+                temp.write_bytes(content)
+                _owner_only(temp)
 
-        written = write_atomic(folder_out / _safe(path.name), write)
+            written = write_atomic(folder_out / _safe(path.name), write)
+        kind, index = _kind(path.name)
         thumbnails.append(Thumbnail(
             site=site,
             round=round_number,
             name=path.name,
             path=written,
             data_uri="data:image/png;base64," + base64.b64encode(content).decode("ascii"),
+            kind=kind,
+            index=index,
         ))
     return ThumbnailSet(thumbnails=tuple(thumbnails), ignored=tuple(ignored))
+
+
+def thumbnail_rows(thumbnails: ThumbnailSet | None) -> list[dict]:
+    """Per site and round: the originals (may be empty) above the reconstructions, paired by index.
+
+    Returns:
+        ``[{"site", "round", "originals": [Thumbnail | None, ...], "reconstructions": [...]}]``: both lists have
+        one column per index, so an original sits above the reconstruction it was scored against; columns without
+        an original hold None, and ``originals`` is empty when the site released none.
+    """
+    groups: dict[tuple[str, int], list[Thumbnail]] = {}
+    for thumb in (thumbnails.thumbnails if thumbnails else ()):
+        groups.setdefault((thumb.site, thumb.round), []).append(thumb)
+    rows = []
+    for (site, round_number), items in sorted(groups.items()):
+        originals = {t.index: t for t in items if t.kind == "original"}
+        recons = sorted((t for t in items if t.kind == "reconstruction"),
+                        key=lambda t: (t.index is None, t.index or 0, t.name))
+        columns = [(originals.pop(t.index, None) if t.index is not None else None, t) for t in recons]
+        columns += [(o, None) for _, o in sorted(originals.items())]  # an original without its reconstruction
+        has_originals = any(o is not None for o, _ in columns)
+        rows.append({
+            "site": site,
+            "round": round_number,
+            "originals": [o for o, _ in columns] if has_originals else [],
+            "reconstructions": [r for _, r in columns],
+        })
+    return rows

@@ -68,7 +68,7 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     """The verdict names the worst record's site, round and scores, and the attack, budget and threat model."""
     paths = render_report(job, tmp_path / "out")
     html = paths.html.read_text()
-    verdict = re.search(r'<section id="verdict" class="verdict risk-(\w+)".*?</section>', html, re.S)
+    verdict = re.search(r'<section id="verdict" class="verdict risk-(\w+)".*?</section>', html, re.DOTALL)
     assert verdict is not None and verdict.group(1) == "high"
     text = verdict.group(0)
     assert "site-hr, round 1" in text and "SSIM 0.93" in text and "PSNR 29.5 dB" in text
@@ -257,3 +257,23 @@ def test_a_level_from_server_indicators_alone_says_so(tmp_path: Path) -> None:
     assert "no site scores; level from server-side indicators: bn_statistics_exposed=false, labels_recovered=true" \
         in summary["headline"]
     assert "worst image" not in summary["headline"]
+
+
+def test_released_originals_are_shown_above_their_reconstructions(job: Path, tmp_path: Path) -> None:
+    """``original_<i>`` sits in the column of ``recon_<i>``; a reconstruction without an original gets a blank."""
+    recon = tmp_path / "recon"
+    _png(recon / "site-hr" / "round_1" / "recon_0.png", 40)
+    _png(recon / "site-hr" / "round_1" / "recon_1.png", 80)
+    _png(recon / "site-hr" / "round_1" / "original_1.png", 90)
+    _png(recon / "site-dp" / "round_0" / "recon_0.png", 10)
+    html = render_report(job, tmp_path / "out", thumbnails_from=recon).html.read_text()
+    section = html[html.index('<section id="thumbnails">'):]
+    rows = re.findall(r'<tr class="(originals|reconstructions)">(.*?)</tr>', section, flags=re.DOTALL)
+    # site-dp first (sorted): reconstructions only; then site-hr: originals row above reconstructions row.
+    assert [kind for kind, _ in rows] == ["reconstructions", "originals", "reconstructions"]
+    originals_cells = re.findall(r"<td>(.*?)</td>", rows[1][1], flags=re.DOTALL)
+    recon_cells = re.findall(r"<td>(.*?)</td>", rows[2][1], flags=re.DOTALL)
+    assert len(originals_cells) == len(recon_cells) == 2
+    assert originals_cells[0].strip() == "" and "original_1.png" in originals_cells[1]
+    assert "recon_0.png" in recon_cells[0] and "recon_1.png" in recon_cells[1]
+    assert "synthetic demo" in section

@@ -1,0 +1,324 @@
+"""Report thumbnails: off by default; reconstructions stored owner-only; originals only from synthetic demo data.
+
+The server's `AuditFilter` and a site's `AuditSiteScorer` are wired through a fake aux channel that calls the
+scorer's handler directly, so every byte the site sends back is what the server receives.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.workspace import Workspace
+
+from medpfl_app.audit import site_record
+from medpfl_app.audit.ledger import AuditLedger
+from medpfl_app.audit.release import (
+    ReleasedOriginals,
+    accept_originals,
+    demo_data_refusal,
+    downsize,
+    matched_originals,
+)
+from medpfl_app.audit.scoring import SCORE_KEYS
+from medpfl_app.audit.server import AuditFilter
+from medpfl_app.audit.site_scorer import (
+    REPLY_ORIGINALS,
+    REPLY_ORIGINALS_REFUSED,
+    REPLY_SCORES,
+    REQUEST_ORIGINALS,
+    SCORE_TOPIC,
+    AuditSiteScorer,
+)
+from medpfl_app.data import generate_demo_dataset
+from medpfl_app.errors import MedPFLError
+
+JOB = "job-thumbs"
+SITE = "site-1"
+SIZE = 16
+
+
+class _Engine:
+    """Server engine: a workspace for the run dir and an aux channel straight into one site's scorer."""
+
+    def __init__(self, root: Path, scorer: AuditSiteScorer | None) -> None:
+        self.root = root
+        self.scorer = scorer
+        self.requests: list[dict] = []
+        self.replies: list[Shareable] = []
+
+    def get_workspace(self) -> Workspace:
+        for folder in ("startup", "local"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        return Workspace(root_dir=str(self.root), site_name="server")
+
+    def new_context(self) -> FLContext:
+        return FLContext()
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        del event_type, fl_ctx
+
+    def send_aux_request(self, targets, topic, request, timeout, fl_ctx, optional=False, secure=False):
+        self.requests.append(dict(request))
+        if self.scorer is None or topic != SCORE_TOPIC:
+            return {}
+        reply = self.scorer._on_request(topic, request, FLContext())
+        self.replies.append(reply)
+        return {targets[0]: reply}
+
+
+def _server(tmp_path: Path, scorer: AuditSiteScorer | None, **kwargs) -> tuple[AuditFilter, FLContext]:
+    audit = AuditFilter(**kwargs)
+    ctx = FLContext()
+    ctx.set_prop(ReservedKey.RUN_NUM, JOB, private=False, sticky=True)
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, "server", private=False, sticky=True)
+    ctx.set_prop(ReservedKey.ENGINE, _Engine(tmp_path / "server", scorer), private=True, sticky=True)
+    audit.handle_event(EventType.START_RUN, ctx)
+    return audit, ctx
+
+
+def _scorer(**kwargs) -> AuditSiteScorer:
+    scorer = AuditSiteScorer(**kwargs)
+    scorer._site = SITE
+    return scorer
+
+
+def _pool(count: int = 4, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 1, SIZE, SIZE, generator=generator)
+
+
+@pytest.fixture()
+def site_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tiny demo set on disk for SITE (what the scorer checks) and its images in the site record (what it sends).
+
+    Round 3 used pool positions 2 and 0. The site finds its datalist through ``MEDPFL_DATA_ROOT``, as in the
+    simulator; the working folder is empty so no stray site configuration is found.
+    """
+    demo = generate_demo_dataset(tmp_path / "demo", num_sites=2, train_per_site=4, val_per_site=0, image_size=SIZE)
+    monkeypatch.delenv("MEDPFL_SITE_DATA_CONFIG", raising=False)
+    monkeypatch.delenv("MEDPFL_SITE_WORKSPACE", raising=False)
+    monkeypatch.setenv("MEDPFL_DATA_ROOT", str(demo.root))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    pool = _pool()
+    site_record.clear(SITE)
+    site_record.register_training_data(SITE, [{"image": pool[i], "label": torch.tensor(i % 4)} for i in range(4)])
+    site_record.record_round(SITE, 3, [2, 0])
+    yield demo, pool
+    site_record.clear(SITE)
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.png")) if folder.exists() else []
+
+
+def _thumb_dir(tmp_path: Path) -> Path:
+    return tmp_path / "server" / JOB / "medpfl" / "thumbnails"
+
+
+def _write_record(tmp_path: Path, scores: dict) -> None:
+    """The round's ledger record, as the worker writes it once the site answered."""
+    from medpfl_app.audit.plan import AuditPlan
+    from medpfl_app.audit.risk import RiskPolicy
+    from medpfl_app.audit.worker import build_record
+
+    AuditLedger(tmp_path / "server" / JOB / "medpfl" / "audit_ledger.jsonl").append(build_record(
+        job_id=JOB, site=SITE, round_number=3, status="audited", reason=None, meta={}, outcome=None,
+        site_scores=scores, policy=RiskPolicy(), plan=AuditPlan(), versions={},
+    ))
+
+
+def _assert_scalars_only(scores: dict) -> None:
+    assert set(scores) <= set(SCORE_KEYS)
+    assert all(v is None or isinstance(v, (bool, int, float, str)) for v in scores.values())
+
+
+# --- default off ------------------------------------------------------------------------------------------------
+def test_default_off_writes_no_file_and_sends_no_image(tmp_path: Path, site_data) -> None:
+    """Both options default off: no originals asked for, none sent, no thumbnails folder, report without images."""
+    _, pool = site_data
+    scorer = _scorer()
+    audit, ctx = _server(tmp_path, scorer)
+    recon = pool[[2, 0]].numpy()
+    scores = audit._score_at_site(SITE, 3, recon, np.array([2, 0]))
+    assert scores["status"] == "scored" and scores["ssim_max"] == pytest.approx(1.0)
+    engine = ctx.get_engine()
+    assert REQUEST_ORIGINALS not in engine.requests[0]
+    (reply,) = engine.replies
+    assert set(reply.keys()) - {"__headers__"} == {REPLY_SCORES}  # nothing but the scalars on the aux channel
+    assert not _thumb_dir(tmp_path).exists() and not _pngs(tmp_path / "server")
+    _write_record(tmp_path, scores)
+    audit._render_report(ctx)
+    html = (tmp_path / "server" / JOB / "medpfl" / "audit_report.html").read_text()
+    assert "data:image" not in html and "Not shown (default)" in html
+
+
+def test_the_site_default_refuses_even_when_the_server_asks(tmp_path: Path, site_data) -> None:
+    """A server that stores thumbnails asks; a site whose scorer option is off sends scalars and a reason only."""
+    _, pool = site_data
+    audit, ctx = _server(tmp_path, _scorer(), store_reconstructions=True)
+    audit._score_at_site(SITE, 3, pool[[2, 0]].numpy(), None)
+    (reply,) = ctx.get_engine().replies
+    assert set(reply.keys()) - {"__headers__"} == {REPLY_SCORES, REPLY_ORIGINALS_REFUSED}
+    assert "release_demo_originals is off" in reply[REPLY_ORIGINALS_REFUSED]
+    names = [p.name for p in _pngs(_thumb_dir(tmp_path))]
+    assert names == ["recon_0.png", "recon_1.png"]  # the server's own reconstructions only
+
+
+# --- on, synthetic demo data ------------------------------------------------------------------------------------
+def test_demo_data_with_both_options_on_stores_owner_only_pngs_and_the_report_embeds_them(
+    tmp_path: Path, site_data
+) -> None:
+    """Reconstructions and the matched originals land 0600 in 0700 folders; the report shows originals above."""
+    _, pool = site_data
+    audit, ctx = _server(tmp_path, _scorer(release_demo_originals=True), store_reconstructions=True)
+    # Reconstruction 0 is close to pool image 0, reconstruction 1 to pool image 2 (the round used 2 and 0).
+    recon = torch.stack([pool[0] * 0.9 + 0.05, pool[2]]).numpy()
+    scores = audit._score_at_site(SITE, 3, recon, np.array([0, 2]))
+    _assert_scalars_only(scores)
+    assert scores["status"] == "scored"
+    (reply,) = ctx.get_engine().replies
+    assert REPLY_ORIGINALS_REFUSED not in reply
+    _assert_scalars_only(reply[REPLY_SCORES])
+    folder = _thumb_dir(tmp_path) / SITE / "round_3"
+    assert [p.name for p in _pngs(folder)] == ["original_0.png", "original_1.png", "recon_0.png", "recon_1.png"]
+    for path in _pngs(folder):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for made in (_thumb_dir(tmp_path), _thumb_dir(tmp_path) / SITE, folder):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    from PIL import Image
+
+    # Each original is the image its reconstruction was scored against, exactly (16 px: not downsized).
+    for index, position in ((0, 0), (1, 2)):
+        with Image.open(folder / f"original_{index}.png") as image:
+            expected = (pool[position, 0] * 255).round().to(torch.uint8).numpy()
+            np.testing.assert_array_equal(np.asarray(image), expected)
+    with Image.open(folder / "recon_1.png") as image:
+        np.testing.assert_array_equal(np.asarray(image), (pool[2, 0] * 255).round().to(torch.uint8).numpy())
+
+    _write_record(tmp_path, scores)
+    audit._render_report(ctx)
+    html_path = tmp_path / "server" / JOB / "medpfl" / "audit_report.html"
+    assert stat.S_IMODE(html_path.stat().st_mode) == 0o600  # it embeds the images
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") == 4
+    section = html[html.index('<section id="thumbnails">'):]
+    assert section.index('alt="original original_0.png"') < section.index('alt="reconstruction recon_0.png"')
+    assert "synthetic demo" in section
+    assert [p.name for p in _pngs(folder)] == ["original_0.png", "original_1.png", "recon_0.png", "recon_1.png"]
+
+
+# --- on, other data ---------------------------------------------------------------------------------------------
+def _break_manifest(demo, change: str) -> None:
+    manifest_path = demo.root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if change == "no-manifest":
+        manifest_path.unlink()
+        return
+    if change == "not-synthetic":
+        manifest.pop("synthetic")
+    elif change == "other-dataset":
+        manifest["dataset"] = "hospital-x/2024"
+    elif change == "datalist-changed":
+        datalist = demo.root / SITE / "datalist.json"
+        entries = json.loads(datalist.read_text())
+        entries["training"].append({"image": "/data/patients/p001.nii.gz", "label": 0})
+        datalist.write_text(json.dumps(entries))
+    elif change == "labels-changed":
+        datalist = demo.root / SITE / "datalist.json"
+        entries = json.loads(datalist.read_text())
+        entries["training"][0]["label"] = (entries["training"][0]["label"] + 1) % 4
+        datalist.write_text(json.dumps(entries))
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change", ["no-manifest", "not-synthetic", "other-dataset", "datalist-changed",
+                                    "labels-changed"])
+def test_other_data_is_refused_with_a_logged_reason_and_scalars_only(
+    tmp_path: Path, site_data, change: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Option on at both ends, but the data is not recognisably the demo set: no original leaves the site."""
+    demo, pool = site_data
+    _break_manifest(demo, change)
+    audit, ctx = _server(tmp_path, _scorer(release_demo_originals=True), store_reconstructions=True)
+    with caplog.at_level("INFO"):
+        scores = audit._score_at_site(SITE, 3, pool[[2, 0]].numpy(), None)
+    _assert_scalars_only(scores)
+    assert scores["status"] == "scored"
+    (reply,) = ctx.get_engine().replies
+    assert set(reply.keys()) - {"__headers__"} == {REPLY_SCORES, REPLY_ORIGINALS_REFUSED}
+    reason = reply[REPLY_ORIGINALS_REFUSED]
+    assert isinstance(reason, str) and str(tmp_path) not in reason and "datalist.json" not in reason  # no path
+    assert any("not released" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    assert [p.name for p in _pngs(_thumb_dir(tmp_path))] == ["recon_0.png", "recon_1.png"]
+
+
+def test_demo_recognition(tmp_path: Path) -> None:
+    """The generator's datalists are recognised; a plain datalist without a demo manifest is not."""
+    demo = generate_demo_dataset(tmp_path / "demo", num_sites=2, train_per_site=4, val_per_site=1, image_size=SIZE)
+    manifest = json.loads((demo.root / "manifest.json").read_text())
+    assert manifest["synthetic"] is True and manifest["dataset"] == "medpfl.demo-phantoms/1"
+    for site, datalist in demo.site_datalists.items():
+        assert demo_data_refusal(datalist, site) is None
+    # Another site's datalist copied into a folder of its own is not listed by any manifest.
+    other = tmp_path / "real" / "site-9"
+    other.mkdir(parents=True)
+    (other / "datalist.json").write_text(demo.site_datalists["site-1"].read_text())
+    assert "no demo manifest.json" in demo_data_refusal(other / "datalist.json", "site-9")
+    assert "folder" in demo_data_refusal(other, "site-9")
+
+
+# --- pieces -----------------------------------------------------------------------------------------------------
+def test_matched_originals_follow_the_scoring_pairing_and_are_downsized() -> None:
+    pool = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    released = matched_originals(pool[[2, 0]].numpy(), pool[[0, 2]], max_size=32)
+    assert released.reconstruction_indices == (0, 1)
+    assert released.images.dtype == np.uint8 and released.images.shape == (2, 1, 32, 32)
+    expected = torch.nn.functional.avg_pool2d(pool[[2, 0]], 2)
+    np.testing.assert_allclose(released.images / 255.0, expected.numpy(), atol=1 / 255 + 1e-6)
+    assert downsize(torch.ones(1, 3, 8, 20), 10).shape == (1, 3, 4, 10)
+    with pytest.raises(MedPFLError):
+        downsize(torch.ones(1, 1, 8, 8), 2)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(None, id="none"),
+        pytest.param({"images": np.zeros((1, 1, 8, 8), np.float32), "reconstruction_indices": [0]}, id="float"),
+        pytest.param({"images": np.zeros((1, 1, 128, 128), np.uint8), "reconstruction_indices": [0]}, id="large"),
+        pytest.param({"images": np.zeros((2, 1, 8, 8), np.uint8), "reconstruction_indices": [0, 0]}, id="repeat"),
+        pytest.param({"images": np.zeros((1, 1, 8, 8), np.uint8), "reconstruction_indices": [5]}, id="range"),
+        pytest.param({"images": np.zeros((1, 1, 8, 8), np.uint8), "reconstruction_indices": "0"}, id="no-list"),
+    ],
+)
+def test_the_server_refuses_malformed_originals(payload) -> None:
+    with pytest.raises(MedPFLError):
+        accept_originals(payload, 2)
+
+
+def test_a_site_cannot_push_originals_the_server_did_not_ask_for(tmp_path: Path) -> None:
+    """With storing off, originals in a reply are dropped unread: no file, scores still count."""
+    audit, ctx = _server(tmp_path, None)
+    reply = make_reply("OK")
+    reply[REPLY_SCORES] = {"status": "scored", "ssim_max": 0.5}
+    reply[REPLY_ORIGINALS] = ReleasedOriginals((0,), np.zeros((1, 1, 8, 8), np.uint8)).to_payload()
+    ctx.get_engine().send_aux_request = lambda **kwargs: {SITE: reply}
+    assert audit._score_at_site(SITE, 0, np.zeros((1, 1, 8, 8), np.float32), None)["ssim_max"] == 0.5
+    assert not _pngs(tmp_path / "server")
+
+
+def test_store_reconstructions_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="store_reconstructions"):
+        AuditFilter(store_reconstructions="yes")
+    with pytest.raises(ValueError, match="original_max_size"):
+        AuditSiteScorer(original_max_size=1000)
