@@ -60,3 +60,26 @@ def test_audit_under_client_dp_keeps_the_high_risk_site_below_ssim_0_3(simulated
         assert "ClientDPFilter" in record["filter_history"]
     for record in (r for r in records if r["site"] == AUDIT_HIGH_RISK_SITE):
         assert record["site_scores"]["ssim_max"] < 0.3, record["site_scores"]
+
+
+def test_the_audited_demo_job_shows_demo_originals_above_owner_only_reconstructions(simulated_audit) -> None:
+    """fedavg_audit turns both thumbnail options on and runs on the synthetic demo set: every site releases."""
+    import stat
+
+    (ledger,) = list(find_ledgers(simulated_audit.server_run_dir))
+    folder = ledger.parent / "thumbnails"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    pngs = sorted(folder.rglob("*.png"))
+    for site in AUDIT_SITES:
+        for round_ in (0, 1):
+            round_dir = folder / site / f"round_{round_}"
+            names = {p.name for p in round_dir.iterdir()}
+            assert {"recon_0.png", "original_0.png"} <= names, (site, round_, names)
+            for made in (round_dir.parent, round_dir):
+                assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in pngs)
+    html_path = ledger.parent / "audit_report.html"
+    assert stat.S_IMODE(html_path.stat().st_mode) == 0o600
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") == len(pngs)
+    assert html.count('<tr class="originals">') == len(AUDIT_SITES) * 2
