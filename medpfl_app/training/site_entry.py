@@ -131,6 +131,7 @@ def _prepare(args: argparse.Namespace, site: str):
     from medpfl_app.models.lightning_module import ImageClassifier
     from medpfl_app.training.datamodule import SiteDataModule
     from medpfl_app.training.facts import TrainingFactsCallback
+    from medpfl_app.training.trainer import build_site_trainer
 
     dp_config = dp_sgd_config(args)  # before loading data: a bad flag should fail fast
     own = parse_site_overrides(args.site_override).get(site, {})
@@ -173,20 +174,7 @@ def _prepare(args: argparse.Namespace, site: str):
         configured_batch_size=data_config.batch_size,
         local_epochs=args.local_epochs,
     )
-    trainer = pl.Trainer(
-        max_epochs=args.local_epochs,
-        max_steps=args.max_steps,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[facts],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        inference_mode=False,  # validate-then-fit with torchmetrics breaks under inference mode
-        deterministic=True,
-    )
+    trainer = build_site_trainer(max_epochs=args.local_epochs, max_steps=args.max_steps, callbacks=[facts])
     logger.info(
         "site %s: %d training / %d validation images from %s",
         site,

@@ -19,6 +19,7 @@ from medpfl_app.defenses.dp_sgd import DPSGDConfig
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.lightning_module import ImageClassifier
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
+from medpfl_app.training.trainer import build_site_trainer
 from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_sgd_config
 
 # Opacus' per-sample hooks on a first layer whose input needs no gradient: expected, harmless.
@@ -46,18 +47,7 @@ def _classifier(dp_sgd: bool, **kwargs: Any) -> ImageClassifier:
 
 def _trainer(callbacks: list) -> pl.Trainer:
     # RestoreState is what flare.patch adds besides FLCallback: it reloads the optimizer state at every fit.
-    return pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        inference_mode=False,
-        deterministic=True,
-        callbacks=[*callbacks, RestoreState()],
-    )
+    return build_site_trainer(max_epochs=1, callbacks=[*callbacks, RestoreState()])
 
 
 def _assert_plain_json(value: Any) -> None:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.lightning_module import ImageClassifier
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
+from medpfl_app.training.trainer import build_site_trainer
 
 
 class _ToyImages(Dataset):
@@ -31,17 +32,7 @@ class _ToyImages(Dataset):
 
 
 def _trainer(epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        inference_mode=False,
-        callbacks=callbacks,
-    )
+    return build_site_trainer(max_epochs=epochs, callbacks=callbacks)
 
 
 def _mean_loss(module: ImageClassifier, loader: DataLoader) -> float:
