@@ -178,7 +178,12 @@ def audited(
     """
     audit_filter, scorer = AUDIT_FILTER, AUDIT_SITE_SCORER
     if demo_thumbnails:
-        audit_filter = {**AUDIT_FILTER, "args": {**AUDIT_FILTER["args"], "store_reconstructions": True}}
+        # A 16-update queue holds every update of the 5-round, 3-site demo (LeNet updates are ~10k parameters);
+        # the default 8 makes the last round's updates "not_audited: queue full" on a 2-core machine.
+        audit_filter = {
+            **AUDIT_FILTER,
+            "args": {**AUDIT_FILTER["args"], "store_reconstructions": True, "max_queue": 16},
+        }
         scorer = {**AUDIT_SITE_SCORER, "args": {**AUDIT_SITE_SCORER["args"], "release_demo_originals": True}}
     return JobSpec(
         name=name,
