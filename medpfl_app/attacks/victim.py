@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -78,9 +79,11 @@ class Victim:
         if self._sink is not None:
             self._sink.append(inputs[0])
 
-    def _single(self, params: Params, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _single(
+        self, params: Params, images: torch.Tensor, with_stats: bool = True
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         sink: list[torch.Tensor] = []
-        self._sink = sink
+        self._sink = sink if with_stats else None
         try:
             logits = functional_call(self.module, (params, self.buffers), (images,))
         finally:
@@ -91,14 +94,18 @@ class Victim:
             stats += [features.mean(dim=dims), features.var(dim=dims, unbiased=True)]
         return logits, stats
 
-    def forward(self, params: Params, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, params: Params, images: torch.Tensor, *, with_stats: bool = True
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``(R, B, K)`` and BN batch statistics ``[mean, var]`` per layer, each ``(R, C)``.
 
         Args:
             params: Per-restart parameters ``(R, …)``.
             images: ``(R, B, C, H, W)``.
+            with_stats: Compute the BN statistics (False returns an empty list; they cost a full-resolution
+                variance per BN layer and are only needed by the BN prior).
         """
-        return vmap(self._single, in_dims=(0, 0), randomness="error")(params, images)
+        return vmap(partial(self._single, with_stats=with_stats), in_dims=(0, 0), randomness="error")(params, images)
 
     def expanded(self, restarts: int) -> Params:
         """Per-restart views of the pre-update parameters (no copy)."""
@@ -109,9 +116,9 @@ class Victim:
         return self._single(params, images)[0]
 
     def _loss_grad(
-        self, params: Params, images: torch.Tensor, targets: torch.Tensor
+        self, params: Params, images: torch.Tensor, targets: torch.Tensor, with_stats: bool = True
     ) -> tuple[Params, list[torch.Tensor]]:
-        logits, stats = self.forward(params, images)
+        logits, stats = self.forward(params, images, with_stats=with_stats)
         restarts, batch, classes = logits.shape
         flat_targets = targets.reshape(restarts * batch, classes) if targets.ndim == 3 else targets.repeat(restarts)
         per_image = F.cross_entropy(logits.reshape(restarts * batch, classes), flat_targets, reduction="none")
@@ -130,6 +137,7 @@ class Victim:
         learning_rate: float | None = None,
         batch_size: int | None = None,
         optimizer: str = "sgd",
+        bn_stats: bool = True,
     ) -> SimulatedUpdate:
         """Simulate the site on each restart's ``images`` ``(R, N, C, H, W)``.
 
@@ -142,6 +150,8 @@ class Victim:
             learning_rate: Local learning rate (unrolled mode).
             batch_size: Local batch size (unrolled mode).
             optimizer: ``sgd`` or ``adam`` (unrolled mode).
+            bn_stats: Also return the BN statistics; False skips them (``bn_stats`` is then empty) and leaves
+                the update unchanged.
 
         BN statistics are returned normalised as the batch statistics a single step would have recorded,
         ``(r_S − (1−m)^S·r_0) / (1 − (1−m)^S)``, so that they compare directly with `observed_bn_stats`.
@@ -149,8 +159,8 @@ class Victim:
         restarts = images.shape[0]
         params0 = self.expanded(restarts)
         if mode in ("gradient", "approximate"):
-            gradient, stats = self._loss_grad(params0, images, targets)
-            return SimulatedUpdate(gradient, self._stats_dict(stats))
+            gradient, stats = self._loss_grad(params0, images, targets, bn_stats)
+            return SimulatedUpdate(gradient, self._stats_dict(stats) if bn_stats else {})
         if learning_rate is None:
             raise MedPFLError(
                 "unrolled FedAvg inversion needs the site's learning rate",
@@ -166,14 +176,15 @@ class Victim:
             start = (step * batch) % count
             index = [(start + i) % count for i in range(min(batch, count))]
             step_targets = targets[:, index] if targets.ndim == 3 else targets[index]
-            gradient, stats = self._loss_grad(params, images[:, index], step_targets)
-            self._advance_running(running, stats)
+            gradient, stats = self._loss_grad(params, images[:, index], step_targets, bn_stats)
+            if bn_stats:
+                self._advance_running(running, stats)
             if optimizer == "adam":
                 params = _adam_step(params, gradient, adam_m, adam_v, step + 1, learning_rate)
             else:
                 params = {n: params[n] - learning_rate * gradient[n] for n in params}
         delta = {n: params[n] - params0[n] for n in params}
-        return SimulatedUpdate(delta, self._normalise_running(running, steps))
+        return SimulatedUpdate(delta, self._normalise_running(running, steps) if bn_stats else {})
 
     def _stats_dict(self, stats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
