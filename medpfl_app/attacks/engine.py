@@ -187,11 +187,12 @@ def _reduce_allocator_churn() -> None:
     the first block's activations are 2 MB each). With glibc's defaults such blocks are served by ``mmap`` or
     trimmed from the heap on free, so every iteration page-faults fresh memory again (the profiler showed 2 MB
     ``fill_`` calls taking ~1.6 ms). Raising the mmap and trim thresholds lets them be reused: 4–20 % less wall
-    time per iteration at 64² on a shared CPU (noisy), identical numbers. The cost is that the process keeps up to 256 MB of freed heap.
-    Set ``MEDPFL_MALLOC_TUNING=0`` to leave the allocator alone. Process-wide, hence applied once.
+    time per iteration at 64² on a shared CPU (noisy), identical numbers. The cost is that the process keeps up to
+    256 MB of freed heap, process-wide: so it is opt-in (``MEDPFL_MALLOC_TUNING=1``, as `benchmarks/bench_attacks.py`
+    sets it), never a side effect inside a long-running NVFlare server that merely runs the audit. Applied once.
     """
     global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("MEDPFL_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    if _MALLOC_TUNED or os.environ.get("MEDPFL_MALLOC_TUNING", "0") != "1" or not sys.platform.startswith("linux"):
         return
     _MALLOC_TUNED = True
     try:
