@@ -94,7 +94,7 @@ def run_simulation(
 
 
 def _wait(process: subprocess.Popen, log_file: Path, deadline: float, on_round: Callable[[int], None] | None) -> None:
-    seen_rounds: set[int] = set()
+    rounds = _RoundWatcher(log_file)
     while process.poll() is None:
         if time.monotonic() > deadline:
             raise MedPFLError(
@@ -102,20 +102,36 @@ def _wait(process: subprocess.Popen, log_file: Path, deadline: float, on_round: 
                 fix="look at the log for a site that failed or hung; raise the timeout for large jobs",
             )
         if on_round is not None:
-            for number in _rounds_started(log_file) - seen_rounds:
-                seen_rounds.add(number)
+            for number in rounds.new_rounds():
                 on_round(number)
         time.sleep(1.0)
     if on_round is not None:
-        for number in sorted(_rounds_started(log_file) - seen_rounds):
+        for number in rounds.new_rounds():
             on_round(number)
 
 
-def _rounds_started(log_file: Path) -> set[int]:
-    try:
-        return {int(m) for m in ROUND_STARTED.findall(log_file.read_text(errors="replace"))}
-    except OSError:
-        return set()
+class _RoundWatcher:
+    """Reads only what the simulator appended to its log since the last look (logs grow to megabytes)."""
+
+    def __init__(self, log_file: Path) -> None:
+        self.log_file = log_file
+        self._offset = 0
+        self._partial = ""
+        self._seen: set[int] = set()
+
+    def new_rounds(self) -> list[int]:
+        try:
+            with open(self.log_file, errors="replace") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+                self._offset = handle.tell()
+        except OSError:
+            return []
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()  # an unfinished last line is read again next time
+        found = sorted({int(m) for line in lines for m in ROUND_STARTED.findall(line)} - self._seen)
+        self._seen.update(found)
+        return found
 
 
 def _kill_group(process: subprocess.Popen) -> None:
