@@ -5,6 +5,10 @@ images; the forward pass is vectorised over restarts with ``torch.func.vmap`` (c
 convolutions), and the client's gradient is taken with ordinary ``autograd.grad(create_graph=True)`` with respect
 to those views: because restart r only touches view r, slice r of that gradient is restart r's own gradient.
 This keeps the double backward on native kernels instead of nesting functorch transforms.
+
+BatchNorm layers in train mode are swapped for `BatchStatisticsNorm`, the same normalisation written as
+``var_mean`` plus an affine map: identical values, no in-place running-statistics writes (which vmap cannot
+batch), and a double backward about a sixth cheaper than the fused kernel's (see `BatchStatisticsNorm`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
+from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medpfl_app.attacks.knowledge import AttackerKnowledge, UpdateKind
@@ -34,6 +38,38 @@ class SimulatedUpdate:
 
     update: Params
     bn_stats: dict[str, torch.Tensor]
+
+
+class BatchStatisticsNorm(nn.Module):
+    """BatchNorm in train mode as ``var_mean`` plus an affine map: the values of ``F.batch_norm(training=True)``.
+
+    Gradient matching differentiates the site's gradient again with respect to the images. PyTorch's fused
+    batch-norm kernel has a composite double backward that dominated the attack's profile at 64² (≈ 30 % of an
+    iteration); differentiating these few elementary operations twice is cheaper (attack iteration at 64², 8
+    restarts, small_cnn: ≈ 41 → 34 ms on 2 CPU cores) and agrees with the fused kernel to float32 rounding.
+    Parameters keep their names (``<layer>.weight``, ``<layer>.bias``); running statistics are not kept.
+
+    Args:
+        source: The BatchNorm layer whose ``weight``, ``bias`` and ``eps`` are used (shared, not copied).
+    """
+
+    def __init__(self, source: _BatchNorm) -> None:
+        super().__init__()
+        self.eps = float(source.eps)
+        self.weight = source.weight
+        self.bias = source.bias
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, features.ndim)]  # every axis but the channels, as F.batch_norm reduces
+        var, mean = torch.var_mean(features, dim=dims, keepdim=True, correction=0)
+        shape = [1, -1] + [1] * (features.ndim - 2)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.reshape(shape)
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias.reshape(shape)
+        return features * scale + shift
 
 
 class Victim:
@@ -63,10 +99,10 @@ class Victim:
                 self.bn_layers[prefix] = float(bn.momentum)
                 self.bn_initial[prefix + "running_mean"] = bn.running_mean.detach().clone()
                 self.bn_initial[prefix + "running_var"] = bn.running_var.detach().clone()
-                bn.train()
-                bn.register_forward_pre_hook(self._capture)
-            # Batch statistics without in-place running-stat writes, which vmap cannot batch.
-            replace_all_batch_norm_modules_(module)
+                batch_norm = BatchStatisticsNorm(bn)
+                batch_norm.register_forward_pre_hook(self._capture)
+                parent, _, child = name.rpartition(".")
+                module.get_submodule(parent)._modules[child] = batch_norm
         self.module = module
         # Leaves that require grad only so that autograd can differentiate with respect to their per-restart views.
         self.params: Params = {n: p.detach().clone().requires_grad_(True) for n, p in module.named_parameters()}
