@@ -53,6 +53,45 @@ class Attack:
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["init=randn", "iterations=50"]`` as typed `MatchingConfig` overrides (the CLI's ``--set``).
+
+    Values are converted to the field's type (int, float, bool, ``none`` for optional fields, else text); the
+    config itself then checks the allowed choices.
+    """
+    fields = {f.name: f for f in dataclasses.fields(MatchingConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise MedPFLError(f"recipe override {pair!r} is not KEY=VALUE", fix="write e.g. --set init=randn")
+        if key not in fields:
+            raise MedPFLError(
+                f"unknown recipe field {key!r} in --set {pair}", fix=f"use one of: {', '.join(fields)}"
+            )
+        default = getattr(MatchingConfig(), key)
+        try:
+            if key == "top_layers":
+                out[key] = None if text.lower() == "none" else int(text)
+            elif isinstance(default, bool):
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError(text)
+                out[key] = text.lower() in _TRUE
+            elif isinstance(default, int):
+                out[key] = int(text)
+            elif isinstance(default, float):
+                out[key] = float(text)
+            else:
+                out[key] = text
+        except ValueError:
+            kind = "true/false" if isinstance(default, bool) else type(default).__name__
+            raise MedPFLError(f"--set {pair}: {text!r} is not a valid {kind}", fix=f"give {key} a {kind} value") from None
+    return out
+
 
 def build_attack(name: str, **overrides: Any) -> Attack:
     """The attack registered as ``name`` with its preset recipe and ``overrides``."""
@@ -70,11 +109,17 @@ class DLG(Attack):
 
 @ATTACKS.register("idlg")
 class IDLG(Attack):
-    """Improved DLG (Zhao et al. 2020): the label from the last layer's gradient, then image-only L2 matching."""
+    """Improved DLG (Zhao et al. 2020): the label from the last layer's gradient, then image-only L2 matching.
+
+    The dummy image starts from U(0, 1), the range of the (un-normalised) images, rather than the N(0, 1) of the
+    iDLG code: on the seed setting (sigmoid LeNet, 32², 20 demo images, ≤ 300 quasi-Newton updates) this lifted
+    mean SSIM from 0.87 to 0.98 and the success rate from 70 % to 95 % (three seeds; ``benchmarks/RESULTS.md``).
+    ``init="randn"`` restores the original.
+    """
 
     name = "idlg"
     summary = "analytic label, then image-only L2 gradient matching, L-BFGS"
-    defaults = MatchingConfig(iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="randn", stop_loss=1e-6)
+    defaults = MatchingConfig(iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="rand", stop_loss=1e-6)
 
 
 @ATTACKS.register("cpl")

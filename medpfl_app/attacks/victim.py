@@ -46,7 +46,7 @@ class BatchStatisticsNorm(nn.Module):
     Gradient matching differentiates the site's gradient again with respect to the images. PyTorch's fused
     batch-norm kernel has a composite double backward that dominated the attack's profile at 64² (≈ 30 % of an
     iteration); differentiating these few elementary operations twice is cheaper (attack iteration at 64², 8
-    restarts, small_cnn: ≈ 41 → 34 ms on 2 CPU cores) and agrees with the fused kernel to float32 rounding.
+    restarts, small_cnn, four paired timings: ≈ 40 → 33 ms on 2 CPU cores) and agrees with the fused kernel to float32 rounding.
     Parameters keep their names (``<layer>.weight``, ``<layer>.bias``); running statistics are not kept.
 
     Args:

@@ -42,6 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--bn-eval", action="store_true", help="the site trains with BatchNorm in eval mode")
     parser.add_argument("--iterations", type=int, default=None, help="attack iterations (default: the recipe's)")
     parser.add_argument("--restarts", type=int, default=None, help="attack restarts (default: the recipe's)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one field of the attack's recipe, e.g. --set init=randn --set line_search=strong_wolfe "
+        "(fields: see MatchingConfig; repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data, victim weights, noise and attack")
     grid = parser.add_argument_group("grid (--grid)")
     grid.add_argument("--grid", action="store_true", help="run the seed-paper grid instead of one attack")
@@ -73,6 +82,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise MedPFLError("--out is required", fix="pass --out FOLDER for the results")
+    if args.grid and args.overrides:
+        raise MedPFLError(
+            "--set changes one attack's recipe and does not apply to --grid (its budgets are the grid's)",
+            fix="drop --set, or run a single attack without --grid",
+        )
     return _run_grid(args) if args.grid else _run_single(args)
 
 
@@ -114,6 +128,7 @@ def _run_single(args: argparse.Namespace) -> int:
 
     from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
     from medpfl_app.attacks.grid import _noisy, load_demo_images
+    from medpfl_app.attacks.recipes import parse_overrides
     from medpfl_app.attacks.site import init_uniform_, simulate_site_update
     from medpfl_app.errors import MedPFLError
     from medpfl_app.metrics import evaluate_reconstruction
@@ -125,6 +140,7 @@ def _run_single(args: argparse.Namespace) -> int:
         args.attack,
         seed=args.seed,
         **{k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None},
+        **parse_overrides(args.overrides),
     )
     images, labels = load_demo_images(
         args.datalist, count=args.index + args.batch_size, image_size=args.image_size, seed=args.seed

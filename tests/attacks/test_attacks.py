@@ -26,6 +26,7 @@ def _gradient_knowledge(model: torch.nn.Module, image: torch.Tensor, **kwargs: o
     ("name", "budget"),
     [
         ("idlg", {"iterations": 60}),
+        ("idlg", {"iterations": 10, "lbfgs_max_iter": 20, "line_search": "strong_wolfe", "init": "randn"}),
         ("cpl", {"iterations": 60}),
         ("dlg", {"iterations": 60, "restarts": 2}),
         ("gradinv", {"iterations": 300, "restarts": 2, "tv": 0.0}),

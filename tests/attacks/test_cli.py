@@ -40,3 +40,28 @@ def test_attack_grid_quick_writes_table(tmp_path) -> None:
     assert "| seed | idlg | 0 |" in table and "B=4, S=5, BN train" in table
     rows = json.loads((tmp_path / "grid.json").read_text())["rows"]
     assert {r["attack"] for r in rows} >= {"idlg", "cpl", "dlg", "gradinv", "random_init", "fedavg", "bn_only"}
+
+
+def test_attack_command_applies_recipe_overrides(tmp_path) -> None:
+    """--set changes fields of the preset recipe, typed, and the result records the recipe used."""
+    out = tmp_path / "out"
+
+    code = main([
+        "attack", "--out", str(out), "--attack", "idlg", "--iterations", "2", "--image-size", "16",
+        "--set", "init=randn", "--set", "line_search=strong_wolfe", "--set", "lbfgs_max_iter=3", "--set", "box=true",
+    ])
+
+    assert code == 0
+    config = json.loads((out / "result.json").read_text())["config"]
+    assert config["init"] == "randn" and config["line_search"] == "strong_wolfe"
+    assert config["lbfgs_max_iter"] == 3 and config["box"] is True
+
+
+def test_attack_command_rejects_bad_recipe_override(tmp_path, capsys) -> None:
+    """A --set that names no field, or gives a value of the wrong type, is one clear error, exit code 2."""
+    assert main(["attack", "--out", str(tmp_path), "--set", "inits=randn"]) == 2
+    assert "unknown recipe field 'inits'" in capsys.readouterr().err
+    assert main(["attack", "--out", str(tmp_path), "--set", "iterations=many"]) == 2
+    assert "'many' is not a valid int" in capsys.readouterr().err
+    assert main(["attack", "--out", str(tmp_path), "--grid", "--set", "init=rand"]) == 2
+    assert "does not apply to --grid" in capsys.readouterr().err

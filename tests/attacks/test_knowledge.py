@@ -106,6 +106,12 @@ def test_unknown_attack_option_is_rejected() -> None:
         build_attack("idlg", iterationz=3)
 
 
+def test_unknown_line_search_is_rejected() -> None:
+    with pytest.raises(MedPFLError, match="unknown line_search 'armijo'") as error:
+        build_attack("idlg", line_search="armijo")
+    assert "strong_wolfe" in error.value.fix
+
+
 def test_required_meta_missing_is_rejected() -> None:
     model, site = _lenet_site()
     with pytest.raises(MedPFLError, match="lacks the required fact 'learning_rate'"):

@@ -81,3 +81,34 @@ def test_engine_matches_reference_loop_on_a_batchnorm_network() -> None:
 
     assert torch.allclose(torch.tensor(engine.restart_losses), reference_losses, atol=1e-4)
     assert torch.allclose(engine.reconstructions, reference_images, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("network", "channels", "size", "batch", "steps", "bn_train"),
+    [
+        ("densenet121", 3, 32, 2, 1, True),  # MONAI DenseNet, RGB, BN in train mode (nested BN layers swapped)
+        ("resnet18", 1, 32, 1, 2, False),  # MONAI ResNet with BN in eval mode (running statistics used)
+        ("small_cnn", 3, 224, 1, 2, True),  # the largest image size the issue names
+        ("lenet_sigmoid", 1, 32, 16, 2, True),  # the largest batch
+    ],
+)
+def test_attacks_run_on_the_pipeline_networks_channels_sizes_and_batches(
+    network: str, channels: int, size: int, batch: int, steps: int, bn_train: bool
+) -> None:
+    """Two iterations of FedAvg-update inversion (unrolled where S > 1) on each network the pipeline offers."""
+    torch.manual_seed(0)
+    model = build_network(network, in_channels=channels, num_classes=3, image_size=size)
+    images = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(batch) % 3
+    site = simulate_site_update(
+        model, images, labels, kind=UpdateKind.WEIGHT_DIFF, local_steps=steps, learning_rate=0.01, bn_train_mode=bn_train
+    )
+    knowledge = knowledge_from_update(
+        model, site.global_weights, site.update, site.meta, image_shape=(channels, size, size), bn_train_mode=bn_train
+    )
+
+    result = build_attack("fedavg", iterations=2, restarts=1).run(knowledge)
+
+    assert result.reconstructions.shape == images.shape and result.labels.shape == (batch,)
+    assert result.iterations == 2 and 0.0 <= result.matching_loss <= 2.0  # cosine distance, finite
+    assert bool(torch.isfinite(result.reconstructions).all())
