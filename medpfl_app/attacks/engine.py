@@ -61,6 +61,8 @@ class MatchingConfig:
             (simulate the S local steps and match Δ).
         stop_loss: Stop once every restart's matching loss is below this (0 disables early stopping); the loss is
             relative (see `matching_loss`), so the tolerance does not depend on the update's scale.
+        time_limit_s: Stop after the optimiser step during which this many seconds of wall time were used (None:
+            no limit). Checked between steps, so an L-BFGS step may overrun by up to ``lbfgs_max_iter`` evaluations.
         batched: Simulate all restarts in one vectorised call (False runs them one after another; same results).
         seed: Seed of the initialisation.
     """
@@ -85,6 +87,7 @@ class MatchingConfig:
     top_layers: int | None = None
     update_mode: Literal["auto", "approximate", "unrolled"] = "auto"
     stop_loss: float = 0.0
+    time_limit_s: float | None = None
     batched: bool = True
     seed: int = 0
 
@@ -93,6 +96,11 @@ class MatchingConfig:
             raise MedPFLError(
                 f"iterations and restarts must be >= 1, got {self.iterations} and {self.restarts}",
                 fix="give the attack a positive budget",
+            )
+        if self.time_limit_s is not None and not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):
+            raise MedPFLError(
+                f"time_limit_s must be a positive number of seconds, got {self.time_limit_s}",
+                fix="set e.g. time_limit_s=60, or None for no limit",
             )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MedPFLError(f"attack lr must be positive, got {self.lr}", fix="set a positive lr")
@@ -356,7 +364,7 @@ def run_matching(
 
         bar = tqdm(total=config.iterations, desc=attack_name, unit="it", leave=False)
     iterations = 0
-    stopped_early = False
+    stop_reason = "budget"
     for iterations in range(1, config.iterations + 1):
         loss = optimizer.step(closure)  # type: ignore[arg-type]
         if scheduler is not None:
@@ -370,9 +378,13 @@ def run_matching(
         if callback is not None:
             callback(iterations, last_match.clone())
         if not torch.isfinite(torch.as_tensor(loss)):
-            break  # diverged (DLG often does); the best finite iterate is kept
+            stop_reason = "diverged"  # DLG often does; the best finite iterate is kept
+            break
         if config.stop_loss > 0 and bool((last_match < config.stop_loss).all()):
-            stopped_early = True
+            stop_reason = "stop_loss"
+            break
+        if config.time_limit_s is not None and time.perf_counter() - started >= config.time_limit_s:
+            stop_reason = "time_limit"
             break
     # Score the final iterate too, so the last step is never lost.
     _, match = evaluate(images.detach(), None if soft_labels is None else soft_labels.detach())
@@ -394,5 +406,6 @@ def run_matching(
         evaluations=evaluations,
         threat_model=knowledge.threat_model(),
         labels_source=labels_source,
-        stopped_early=stopped_early,
+        stopped_early=stop_reason == "stop_loss",
+        stop_reason=stop_reason,
     )

@@ -31,6 +31,8 @@ class AttackResult:
         threat_model: What the attacker knew or assumed (`AttackerKnowledge.threat_model`).
         labels_source: "known", "recovered" or "optimised".
         stopped_early: Whether the matching loss reached the stopping tolerance.
+        stop_reason: Why the optimisation ended: ``budget`` (all iterations run), ``stop_loss`` (tolerance
+            reached), ``time_limit`` (``time_limit_s`` used up) or ``diverged`` (non-finite loss).
         extras: Attack-specific numbers (e.g. the BN-statistics match).
     """
 
@@ -46,6 +48,7 @@ class AttackResult:
     evaluations: int = 0
     labels_source: str = "recovered"
     stopped_early: bool = False
+    stop_reason: str = "budget"
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +63,7 @@ class AttackResult:
             "evaluations": self.evaluations,
             "wall_time_s": self.wall_time_s,
             "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
             "image_shape": list(self.reconstructions.shape),
             "config": dict(self.config),
             "threat_model": dict(self.threat_model),

@@ -237,13 +237,13 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     indicators["cheap_steps_s"] = round(time.monotonic() - started, 4)
 
     budget: dict[str, Any] = {"attack": plan.attack, "iterations": 0, "restarts": plan.restarts,
-                              "time_limit_s": None, "max_images": plan.max_images, "reduced": None}
+                              "time_limit_s": plan.time_limit_s, "max_images": plan.max_images, "reduced": None}
     if plan.attack == "none":
         return AuditOutcome(indicators, budget, knowledge.threat_model(), _model_info(meta, item, net))
 
     attack_knowledge = knowledge
     overrides: dict[str, Any] = {**plan.options, "iterations": plan.iterations, "restarts": plan.restarts,
-                                 "seed": plan.seed, "stop_loss": plan.stop_loss}
+                                 "seed": plan.seed, "stop_loss": plan.stop_loss, "time_limit_s": plan.time_limit_s}
     if images_declared > plan.max_images or knowledge.local_steps > plan.max_local_steps:
         # Bounded cost: fewer dummy images against the update read as one approximate gradient (weaker attack).
         count = min(images_declared, plan.max_images)
@@ -261,6 +261,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     indicators.update(
         attack_matching_loss=float(result.matching_loss),
         attack_stopped_early=bool(result.stopped_early),
+        attack_stop_reason=result.stop_reason,
         attack_wall_time_s=round(float(result.wall_time_s), 3),
         reconstructed_images=int(result.reconstructions.shape[0]),
         labels_source=result.labels_source,
@@ -268,7 +269,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     budget.update(
         iterations=int(result.iterations), evaluations=int(result.evaluations), restarts=plan.restarts,
         stop_loss=plan.stop_loss, options=dict(plan.options), update_mode=overrides.get("update_mode", "auto"),
-        wall_time_s=round(float(result.wall_time_s), 3),
+        wall_time_s=round(float(result.wall_time_s), 3), stop_reason=result.stop_reason,
     )
     return AuditOutcome(
         server_indicators=indicators,

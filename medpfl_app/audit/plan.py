@@ -1,7 +1,8 @@
 """The audit plan: which updates are attacked, by what, and at what budget (frozen, validated, plain JSON).
 
 Cheap steps run first on every audited update (label recovery from the last layer, BatchNorm-statistics
-exposure); then one optimisation attack with a fixed iteration budget and early stopping on the matching loss.
+exposure); then one optimisation attack with a fixed iteration budget, a wall-clock limit and early stopping on
+the matching loss.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class AuditPlan:
         iterations: Optimiser steps of the attack (the fixed budget).
         restarts: Independent initialisations (best by matching loss).
         stop_loss: Early stopping once the matching loss is below this (0 disables it).
+        time_limit_s: Wall-clock seconds one attack may use (None: iterations only). The attack stops after the
+            step that crosses it and the record says ``stop_reason: time_limit``; it bounds how long the audit
+            can hold the end of the run on a slow server.
         options: Further `MatchingConfig` fields for the attack (plain JSON), e.g. ``{"objective": "l2"}``.
         max_images: At most this many images are reconstructed per update. An update that covers more (large
             batch or many local steps) is attacked as ``max_images`` images against the update treated as one
@@ -38,6 +42,7 @@ class AuditPlan:
     iterations: int = 500
     restarts: int = 1
     stop_loss: float = 1e-10
+    time_limit_s: float | None = 120.0
     #: Exact-gradient matching for one-step SGD updates (L2, unsigned Adam lr 0.1, constant step, no TV prior):
     #: on the demo's sigmoid LeNet at 32 px it reaches SSIM > 0.9999 on one image in 500 steps for every seed
     #: tried, where the cosine/signed/TV preset stalls near 0.6 and a TV prior dominates the tiny L2 loss.
@@ -62,11 +67,16 @@ class AuditPlan:
             value = getattr(self, label)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MedPFLError(f"audit plan {label} must be an integer >= 1, got {value!r}", fix=f"set {label} >= 1")
+        if self.time_limit_s is not None and (isinstance(self.time_limit_s, bool) or not self.time_limit_s > 0):
+            raise MedPFLError(
+                f"audit plan time_limit_s must be > 0 seconds or null, got {self.time_limit_s!r}",
+                fix="e.g. 120, or null for no wall-clock limit",
+            )
         if not self.stop_loss >= 0:
             raise MedPFLError("audit plan stop_loss must be >= 0", fix="use 0 to disable early stopping")
         from medpfl_app.attacks import MatchingConfig
 
-        known = {f.name for f in fields(MatchingConfig)} - {"iterations", "restarts", "stop_loss", "seed"}
+        known = {f.name for f in fields(MatchingConfig)} - {"iterations", "restarts", "stop_loss", "seed", "time_limit_s"}
         unknown = sorted(set(self.options) - known)
         if unknown:
             raise MedPFLError(f"unknown audit attack option(s) {unknown}", fix=f"use fields of MatchingConfig: {sorted(known)}")

@@ -53,7 +53,9 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 #: Budget fields that are measured per audit (early stopping, timing), not configured: they stay out of the
 #: configuration's identity and are shown per record instead.
-MEASURED_BUDGET_KEYS = frozenset({"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s"})
+MEASURED_BUDGET_KEYS = frozenset(
+    {"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s", "stop_reason"}
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class AuditConfig:
         threat_model: What the attacker knew or assumed, as text (every recorded field).
         threat_name: The threat model's headline (its declared adversary).
         iterations: The iterations the attack actually ran, over the records of this configuration.
+        time_limited: How many of those attacks the wall-clock limit cut short (a weaker attack than configured).
     """
 
     tag: str
@@ -75,13 +78,15 @@ class AuditConfig:
     threat_model: str
     threat_name: str
     iterations: tuple[int, ...] = ()
+    time_limited: int = 0
 
     def iterations_text(self) -> str:
-        """The iterations actually run: one value, or the range over records."""
+        """The iterations actually run (one value or the range over records) and how many hit the time limit."""
         if not self.iterations:
             return "iterations not recorded"
         low, high = min(self.iterations), max(self.iterations)
-        return f"{low} iterations run" if low == high else f"{low}–{high} iterations run"
+        run = f"{low} iterations run" if low == high else f"{low}–{high} iterations run"
+        return run + (f", {self.time_limited} stopped by the time limit" if self.time_limited else "")
 
     def describe(self) -> str:
         """The full line: attack, configured budget, iterations run and the whole threat model."""
@@ -95,7 +100,8 @@ class AuditConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
         return {"tag": self.tag, "attack": self.attack, "budget": self.budget, "threat_model": self.threat_model,
-                "threat_name": self.threat_name, "iterations_run": list(self.iterations)}
+                "threat_name": self.threat_name, "iterations_run": list(self.iterations),
+                "stopped_by_time_limit": self.time_limited}
 
 
 def _budget_text(budget: Mapping[str, Any]) -> str:
@@ -151,6 +157,7 @@ def _configs(records: Sequence[Mapping[str, Any]]) -> dict[str, AuditConfig]:
             threat_model=_threat_text(group[0].get("threat_model")),
             threat_name=_threat_name(group[0].get("threat_model")),
             iterations=tuple(iterations),
+            time_limited=sum(_mapping(r.get("attack_budget")).get("stop_reason") == "time_limit" for r in group),
         )
     return configs
 

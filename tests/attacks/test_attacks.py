@@ -146,3 +146,15 @@ def test_engine_matches_the_straightforward_reference_loop(image: torch.Tensor) 
 
     assert torch.allclose(torch.tensor(engine.restart_losses), reference_losses, atol=1e-4)
     assert torch.allclose(engine.reconstructions, reference_images, atol=1e-3)
+
+
+def test_time_limit_stops_the_attack_and_says_so(image: torch.Tensor) -> None:
+    """A wall-clock limit ends the attack after the step that crosses it (any step takes longer than 1 µs)."""
+    knowledge = _gradient_knowledge(sigmoid_lenet(), image)
+
+    result = build_attack("gradinv", iterations=50, restarts=1, time_limit_s=1e-6).run(knowledge)
+
+    assert result.iterations == 1 and result.stop_reason == "time_limit" and not result.stopped_early
+    assert result.to_dict()["stop_reason"] == "time_limit"
+    unlimited = build_attack("gradinv", iterations=3, restarts=1).run(knowledge)
+    assert unlimited.iterations == 3 and unlimited.stop_reason == "budget"

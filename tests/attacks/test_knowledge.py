@@ -112,6 +112,12 @@ def test_unknown_line_search_is_rejected() -> None:
     assert "strong_wolfe" in error.value.fix
 
 
+@pytest.mark.parametrize("limit", [0.0, -1.0, float("inf"), float("nan")])
+def test_bad_time_limit_is_rejected(limit: float) -> None:
+    with pytest.raises(MedPFLError, match="time_limit_s must be a positive number of seconds"):
+        build_attack("gradinv", time_limit_s=limit)
+
+
 def test_required_meta_missing_is_rejected() -> None:
     model, site = _lenet_site()
     with pytest.raises(MedPFLError, match="lacks the required fact 'learning_rate'"):

@@ -147,7 +147,8 @@ def test_plan_validation_and_sampling() -> None:
     plan = AuditPlan.from_dict({"every_n_rounds": 2, "sites": ["site-1"]})
     assert plan.selects("site-1", 0) and plan.selects("site-1", 4)
     assert not plan.selects("site-1", 1) and not plan.selects("site-2", 0)
-    for bad in ({"attack": "nope"}, {"iterations": 0}, {"options": {"bogus": 1}}, {"unknown": 1}):
+    for bad in ({"attack": "nope"}, {"iterations": 0}, {"options": {"bogus": 1}}, {"unknown": 1},
+                {"time_limit_s": 0}, {"time_limit_s": True}, {"options": {"time_limit_s": 5}}):
         with pytest.raises(MedPFLError):
             AuditPlan.from_dict(bad)
 
@@ -192,6 +193,15 @@ def test_large_updates_are_attacked_with_a_bounded_reduced_budget() -> None:
     assert outcome.reconstructions.shape[0] == 2
     assert "attacked as 2 images" in outcome.attack_budget["reduced"]
     assert outcome.server_indicators["images_per_update"] == 4
+
+
+def test_the_attack_time_limit_is_applied_and_recorded() -> None:
+    """A plan's wall-clock limit stops the attack (any step takes longer than 1 µs); the budget record says why."""
+    item, _ = _lenet_item()
+    outcome = audit_update(item, AuditPlan(iterations=40, time_limit_s=1e-6))
+    assert outcome.attack_budget["time_limit_s"] == 1e-6 and outcome.attack_budget["stop_reason"] == "time_limit"
+    assert outcome.attack_budget["iterations"] == 1 and outcome.server_indicators["attack_stop_reason"] == "time_limit"
+    assert AuditPlan().time_limit_s == 120.0 and AuditPlan.from_dict({"time_limit_s": None}).time_limit_s is None
 
 
 def test_missing_global_weights_are_refused() -> None:

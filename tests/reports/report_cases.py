@@ -55,7 +55,7 @@ def scores(ssim: float, psnr: float, success: float) -> dict[str, Any]:
 def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) -> Path:
     """A downloaded-job-like folder: ``<root>/workspace/audit/audit_ledger.jsonl`` (+ round metrics).
 
-    site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 then 240 iterations run): high risk,
+    site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 (time limit) then 240 iterations run): high risk,
     worst in round 1 (SSIM 0.93). The other sites share configuration A2 (batch size 8).
     site-dp (client DP): low risk, ε growing; round 2 site scores unavailable.
     MALICIOUS_SITE (Laplace): round 0 not audited (queue full), round 1 not auditable (HE), round 2 medium.
@@ -65,7 +65,8 @@ def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) 
         hr = {0: (0.85, 24.0, 0.5), 1: (0.93, 29.5, 1.0), 2: (0.88, 26.0, 1.0)}[r]
         ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr),
                              threat_model={**THREAT, "batch_size": 1},
-                             attack_budget={**BUDGET, "iterations": (300, 180, 240)[r], "wall_time_s": 7.0 + r}))
+                             attack_budget={**BUDGET, "iterations": (300, 180, 240)[r], "wall_time_s": 7.0 + r,
+                                            "stop_reason": ("budget", "time_limit", "stop_loss")[r]}))
         dp_scores = (scores(0.05 + 0.01 * r, 9.0, 0.0) if r < 2
                      else {"status": "unavailable", "reason": "site-dp did not answer within 30 s"})
         ledger.append(record("site-dp", r, defenses=[CLIENT_DP], risk="low" if r < 2 else "unknown",

@@ -27,7 +27,7 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/- A2" in bad
     assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
     a1 = next(line for line in lines if line.strip().startswith("A1:"))
-    assert "attack invertinggradients (1 restart, ≤ 60 s, max_images=4; 180–300 iterations run)" in a1
+    assert "(1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, 1 stopped by the time limit)" in a1
     assert "batch_size=1" in a1 and "declared=honest-but-curious server" in a1
     assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
     assert (tmp_path / "out" / "report_round_2.json").is_file()
