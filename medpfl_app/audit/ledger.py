@@ -21,7 +21,9 @@ loss, ...),
 ``psnr_mean``, ``psnr_max``, ``ssim_mean``, ``ssim_max``, ``attack_success_rate``, ``label_accuracy``,
 ``identifiability``, ``relative_leakage``),
 ``risk``: ``low`` | ``medium`` | ``high`` | ``unknown`` (see the risk policy),
-``attack_budget``: ``{"attack", "iterations", "restarts", "time_limit_s", ...}``.
+``attack_budget``: ``{"attack", "iterations", "restarts", "time_limit_s", "stop_reason", ...}``,
+``policy_action``: None, or ``{"action": "excluded_from_aggregation", "reason"}`` when the audit policy kept the
+update out of aggregation (the update was still audited).
 """
 
 from __future__ import annotations

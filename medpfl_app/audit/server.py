@@ -41,11 +41,18 @@ from medpfl_app.audit.core import (
 from medpfl_app.audit.ledger import LEDGER_FILE
 
 RECORD_FOLDER = "medpfl"
-HIGH_RISK_ACTIONS = ("report", "stop_job")
+HIGH_RISK_ACTIONS = ("report", "stop_job", "exclude_site")
+#: Meta key (plain JSON, kept in the ledger record as ``policy_action``) on an update the policy kept out of FedAvg.
+POLICY_ACTION_KEY = "medpfl_policy_action"
 _KEEP_ROUNDS = 3
 
 _cache_lock = threading.Lock()
 _weights: dict[tuple[str | None, int], dict[str, Any]] = {}  # (job id, round) -> arrays
+
+
+def _rounded(value: Any) -> Any:
+    """A score for a log line: 3 decimals when it is a number, else as it is (e.g. None when unscored)."""
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def cached_global_weights(job_id: str | None, round_number: int | None) -> dict[str, Any] | None:
@@ -95,9 +102,13 @@ class AuditFilter(Filter):
         max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
         drain_timeout_s: Longest the end of the job is held for the audits still queued.
         ssim_threshold: SSIM at which the sites count an image as reconstructed.
-        on_high_risk: Policy action on the first ``high`` record: ``report`` (default: the ledger only) or
-            ``stop_job`` (end the run through NVFlare's fatal-error event, with the site, round and scores as the
-            reason). The audit runs behind training, so later rounds may already have started when it acts.
+        on_high_risk: Policy action on a ``high`` record: ``report`` (default: the ledger only), ``stop_job``
+            (end the run through NVFlare's fatal-error event, with the site, round and scores as the reason) or
+            ``exclude_site`` (every later update of that site is still audited, then handed to the workflow with
+            its weights emptied, which NVFlare's ``FedAvg`` skips as an empty result: the site keeps training but no
+            longer contributes; the ledger record says ``policy_action: excluded_from_aggregation``; if every
+            connected site ends up excluded the job is stopped instead). The audit runs behind training, so later
+            rounds may already have started when it acts.
         store_reconstructions: Default off. When on, the reconstructions the audit produced are written as
             owner-only PNGs (0600, folders 0700) to ``<run dir>/medpfl/thumbnails/<site>/round_<n>/recon_<i>.png``,
             each site is asked for matching originals (written as ``original_<i>.png`` beside them; a site sends
@@ -135,6 +146,7 @@ class AuditFilter(Filter):
             raise MedPFLError(f"unknown on_high_risk action {on_high_risk!r}", fix=f"use one of {HIGH_RISK_ACTIONS}")
         self._stopped = False
         self._released = False
+        self._excluded: dict[str, str] = {}  # site -> why (set on the ledger thread, read in process())
         # Validated eagerly so a bad job config fails at deployment, not silently mid-run.
         self._plan = AuditPlan.from_dict(plan)
         self._policy = RiskPolicy.from_dict(risk_policy)
@@ -227,8 +239,9 @@ class AuditFilter(Filter):
 
     # --- the filter -----------------------------------------------------------------------------------------
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        excluded_because = self._exclusion_of(shareable, fl_ctx)
         try:
-            self._queue(shareable, fl_ctx)
+            self._queue(shareable, fl_ctx, excluded_because)
         except Exception as error:  # noqa: BLE001 - never cost a site its contribution
             try:
                 self.log_warning(fl_ctx, f"MedPFL audit: could not queue the update: {error!r}")
@@ -240,9 +253,39 @@ class AuditFilter(Filter):
                                 status="not_audited", reason=f"internal error in the audit filter: {error!r}")
             except Exception:  # noqa: BLE001
                 pass
+        if excluded_because is not None:
+            return self._excluded_result(shareable, excluded_because, fl_ctx)
         return shareable
 
-    def _queue(self, shareable: Shareable, fl_ctx: FLContext) -> None:
+    def _exclusion_of(self, shareable: Shareable, fl_ctx: FLContext) -> str | None:
+        """Why the policy keeps this site's update out of aggregation, or None (never raises)."""
+        if not self._excluded:
+            return None
+        try:
+            peer = fl_ctx.get_peer_context()
+            site = peer.get_identity_name() if peer else shareable.get_peer_prop("__identity_name__", None)
+            return self._excluded.get(site)
+        except Exception:  # noqa: BLE001 - no site name: nothing to exclude by
+            return None
+
+    def _excluded_result(self, shareable: Shareable, reason: str, fl_ctx: FLContext) -> Shareable:
+        """The result with its weights emptied (FedAvg skips it); the meta says why. Fails closed to an empty DXO."""
+        from nvflare.apis.dxo import DXO, DataKind
+
+        try:
+            original = from_shareable(shareable)
+            kind, meta = original.data_kind, dict(original.meta or {})
+        except Exception:  # noqa: BLE001 - not a DXO: replace it all the same
+            kind, meta = DataKind.WEIGHT_DIFF, {}
+        meta[POLICY_ACTION_KEY] = {"action": "excluded_from_aggregation", "reason": reason}
+        DXO(data_kind=kind, data={}, meta=meta).update_shareable(shareable)
+        try:
+            self.log_warning(fl_ctx, f"MedPFL audit policy exclude_site: update not aggregated ({reason})")
+        except Exception:  # noqa: BLE001
+            pass
+        return shareable
+
+    def _queue(self, shareable: Shareable, fl_ctx: FLContext, excluded_because: str | None = None) -> None:
         worker = self._ensure_worker(fl_ctx)
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name() if peer else shareable.get_peer_prop("__identity_name__", None)
@@ -258,6 +301,8 @@ class AuditFilter(Filter):
         meta = dict(dxo.meta or {})
         reason = not_auditable_reason(dxo.data_kind, dxo.data, meta)
         kept = plain_meta(meta)
+        if excluded_because is not None:
+            kept[POLICY_ACTION_KEY] = {"action": "excluded_from_aggregation", "reason": excluded_because}
         if reason is not None:
             worker.note(site=site, round_number=round_number, status="not_auditable", reason=reason, meta=kept)
             return
@@ -271,18 +316,41 @@ class AuditFilter(Filter):
 
     # --- policy action (runs on the ledger thread, after the record is durable) --------------------------------
     def _act_on_record(self, record: dict[str, Any]) -> None:
-        if self.on_high_risk != "stop_job" or record.get("risk") != "high" or self._stopped or self._engine is None:
+        if self.on_high_risk == "report" or record.get("risk") != "high" or self._stopped or self._engine is None:
             return
-        self._stopped = True
+        site = record.get("site")
         scores = record.get("site_scores") or {}
-        reason = (
-            f"MedPFL audit policy stop_job: high privacy risk for {record.get('site')} in round {record.get('round')} "
-            f"(attack {(record.get('attack_budget') or {}).get('attack')}, best SSIM {scores.get('ssim_max')}, "
-            f"success rate {scores.get('attack_success_rate')}); see the audit ledger"
+        finding = (
+            f"high privacy risk for {site} in round {record.get('round')} "
+            f"(attack {(record.get('attack_budget') or {}).get('attack')}, best SSIM {_rounded(scores.get('ssim_max'))}, "
+            f"success rate {_rounded(scores.get('attack_success_rate'))})"
         )
+        if self.on_high_risk == "exclude_site":
+            if not isinstance(site, str) or site in self._excluded:
+                return
+            self._excluded = {**self._excluded, site: finding}  # replaced whole: process() reads it unlocked
+            with self._engine.new_context() as fl_ctx:
+                self.log_warning(fl_ctx, f"MedPFL audit policy exclude_site: {site}'s next updates will not be "
+                                         f"aggregated: {finding}; see the audit ledger")
+                if not self._sites_left(fl_ctx):
+                    self._stop(f"MedPFL audit policy exclude_site: every site is excluded (last: {finding}); "
+                               "see the audit ledger", fl_ctx)
+            return
         with self._engine.new_context() as fl_ctx:
-            self.log_error(fl_ctx, reason)
-            self.system_panic(reason, fl_ctx)
+            self._stop(f"MedPFL audit policy stop_job: {finding}; see the audit ledger", fl_ctx)
+
+    def _sites_left(self, fl_ctx: FLContext) -> bool:
+        """Whether a connected site is not excluded (unknown client list: assume yes)."""
+        try:
+            clients = [c.name for c in self._engine.get_clients()]
+        except Exception:  # noqa: BLE001
+            return True
+        return not clients or any(name not in self._excluded for name in clients)
+
+    def _stop(self, reason: str, fl_ctx: FLContext) -> None:
+        self._stopped = True
+        self.log_error(fl_ctx, reason)
+        self.system_panic(reason, fl_ctx)
 
     # --- the site round-trip (runs on the worker thread) ----------------------------------------------------
     def _score_at_site(self, site: str, round_number: int | None, reconstructions, labels) -> dict[str, Any]:

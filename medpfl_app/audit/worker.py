@@ -85,6 +85,8 @@ def build_record(
         "attack_budget": dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0},
         "training_facts": {key: meta.get(key) for key in ("batch_size", "local_steps", "learning_rate", "optimizer",
                                                          "num_train_images", "bn_buffers_included", "dp_sgd")},
+        # Set when the audit policy kept this update out of aggregation (`AuditFilter(on_high_risk="exclude_site")`).
+        "policy_action": meta.get("medpfl_policy_action"),
     }
 
 

@@ -165,6 +165,8 @@ def audited(
     client_result_filters: tuple[dict[str, Any], ...] = (),
     *,
     demo_thumbnails: bool = False,
+    on_high_risk: str = "report",
+    num_rounds: int = 2,
 ) -> JobSpec:
     """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training).
 
@@ -175,20 +177,23 @@ def audited(
         demo_thumbnails: Store the reconstructions (server) and release matching originals (sites) for the
             report's thumbnails. Only for jobs meant for the synthetic demo data: reconstructions of real data
             are patient data, and each site still refuses originals of anything but the demo set.
+        on_high_risk: The audit's policy action (`medpfl_app.audit.server.AuditFilter`): ``report``,
+            ``stop_job`` or ``exclude_site``.
+        num_rounds: FedAvg rounds.
     """
-    audit_filter, scorer = AUDIT_FILTER, AUDIT_SITE_SCORER
+    # A 16-update queue holds every update of a 5-round, 3-site job (LeNet updates are ~10k parameters); the
+    # default 8 makes the last round's updates "not_audited: queue full" on a 2-core machine.
+    audit_filter = {**AUDIT_FILTER, "args": {**AUDIT_FILTER["args"], "max_queue": 16}}
+    scorer = AUDIT_SITE_SCORER
+    if on_high_risk != "report":
+        audit_filter = {**audit_filter, "args": {**audit_filter["args"], "on_high_risk": on_high_risk}}
     if demo_thumbnails:
-        # A 16-update queue holds every update of the 5-round, 3-site demo (LeNet updates are ~10k parameters);
-        # the default 8 makes the last round's updates "not_audited: queue full" on a 2-core machine.
-        audit_filter = {
-            **AUDIT_FILTER,
-            "args": {**AUDIT_FILTER["args"], "store_reconstructions": True, "max_queue": 16},
-        }
+        audit_filter = {**audit_filter, "args": {**audit_filter["args"], "store_reconstructions": True}}
         scorer = {**AUDIT_SITE_SCORER, "args": {**AUDIT_SITE_SCORER["args"], "release_demo_originals": True}}
     return JobSpec(
         name=name,
         description=description,
-        num_rounds=2,
+        num_rounds=num_rounds,
         training=AUDIT_TRAINING,
         client_result_filters=client_result_filters,
         server_result_filters=(RECEIVED_UPDATE_RECORDER, audit_filter),
@@ -278,6 +283,15 @@ JOB_CATALOG: dict[str, JobSpec] = {
                     "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
                 },
             ),
+        ),
+        audited(
+            "fedavg_audit_exclude",
+            "Server-side audit with the exclude_site policy, no defense, 4 rounds: once the audit rates a site's "
+            "update high risk, that site's later updates are still audited but kept out of aggregation (ledger and "
+            "report say so; the job stops if no site is left). The audit runs behind training, so the exclusion "
+            "starts from the first update received after the finding; site-1 trains one image per round.",
+            on_high_risk="exclude_site",
+            num_rounds=4,
         ),
         JobSpec(
             name="fedavg_densenet121",

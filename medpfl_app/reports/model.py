@@ -213,6 +213,16 @@ class Note:
 
 
 @dataclass(frozen=True)
+class PolicyAction:
+    """An update the audit policy acted on (e.g. kept out of aggregation), straight from its record."""
+
+    site: str
+    round: int
+    action: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class AuditView:
     """Everything the reports show, computed once from the ledger's records."""
 
@@ -223,6 +233,7 @@ class AuditView:
     notes: tuple[Note, ...]
     malformed: tuple[str, ...]
     records: tuple[Mapping[str, Any], ...]
+    actions: tuple[PolicyAction, ...] = ()
 
     def cell(self, site: str, round_number: int) -> Cell | None:
         """The cell of ``site`` in ``round_number``, or ``None`` when the ledger has no record for it."""
@@ -279,10 +290,15 @@ def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
         grouped.setdefault((site, round_number), []).append(cell)
     cells: dict[tuple[str, int], Cell] = {}
     notes: list[Note] = []
+    actions: list[PolicyAction] = []
     for key, group in grouped.items():
         worst = max(group, key=_severity)
         cells[key] = dataclasses.replace(worst, record_count=len(group))
         for cell in group:
+            action = _mapping(cell.record.get("policy_action"))
+            if action:
+                actions.append(PolicyAction(cell.site, cell.round, text(action.get("action")) or "unnamed action",
+                                            text(action.get("reason")) or "no reason recorded"))
             if cell.status != "audited":
                 notes.append(Note(cell.site, cell.round, cell.status, cell.reason or "no reason recorded"))
             elif cell.scores_status != "scored":
@@ -296,6 +312,7 @@ def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
         notes=tuple(sorted(notes, key=lambda n: (n.round, n.site))),
         malformed=tuple(malformed),
         records=tuple(records),
+        actions=tuple(sorted(actions, key=lambda a: (a.round, a.site))),
     )
 
 

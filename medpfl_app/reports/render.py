@@ -196,6 +196,7 @@ def round_report(
                 for c in cells if c is not None
             ],
             "sites_without_record": [s for s, c in zip(view.sites, cells, strict=True) if c is None],
+            "policy_actions": [dataclasses.asdict(a) for a in view.actions if a.round == round_number],
             "audit_configs": [c.to_dict() for c in view.configs],
             "model_accuracy": accuracy.aggregated.get(round_number),
             "model_accuracy_metric": accuracy.metric,
@@ -209,7 +210,8 @@ def round_report(
 def _only_round(view: AuditView, round_number: int) -> AuditView:
     cells = {key: cell for key, cell in view.cells.items() if key[1] == round_number}
     return dataclasses.replace(view, cells=cells, rounds=(round_number,),
-                               notes=tuple(n for n in view.notes if n.round == round_number), malformed=())
+                               notes=tuple(n for n in view.notes if n.round == round_number), malformed=(),
+                               actions=tuple(a for a in view.actions if a.round == round_number))
 
 
 def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:

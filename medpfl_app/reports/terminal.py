@@ -48,6 +48,10 @@ def summary_text(report: Report) -> str:
         f"{coverage['skipped_ledger_lines']} ledger lines skipped"
     )
     lines.extend(f"  not in the table: {_printable(m)}" for m in view.malformed)
+    lines.extend(
+        f"Policy: {_printable(a.site)} round {a.round} {_printable(a.action.replace('_', ' '))} ({_printable(a.reason)})"
+        for a in view.actions
+    )
     paths = report.paths
     lines.append(f"Ledger: {paths.ledger}")
     lines.append(f"HTML report: {paths.html}")

@@ -234,9 +234,15 @@ def test_weights_cache_copies_once_per_round_and_never_touches_the_payload(tmp_p
 
 
 class _PanicEngine(_Engine):
-    def __init__(self, root) -> None:
+    def __init__(self, root, clients: tuple[str, ...] = ("site-1", "site-2")) -> None:
         super().__init__(root)
         self.events: list[tuple[str, object]] = []
+        self.clients = clients
+
+    def get_clients(self) -> list:
+        from nvflare.apis.client import Client
+
+        return [Client(name, None) for name in self.clients]
 
     def new_context(self) -> FLContext:
         ctx = FLContext()
@@ -271,6 +277,70 @@ def test_high_risk_policy_action(tmp_path, monkeypatch, action) -> None:
         assert panics == []
     else:
         assert len(panics) == 1 and "high privacy risk for site-1 in round 0" in panics[0]
+
+
+def _risky_outcome() -> AuditOutcome:
+    return AuditOutcome(
+        server_indicators={"bn_statistics_exposed": True, "images_per_update": 1},
+        attack_budget={"attack": "fake", "iterations": 0}, threat_model={}, model={"network": "x"},
+    )
+
+
+def _filter_on(tmp_path, engine: _PanicEngine, **kwargs) -> tuple[AuditFilter, FLContext]:
+    audit = AuditFilter(**kwargs)
+    ctx = _ctx(tmp_path)
+    ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=True)
+    audit.handle_event(EventType.START_RUN, ctx)
+    return audit, ctx
+
+
+def test_exclude_site_empties_that_sites_later_updates_and_still_audits_them(tmp_path, monkeypatch) -> None:
+    """After a high-risk record the site's next update reaches the workflow with no weights (FedAvg skips empty
+    results) and the reason in its meta; it is still audited, its record says so; other sites pass untouched."""
+    risk_of = {"site-1": _risky_outcome(), "site-2": _outcome()}
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: risk_of[item.site])
+    engine = _PanicEngine(tmp_path)
+    audit, ctx = _filter_on(tmp_path, engine, on_high_risk="exclude_site")
+    first = audit.process(_shareable(round_=0), ctx)
+    assert sorted(from_shareable(first).data) == sorted(_update())  # the finding comes after this update
+    assert audit._worker.drain(60)
+
+    later = audit.process(_shareable(round_=1), ctx)
+    other_site = _ctx(tmp_path, site="site-2")
+    other_site.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=True)
+    before = _update()
+    other_in = _shareable(before, round_=1)
+    other_out = audit.process(other_in, other_site)
+
+    excluded = from_shareable(later)
+    assert excluded.data == {} and excluded.data_kind == DataKind.WEIGHT_DIFF
+    action = excluded.meta["medpfl_policy_action"]
+    assert action["action"] == "excluded_from_aggregation" and "high privacy risk for site-1 in round 0" in action["reason"]
+    _assert_unchanged(before, other_in, other_out)
+    records = _records(tmp_path, audit, 3)
+    by_key = {(r["site"], r["round"]): r for r in records}
+    assert by_key[("site-1", 0)]["policy_action"] is None and by_key[("site-2", 1)]["policy_action"] is None
+    assert by_key[("site-1", 1)]["status"] == "audited"
+    assert by_key[("site-1", 1)]["policy_action"]["action"] == "excluded_from_aggregation"
+    assert not [e for e, _ in engine.events if e == EventType.FATAL_SYSTEM_ERROR]
+    # NVFlare's own FedAvg turns the emptied result into an FLModel and skips it instead of aggregating it.
+    from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+    from nvflare.app_common.workflows.fedavg import FedAvg
+
+    model = FLModelUtils.from_shareable(later)
+    model.meta["client_name"] = "site-1"
+    assert FedAvg(num_clients=2, num_rounds=1)._aggregate_one_result(model) is False
+
+
+def test_exclude_site_stops_the_job_when_no_site_is_left(tmp_path, monkeypatch) -> None:
+    """Excluding the only connected site would leave FedAvg nothing to aggregate: the job is stopped instead."""
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: _risky_outcome())
+    engine = _PanicEngine(tmp_path, clients=("site-1",))
+    audit, ctx = _filter_on(tmp_path, engine, on_high_risk="exclude_site")
+    audit.process(_shareable(round_=0), ctx)
+    _records(tmp_path, audit, 1)
+    panics = [data for event, data in engine.events if event == EventType.FATAL_SYSTEM_ERROR]
+    assert len(panics) == 1 and "every site is excluded" in panics[0]
 
 
 def test_unknown_policy_action_is_refused() -> None:

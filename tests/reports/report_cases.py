@@ -23,6 +23,11 @@ LAPLACE = {"defense": "laplace_noise", "guarantee": "heuristic (no formal guaran
            "params": {"b": 0.001}}
 
 
+#: What `AuditFilter(on_high_risk="exclude_site")` writes into the records of a site it keeps out of aggregation.
+EXCLUDED = {"action": "excluded_from_aggregation",
+            "reason": "high privacy risk for site-hr in round 1 (attack invertinggradients, best SSIM 0.93)"}
+
+
 def record(site: str, round_number: int, **overrides: Any) -> dict[str, Any]:
     """One audited, site-scored, low-risk record; ``overrides`` change any field."""
     base: dict[str, Any] = {
@@ -55,7 +60,8 @@ def scores(ssim: float, psnr: float, success: float) -> dict[str, Any]:
 def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) -> Path:
     """A downloaded-job-like folder: ``<root>/workspace/audit/audit_ledger.jsonl`` (+ round metrics).
 
-    site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 (time limit) then 240 iterations run): high risk,
+    site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 (time limit) then 240 iterations run;
+    round 2 excluded from aggregation by the audit policy): high risk,
     worst in round 1 (SSIM 0.93). The other sites share configuration A2 (batch size 8).
     site-dp (client DP): low risk, ε growing; round 2 site scores unavailable.
     MALICIOUS_SITE (Laplace): round 0 not audited (queue full), round 1 not auditable (HE), round 2 medium.
@@ -66,7 +72,8 @@ def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) 
         ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr),
                              threat_model={**THREAT, "batch_size": 1},
                              attack_budget={**BUDGET, "iterations": (300, 180, 240)[r], "wall_time_s": 7.0 + r,
-                                            "stop_reason": ("budget", "time_limit", "stop_loss")[r]}))
+                                            "stop_reason": ("budget", "time_limit", "stop_loss")[r]},
+                             policy_action=EXCLUDED if r == 2 else None))
         dp_scores = (scores(0.05 + 0.01 * r, 9.0, 0.0) if r < 2
                      else {"status": "unavailable", "reason": "site-dp did not answer within 30 s"})
         ledger.append(record("site-dp", r, defenses=[CLIENT_DP], risk="low" if r < 2 else "unknown",

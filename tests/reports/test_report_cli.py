@@ -29,6 +29,7 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     a1 = next(line for line in lines if line.strip().startswith("A1:"))
     assert "(1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, 1 stopped by the time limit)" in a1
     assert "batch_size=1" in a1 and "declared=honest-but-curious server" in a1
+    assert any(line.startswith("Policy: site-hr round 2 excluded from aggregation (high privacy risk") for line in lines)
     assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
     assert (tmp_path / "out" / "report_round_2.json").is_file()
     assert MALICIOUS_SITE in out  # printable text is kept as is; only control characters are replaced

@@ -79,6 +79,24 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     assert "6 of 9 site-rounds measured" in text
 
 
+def test_policy_actions_are_listed_in_html_round_json_and_only_when_taken(job: Path, tmp_path: Path) -> None:
+    """An update the policy kept out of aggregation is named with site, round and reason; none: no section."""
+    paths = render_report(job, tmp_path / "out")
+    html = paths.html.read_text()
+    section = re.search(r'<section id="policy-actions">.*?</section>', html, re.DOTALL)
+    assert section is not None
+    assert "<td>2</td><td>site-hr</td><td>excluded from aggregation</td>" in section.group(0)
+    assert "high privacy risk for site-hr in round 1" in section.group(0)
+    round_2 = json.loads((tmp_path / "out" / "report_round_2.json").read_text())["summary"]["policy_actions"]
+    assert round_2 == [{"site": "site-hr", "round": 2, "action": "excluded_from_aggregation",
+                        "reason": "high privacy risk for site-hr in round 1 (attack invertinggradients, best SSIM 0.93)"}]
+    assert json.loads((tmp_path / "out" / "report_round_1.json").read_text())["summary"]["policy_actions"] == []
+
+    quiet = tmp_path / "quiet"
+    AuditLedger(quiet / "workspace" / "audit" / "audit_ledger.jsonl").append(record("site-a", 0))
+    assert 'id="policy-actions"' not in render_report(quiet, tmp_path / "quiet_out").html.read_text()
+
+
 def test_a_higher_level_beats_higher_scores_and_unknown_never_wins(tmp_path: Path) -> None:
     """The level decides first (a medium beats a low with better scores); scores only break ties between levels."""
     ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
