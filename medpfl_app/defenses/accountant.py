@@ -116,23 +116,57 @@ class SiteAccountant:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a state; refuse one from another format or accounting mechanism (ε would be meaningless)."""
-        if not isinstance(state, dict) or state.get("format") != LEDGER_FORMAT:
-            raise MedPFLError(f"not a MedPFL DP ledger (expected format {LEDGER_FORMAT!r})",
-                              fix="point ledger_path at a ledger written by MedPFL, or at a new file")
-        if state.get("mechanism") != self.mechanism():
-            raise MedPFLError(
-                f"the ledger was kept with mechanism {state.get('mechanism')!r}, this accountant uses "
-                f"{self.mechanism()!r}; the two cannot be combined",
-                fix="keep using the original accountant, or start a new ledger file and count both budgets",
-            )
-        history = state.get("history")
-        valid = isinstance(history, list) and all(
-            isinstance(e, list | tuple) and len(e) == 3 and is_positive_number(e[0]) and 0 < float(e[1]) <= 1
-            and isinstance(e[2], int) and e[2] > 0 for e in history)
-        if not valid:
-            raise MedPFLError("the ledger history is malformed", fix="restore the ledger file from a backup")
-        self._rdp.history = [(float(z), float(q), int(n)) for z, q, n in history]
+        self._rdp.history = validated_history(state, self.mechanism())
         self.releases = list(state.get("releases", []))
+
+
+def validated_history(state: Any, mechanism: str) -> list[tuple[float, float, int]]:
+    """The ``(noise_multiplier, sample_rate, steps)`` history of a ledger state kept with ``mechanism``.
+
+    Raises:
+        MedPFLError: Not a MedPFL ledger, kept with another accounting mechanism, or a malformed history.
+    """
+    if not isinstance(state, dict) or state.get("format") != LEDGER_FORMAT:
+        raise MedPFLError(f"not a MedPFL DP ledger (expected format {LEDGER_FORMAT!r})",
+                          fix="point the ledger path at a ledger written by MedPFL, or at a new file")
+    if state.get("mechanism") != mechanism:
+        raise MedPFLError(
+            f"the ledger was kept with mechanism {state.get('mechanism')!r}, this accountant uses "
+            f"{mechanism!r}; the two cannot be combined",
+            fix="keep using the original accountant, or start a new ledger file and count both budgets",
+        )
+    history = state.get("history")
+    valid = isinstance(history, list) and all(
+        isinstance(e, list | tuple) and len(e) == 3 and is_positive_number(e[0]) and 0 < float(e[1]) <= 1
+        and isinstance(e[2], int) and e[2] > 0 for e in history)
+    if not valid:
+        raise MedPFLError("the ledger history is malformed", fix="restore the ledger file from a backup")
+    return [(float(z), float(q), int(n)) for z, q, n in history]
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path`` (``<name>.lock``): serialises the jobs of one site that share a ledger."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The JSON state of a ledger file, or None when it does not exist yet."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MedPFLError(
+            f"cannot read the DP ledger {path}: {error}",
+            fix="restore the ledger from a backup; deleting it resets the budget and voids the guarantee",
+        ) from None
 
 
 class PrivacyLedger:
@@ -158,27 +192,11 @@ class PrivacyLedger:
                     "set epsilon_max to a positive budget, or leave it unset for no budget")
         self.epsilon_max = None if epsilon_max is None else float(epsilon_max)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a", encoding="utf-8") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
     def load(self) -> SiteAccountant:
         """The accountant as persisted (empty if the file does not exist yet)."""
         accountant = SiteAccountant()
-        if self.path.exists():
-            try:
-                state = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as error:
-                raise MedPFLError(
-                    f"cannot read the DP ledger {self.path}: {error}",
-                    fix="restore the ledger from a backup; deleting it resets the budget and voids the guarantee",
-                ) from None
+        state = read_state(self.path)
+        if state is not None:
             accountant.load_state_dict(state)
         return accountant
 
@@ -196,7 +214,7 @@ class PrivacyLedger:
         Raises:
             BudgetExceeded: cumulative ε after this release would exceed ``epsilon_max``; nothing is charged.
         """
-        with self._locked():
+        with locked(self.path):
             accountant = self.load()
             epsilon_total = accountant.epsilon_after_step(noise_multiplier=noise_multiplier, delta=self.delta)
             if self.epsilon_max is not None and epsilon_total > self.epsilon_max:

@@ -3,6 +3,7 @@
 `make_dp_compatible` checks a network with Opacus' `ModuleValidator` and fixes it (BatchNorm → GroupNorm);
 `make_private` then attaches Opacus' `PrivacyEngine` (per-sample clipping + Gaussian noise + accountant) and returns
 what a training loop needs plus `DPSGDSession.epsilon` / `DPSGDSession.meta` for the result meta.
+`SampleLevelLedger` keeps a site's DP-SGD steps in a file, so ε keeps adding up across jobs and restarts.
 
 Why BatchNorm must go: BatchNorm normalises every sample with its batch-mates' statistics, so one patient's image
 changes the others' outputs and per-sample gradients are no longer separable; per-sample clipping would not bound
@@ -14,8 +15,11 @@ be fixed the same way (call `make_dp_compatible` on it) so that parameter names 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -25,7 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medpfl_app.defenses._update import is_positive_number, require
-from medpfl_app.defenses.accountant import check_delta
+from medpfl_app.atomic_io import write_json_atomic
+from medpfl_app.defenses.accountant import LEDGER_FORMAT, check_delta, locked, read_state, validated_history
 from medpfl_app.defenses.base import Guarantee
 from medpfl_app.errors import MedPFLError
 
@@ -189,3 +194,70 @@ def make_private(
         )
     return DPSGDSession(module=fixed, optimizer=dp_optimizer, data_loader=dp_loader, privacy_engine=engine,
                         config=config, compatibility=report, optimizer_rebuilt=rebuilt)
+
+
+class SampleLevelLedger:
+    """A site's persistent record of its DP-SGD steps: ε keeps adding up across jobs and process restarts.
+
+    Opacus' accountant lives in the training process; without this file a new job (or a restarted site) would
+    start counting at ε = 0 although the same patients' images were trained on before. `restore` puts the recorded
+    history in front of a new session's accountant; `record` writes the session's whole history back (atomic,
+    fsynced, under a file lock) — call it before the update leaves the site, so a crash can over-count but never
+    under-count.
+
+    Args:
+        path: The ledger JSON file (same format as the client-level ledger, kept separately). Keep it with the
+            site's workspace; never delete it. One `SampleLevelLedger` serves one session.
+
+    Notes:
+        The guarantee spans only the steps recorded here: every DP-SGD run on this site's data must use the same
+        file and the same accountant (a file kept with another mechanism is refused).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._session: DPSGDSession | None = None  # the one session restored from (and recorded to) this file
+        self._expected: list[tuple[float, float, int]] = []  # what the file should hold now
+
+    def restore(self, session: DPSGDSession) -> int:
+        """Prepend the recorded history to ``session``'s (fresh) accountant; returns the steps restored."""
+        accountant = session.privacy_engine.accountant
+        if getattr(accountant, "history", None):
+            raise MedPFLError("the DP-SGD session has already taken steps; restore its ledger before training",
+                              fix="call restore right after make_private / enable_dp_sgd")
+        state = read_state(self.path)
+        history = validated_history(state, session.config.accountant) if state is not None else []
+        accountant.history = list(history)
+        self._session, self._expected = session, list(history)
+        return _steps(history)
+
+    def record(self, session: DPSGDSession, context: dict[str, Any] | None = None) -> None:
+        """Write ``session``'s whole history (the restored steps included) and one release entry.
+
+        Raises:
+            MedPFLError: The session was not restored from this ledger (writing would drop earlier steps), or the
+                file changed underneath (another process recorded steps since this session restored it).
+        """
+        if session is not self._session:
+            raise MedPFLError(f"this DP-SGD session was not restored from {self.path}; recording it would drop the "
+                              "steps already in the ledger", fix="call restore(session) before training")
+        history = [(float(z), float(q), int(n)) for z, q, n in session.privacy_engine.accountant.history]
+        with locked(self.path):
+            state = read_state(self.path)
+            on_file = validated_history(state, session.config.accountant) if state is not None else []
+            if on_file != self._expected:
+                raise MedPFLError(
+                    f"the DP-SGD ledger {self.path} changed while this job trained (another process recorded "
+                    "steps); writing this job's history would lose them",
+                    fix="run one DP-SGD job per site at a time, or give each its own ledger and count both budgets",
+                )
+            releases = list((state or {}).get("releases", []))
+            releases.append({**(context or {}), "steps_total": _steps(history),
+                             "epsilon_total": session.epsilon(), "delta": session.config.delta, "time": time.time()})
+            write_json_atomic(self.path, {"format": LEDGER_FORMAT, "mechanism": session.config.accountant,
+                                          "history": [list(e) for e in history], "releases": releases}, durable=True)
+            self._expected = history
+
+
+def _steps(history: list[tuple[float, float, int]]) -> int:
+    return sum(int(n) for _, _, n in history)

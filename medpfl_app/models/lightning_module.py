@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from medpfl_app.defenses.dp_sgd import DPSGDConfig, DPSGDSession, make_private
+from medpfl_app.defenses.dp_sgd import DPSGDConfig, DPSGDSession, SampleLevelLedger, make_private
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.global_model import build_seeded_network
 
@@ -81,6 +81,8 @@ class ImageClassifier(pl.LightningModule):
         # Opacus state (hooks, DP optimizer, Poisson loader, accountant); set once by `enable_dp_sgd`, kept for
         # the whole job so ε accumulates over all rounds.
         self.dp_session: DPSGDSession | None = None
+        # The site's persistent record of DP-SGD steps (None: ε counts this job's steps only).
+        self.dp_ledger: SampleLevelLedger | None = None
         self.loss = nn.CrossEntropyLoss()
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes)
         self.val_auroc = MulticlassAUROC(num_classes=num_classes)
@@ -88,12 +90,17 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def enable_dp_sgd(self, train_loader: DataLoader, config: DPSGDConfig) -> DataLoader:
+    def enable_dp_sgd(
+        self, train_loader: DataLoader, config: DPSGDConfig, ledger: SampleLevelLedger | None = None
+    ) -> DataLoader:
         """Attach Opacus (per-sample clipping, Gaussian noise, accountant) once for the whole job.
 
         Args:
             train_loader: The site's training loader.
             config: The DP-SGD configuration.
+            ledger: The site's persistent DP-SGD ledger: its recorded steps are restored into the accountant now,
+                and `TrainingFactsCallback` records the steps of every round before the update leaves, so ε adds
+                up over jobs and restarts. None: ε covers this job's steps only.
 
         Returns:
             The Poisson-sampling loader to train on, in every round (``trainer.fit`` refuses any other).
@@ -125,7 +132,9 @@ class ImageClassifier(pl.LightningModule):
             if sampler is not None and hasattr(sampler, "generator"):
                 sampler.generator = torch.Generator().manual_seed(secrets.randbits(63))
         _prime_empty_batch_structure(session.data_loader, train_loader)
-        self.dp_session = session
+        if ledger is not None:
+            ledger.restore(session)
+        self.dp_session, self.dp_ledger = session, ledger
         return session.data_loader
 
     def on_train_start(self) -> None:

@@ -28,7 +28,8 @@ def bn_buffers_in_state_dict(module: nn.Module) -> bool:
 def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
     """The DP-SGD entry of the facts: parameters and cumulative ε of the module's Opacus session, or ``None``.
 
-    ε covers every local step this site has taken in the job so far (one accountant for the whole job), for the
+    ε covers every DP-SGD step recorded in the site's ledger (earlier jobs included) when the module has one
+    (``epsilon_scope: "site ledger"``), else every local step of this job so far (``"this job"``), for the
     configured δ; plain JSON values only, since NVFlare sends the facts as update meta.
     """
     session = getattr(module, "dp_session", None)
@@ -48,6 +49,7 @@ def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
         "steps_total": int(sum(int(steps) for _, _, steps in history)),
         "poisson_sampling": bool(config.poisson_sampling),
         "secure_mode": bool(config.secure_mode),
+        "epsilon_scope": "site ledger" if getattr(module, "dp_ledger", None) is not None else "this job",
     }
 
 
@@ -119,5 +121,9 @@ class TrainingFactsCallback(Callback):
             "torch_version": str(torch.__version__),
             "dp_sgd": dp_sgd_facts(pl_module),
         }
+        ledger, session = getattr(pl_module, "dp_ledger", None), getattr(pl_module, "dp_session", None)
+        if ledger is not None and session is not None:
+            # Write-ahead: before FLCallback sends the update; a failure raises, so nothing is sent (fail closed).
+            ledger.record(session, {"local_steps": self.last_facts["local_steps"]})
         self.last_positions = tuple(self._positions)
         setattr(pl_module, FL_META_ATTRIBUTE, dict(self.last_facts))

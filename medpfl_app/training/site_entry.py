@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medpfl_app.errors import MedPFLError
@@ -39,6 +40,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="> 0 turns on sample-level DP-SGD (Opacus) with this noise multiplier (0: off)")
     parser.add_argument("--dp_max_grad_norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
     parser.add_argument("--dp_delta", type=float, default=1e-5, help="δ for which DP-SGD's ε is reported")
+    parser.add_argument("--dp_ledger", default="auto", metavar="PATH|auto|none",
+                        help="the site's persistent DP-SGD ledger, so ε adds up over jobs and restarts; auto: "
+                             "<site workspace>/medpfl/dp_sgd_ledger.json; none: ε counts this job only")
     parser.add_argument("--site_override", action="append", default=[], metavar="SITE:KEY=VALUE[,KEY=VALUE]",
                         help="per-site training settings (batch_size, max_steps, local_epochs, learning_rate), "
                              "e.g. site-1:batch_size=1,max_steps=1; repeatable")
@@ -85,6 +89,34 @@ def dp_sgd_config(args: argparse.Namespace) -> DPSGDConfig | None:
     if noise == 0:
         return None
     return DPSGDConfig(noise_multiplier=noise, max_grad_norm=args.dp_max_grad_norm, delta=args.dp_delta)
+
+
+DP_SGD_LEDGER = Path("medpfl") / "dp_sgd_ledger.json"
+
+
+def site_workspace(workspace_dir: str | None, start: Path) -> Path | None:
+    """The site's NVFlare workspace: ``workspace_dir`` if given, else the nearest folder at or above ``start``
+    holding a ``startup`` folder (NVFlare's marker of a site workspace); None when there is none."""
+    if workspace_dir:
+        return Path(workspace_dir).expanduser().resolve()
+    here = start.resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / "startup").is_dir()), None)
+
+
+def dp_ledger_path(value: str, *, workspace_dir: str | None, start: Path) -> Path | None:
+    """Where the DP-SGD ledger lives for ``--dp_ledger value`` (None for ``none``)."""
+    if value == "none":
+        return None
+    if value != "auto":
+        return Path(value).expanduser()
+    root = site_workspace(workspace_dir, start)
+    if root is None:
+        raise MedPFLError(
+            f"cannot find this site's workspace (no 'startup' folder at or above {start}) to keep the DP-SGD ledger",
+            fix="set MEDPFL_SITE_WORKSPACE to the site's workspace, pass --dp_ledger PATH, or --dp_ledger none "
+            "(ε then counts this job's steps only)",
+        )
+    return root / DP_SGD_LEDGER
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -134,6 +166,10 @@ def _prepare(args: argparse.Namespace, site: str):
     from medpfl_app.training.trainer import build_site_trainer
 
     dp_config = dp_sgd_config(args)  # before loading data: a bad flag should fail fast
+    ledger_path = (
+        dp_ledger_path(args.dp_ledger, workspace_dir=os.environ.get("MEDPFL_SITE_WORKSPACE"), start=Path.cwd())
+        if dp_config is not None else None
+    )
     own = parse_site_overrides(args.site_override).get(site, {})
     if own:
         args = argparse.Namespace(**{**vars(args), **own})
@@ -166,8 +202,13 @@ def _prepare(args: argparse.Namespace, site: str):
         dp_sgd=dp_config is not None,
     )
     if dp_config is not None:
-        # Once for the whole job: the same accountant then counts the local steps of every round.
-        train_loader = module.enable_dp_sgd(train_loader, dp_config)
+        from medpfl_app.defenses.dp_sgd import SampleLevelLedger
+
+        ledger = SampleLevelLedger(ledger_path) if ledger_path is not None else None
+        # Once for the whole job: the same accountant then counts the local steps of every round, after the steps
+        # the site's ledger recorded in earlier jobs.
+        train_loader = module.enable_dp_sgd(train_loader, dp_config, ledger)
+        logger.info("site %s: DP-SGD ledger %s", site, ledger_path or "none (ε counts this job only)")
     datamodule = SiteDataModule(train_loader, val_loader)
     facts = TrainingFactsCallback(
         num_train_images=len(site_data.training),

@@ -10,7 +10,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medpfl_app.defenses.dp_sgd import DPSGDConfig, make_dp_compatible, make_private
+from medpfl_app.defenses.dp_sgd import DPSGDConfig, SampleLevelLedger, make_dp_compatible, make_private
 from medpfl_app.errors import MedPFLError
 
 
@@ -77,3 +77,60 @@ def test_incompatible_module_is_refused_without_fix_and_bad_config_fails_early()
                    {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 2.0}):
         with pytest.raises(MedPFLError):
             DPSGDConfig(**kwargs)
+
+
+def _session(config: DPSGDConfig | None = None):
+    model, loader = _tiny()
+    config = config or DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5)
+    return make_private(model, lambda params: torch.optim.SGD(params, lr=0.1), loader, config)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_the_sample_level_ledger_carries_epsilon_into_the_next_session(tmp_path) -> None:
+    """Job 1 records its steps; job 2 (a new process's session) starts from job 1's ε and adds its own steps."""
+    path = tmp_path / "site" / "medpfl" / "dp_sgd_ledger.json"
+    first, ledger = _session(), SampleLevelLedger(path)
+    assert ledger.restore(first) == 0
+    _train_epoch(first)
+    ledger.record(first, {"round": 0})
+    job_one = first.epsilon()
+
+    second, reopened = _session(), SampleLevelLedger(path)
+    restored_steps = reopened.restore(second)
+    assert restored_steps == sum(n for _, _, n in first.privacy_engine.accountant.history) > 0
+    assert second.epsilon() == pytest.approx(job_one)  # before training: what the site already spent
+    _train_epoch(second)
+    reopened.record(second, {"round": 0})
+    reference = RDPAccountant()
+    reference.history = list(second.privacy_engine.accountant.history)
+    assert second.epsilon() == pytest.approx(reference.get_epsilon(delta=1e-5)) and second.epsilon() > job_one
+    state = json.loads(path.read_text())
+    assert state["mechanism"] == "rdp" and [r["round"] for r in state["releases"]] == [0, 0]
+    assert state["releases"][-1]["epsilon_total"] == pytest.approx(second.epsilon())
+    assert sum(n for _, _, n in state["history"]) == sum(n for _, _, n in reference.history)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_the_sample_level_ledger_refuses_what_would_lose_or_mix_steps(tmp_path) -> None:
+    """Recording an unrestored session, a file changed by another job, another accountant, a corrupt file."""
+    path = tmp_path / "dp_sgd_ledger.json"
+    session, ledger = _session(), SampleLevelLedger(path)
+    with pytest.raises(MedPFLError, match="was not restored"):
+        ledger.record(session)
+    ledger.restore(session)
+    other, other_ledger = _session(), SampleLevelLedger(path)
+    other_ledger.restore(other)
+    _train_epoch(other)
+    other_ledger.record(other)  # another job of the same site recorded steps meanwhile
+    _train_epoch(session)
+    with pytest.raises(MedPFLError, match="changed while this job trained"):
+        ledger.record(session)
+    with pytest.raises(MedPFLError, match="mechanism 'rdp'.*uses 'prv'"):
+        SampleLevelLedger(path).restore(_session(DPSGDConfig(1.0, 1.0, accountant="prv")))
+    path.write_text("{not json")
+    with pytest.raises(MedPFLError, match="cannot read the DP ledger"):
+        SampleLevelLedger(path).restore(_session())
+    trained = _session()
+    _train_epoch(trained)
+    with pytest.raises(MedPFLError, match="already taken steps"):
+        SampleLevelLedger(tmp_path / "new.json").restore(trained)

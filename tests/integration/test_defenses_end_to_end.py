@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import SIM_SITES, received_updates
@@ -42,4 +44,10 @@ def test_dp_sgd_sites_report_a_growing_sample_level_epsilon(simulated_dp_sgd) ->
         facts = [r["training_facts"]["dp_sgd"] for r in sorted(records, key=lambda r: r["round"]) if r["site"] == site]
         assert facts[0]["guarantee"] == "(ε, δ)-DP at sample level"
         assert 0 < facts[0]["epsilon"] < facts[1]["epsilon"]
+        assert facts[1]["epsilon_scope"] == "site ledger"
     assert all(not [k for k in r["entries"] if "running_" in k] for r in records)
+    # Each site kept its steps in its own workspace's ledger (found from the run folder), one release per round.
+    ledgers = {path.parent.parent.name: json.loads(path.read_text())
+               for path in simulated_dp_sgd.workspace.rglob("medpfl/dp_sgd_ledger.json")}
+    assert sorted(ledgers) == sorted(SIM_SITES)
+    assert all(len(state["releases"]) == 2 for state in ledgers.values())

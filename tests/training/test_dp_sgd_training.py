@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from medpfl_app.errors import MedPFLError
 from medpfl_app.models.lightning_module import ImageClassifier
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
 from medpfl_app.training.trainer import build_site_trainer
-from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_sgd_config
+from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_ledger_path, dp_sgd_config
 
 # Opacus' per-sample hooks on a first layer whose input needs no gradient: expected, harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
@@ -228,6 +229,35 @@ def test_site_entry_prepares_dp_sgd_training_on_site_data(tmp_path, monkeypatch)
     assert meta["dp_sgd"]["steps_total"] == meta["local_steps"] == 2  # 8 images, expected batch 4
     assert meta["dp_sgd"]["epsilon"] > 0 and math.isfinite(meta["dp_sgd"]["epsilon"])
     assert meta["bn_buffers_included"] is False
+    assert meta["dp_sgd"]["epsilon_scope"] == "site ledger"
+    ledger = json.loads((workspace / "medpfl" / "dp_sgd_ledger.json").read_text())
+    assert sum(n for _, _, n in ledger["history"]) == 2 and len(ledger["releases"]) == 1
+
+    # The next job at this site (a new process: new module, new Opacus session) continues from the ledger.
+    trainer, module, datamodule = _prepare(build_arg_parser().parse_args(argv), "site-1")
+    assert module.dp_session.epsilon() == pytest.approx(meta["dp_sgd"]["epsilon"])
+    trainer.fit(module, datamodule=datamodule)
+    second = getattr(module, FL_META_ATTRIBUTE)["dp_sgd"]
+    assert second["steps_total"] == 4 and second["epsilon"] > meta["dp_sgd"]["epsilon"]
+    reference = RDPAccountant()
+    reference.history = [(1.0, 0.5, 4)]
+    assert second["epsilon"] == pytest.approx(reference.get_epsilon(delta=1e-5))
+
+
+def test_dp_ledger_location(tmp_path, monkeypatch) -> None:
+    """auto: the site workspace (env, else the nearest folder with startup/ above the run folder); a path; none."""
+    run_dir = tmp_path / "site-1" / "job-7" / "app_site-1"
+    run_dir.mkdir(parents=True)
+    (tmp_path / "site-1" / "startup").mkdir()
+    found = dp_ledger_path("auto", workspace_dir=None, start=run_dir)
+    assert found == (tmp_path / "site-1").resolve() / "medpfl" / "dp_sgd_ledger.json"
+    assert dp_ledger_path("auto", workspace_dir=str(tmp_path / "ws"), start=run_dir) == (
+        (tmp_path / "ws").resolve() / "medpfl" / "dp_sgd_ledger.json")
+    assert dp_ledger_path("/srv/ledger.json", workspace_dir=None, start=run_dir) == Path("/srv/ledger.json")
+    assert dp_ledger_path("none", workspace_dir=None, start=run_dir) is None
+    with pytest.raises(MedPFLError, match="cannot find this site's workspace") as error:
+        dp_ledger_path("auto", workspace_dir=None, start=tmp_path)
+    assert "--dp_ledger" in error.value.fix
 
 
 def test_site_entry_without_dp_flags_trains_the_plain_model(tmp_path, monkeypatch) -> None:
