@@ -25,7 +25,7 @@ from medpfl_app.attacks.recipes import build_attack
 from medpfl_app.attacks.result import write_atomic
 from medpfl_app.attacks.site import init_uniform_, simulate_site_update
 from medpfl_app.errors import MedPFLError
-from medpfl_app.metrics import evaluate_reconstruction, psnr, ssim
+from medpfl_app.metrics import evaluate_reconstruction
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ same seed gives the same result for both array types.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias
 

@@ -132,12 +132,18 @@ def test_registry_lists_every_attack() -> None:
     assert {"dlg", "idlg", "cpl", "gradinv", "fedavg", "fedavg_approx", "bn_prior", "bn_only"} <= set(ATTACKS.names())
 
 
-def test_engine_matches_the_straightforward_reference_loop(image: torch.Tensor) -> None:
-    """The vmap-batched engine and the sequential create_graph loop follow the same optimisation path."""
+@pytest.mark.parametrize("victim", ["sigmoid_lenet", "small_cnn_bn_train"])
+def test_engine_matches_the_straightforward_reference_loop(victim: str, image: torch.Tensor) -> None:
+    """The vmap-batched engine and the sequential create_graph loop follow the same optimisation path (with BN in
+    train mode the reference runs torch's fused batch norm, the engine its var_mean form)."""
     from medpfl_app.attacks.engine import _initial_images
     from medpfl_app.attacks.reference import reference_gradinv
+    from medpfl_app.models import build_network
 
-    knowledge = _gradient_knowledge(sigmoid_lenet(), image, labels=LABEL)
+    torch.manual_seed(0)
+    model = sigmoid_lenet() if victim == "sigmoid_lenet" else build_network(
+        "small_cnn", in_channels=1, num_classes=4, image_size=SIZE)
+    knowledge = _gradient_knowledge(model, image, labels=LABEL)
     attack = build_attack("gradinv", iterations=8, restarts=3)
     initial = _initial_images(attack.config, (3, 1, 1, SIZE, SIZE), None, torch.Generator().manual_seed(0))
 
