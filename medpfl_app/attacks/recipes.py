@@ -59,10 +59,10 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["init=randn", "iterations=50"]`` as typed `MatchingConfig` overrides (the CLI's ``--set``).
 
-    Values are converted to the field's type (int, float, bool, ``none`` for optional fields, else text); the
-    config itself then checks the allowed choices.
+    Values are converted to the field's declared type (int, float, bool; ``none`` for optional fields; else text);
+    the config itself then checks ranges and allowed choices.
     """
-    fields = {f.name: f for f in dataclasses.fields(MatchingConfig)}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(MatchingConfig)}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -70,26 +70,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise MedPFLError(f"recipe override {pair!r} is not KEY=VALUE", fix="write e.g. --set init=randn")
         if key not in fields:
-            raise MedPFLError(
-                f"unknown recipe field {key!r} in --set {pair}", fix=f"use one of: {', '.join(fields)}"
-            )
-        default = getattr(MatchingConfig(), key)
+            raise MedPFLError(f"unknown recipe field {key!r} in --set {pair}", fix=f"use one of: {', '.join(fields)}")
+        declared = fields[key]  # e.g. "int", "float | None", "bool", "Literal[...]"
+        kind = next((name for name in ("bool", "int", "float") if declared.split(" |")[0] == name), "text")
         try:
-            if key == "top_layers":
-                out[key] = None if text.lower() == "none" else int(text)
-            elif isinstance(default, bool):
+            if "None" in declared and text.lower() == "none":
+                out[key] = None
+            elif kind == "bool":
                 if text.lower() not in _TRUE + _FALSE:
                     raise ValueError(text)
                 out[key] = text.lower() in _TRUE
-            elif isinstance(default, int):
+            elif kind == "int":
                 out[key] = int(text)
-            elif isinstance(default, float):
+            elif kind == "float":
                 out[key] = float(text)
             else:
                 out[key] = text
         except ValueError:
-            kind = "true/false" if isinstance(default, bool) else type(default).__name__
-            raise MedPFLError(f"--set {pair}: {text!r} is not a valid {kind}", fix=f"give {key} a {kind} value") from None
+            expected = "true/false" if kind == "bool" else kind
+            raise MedPFLError(f"--set {pair}: {text!r} is not a valid {expected}",
+                              fix=f"give {key} a {expected} value" + (" or none" if "None" in declared else "")) from None
     return out
 
 

@@ -46,8 +46,9 @@ class BatchStatisticsNorm(nn.Module):
     Gradient matching differentiates the site's gradient again with respect to the images. PyTorch's fused
     batch-norm kernel has a composite double backward that dominated the attack's profile at 64² (≈ 30 % of an
     iteration); differentiating these few elementary operations twice is cheaper (attack iteration at 64², 8
-    restarts, small_cnn, four paired timings: ≈ 40 → 33 ms on 2 CPU cores) and agrees with the fused kernel to float32 rounding.
-    Parameters keep their names (``<layer>.weight``, ``<layer>.bias``); running statistics are not kept.
+    restarts, small_cnn, four paired timings: ≈ 40 → 33 ms on 2 CPU cores) and agrees with the fused kernel to
+    float32 rounding. Parameters keep their names (``<layer>.weight``, ``<layer>.bias``); running statistics are
+    not kept.
 
     Args:
         source: The BatchNorm layer whose ``weight``, ``bias`` and ``eps`` are used (shared, not copied).

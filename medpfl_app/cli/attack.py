@@ -139,8 +139,10 @@ def _run_single(args: argparse.Namespace) -> int:
     attack = build_attack(
         args.attack,
         seed=args.seed,
-        **{k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None},
-        **parse_overrides(args.overrides),
+        **{
+            **{k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None},
+            **parse_overrides(args.overrides),  # --set wins over --iterations / --restarts
+        },
     )
     images, labels = load_demo_images(
         args.datalist, count=args.index + args.batch_size, image_size=args.image_size, seed=args.seed

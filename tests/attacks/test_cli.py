@@ -49,12 +49,15 @@ def test_attack_command_applies_recipe_overrides(tmp_path) -> None:
     code = main([
         "attack", "--out", str(out), "--attack", "idlg", "--iterations", "2", "--image-size", "16",
         "--set", "init=randn", "--set", "line_search=strong_wolfe", "--set", "lbfgs_max_iter=3", "--set", "box=true",
+        "--set", "time_limit_s=60", "--set", "top_layers=none", "--set", "iterations=3",
     ])
 
     assert code == 0
     config = json.loads((out / "result.json").read_text())["config"]
     assert config["init"] == "randn" and config["line_search"] == "strong_wolfe"
     assert config["lbfgs_max_iter"] == 3 and config["box"] is True
+    assert config["time_limit_s"] == 60.0 and config["top_layers"] is None
+    assert config["iterations"] == 3  # --set wins over --iterations
 
 
 def test_attack_command_rejects_bad_recipe_override(tmp_path, capsys) -> None:
@@ -63,5 +66,7 @@ def test_attack_command_rejects_bad_recipe_override(tmp_path, capsys) -> None:
     assert "unknown recipe field 'inits'" in capsys.readouterr().err
     assert main(["attack", "--out", str(tmp_path), "--set", "iterations=many"]) == 2
     assert "'many' is not a valid int" in capsys.readouterr().err
+    assert main(["attack", "--out", str(tmp_path), "--set", "time_limit_s=soon"]) == 2
+    assert "'soon' is not a valid float" in capsys.readouterr().err
     assert main(["attack", "--out", str(tmp_path), "--grid", "--set", "init=rand"]) == 2
     assert "does not apply to --grid" in capsys.readouterr().err
