@@ -244,7 +244,8 @@ JOB_CATALOG: dict[str, JobSpec] = {
             name="fedavg_dp_sgd",
             description=(
                 "Training-side defense: sample-level DP-SGD through Opacus at every site (noise multiplier 1.0, "
-                "per-sample clip 1.0, BatchNorm replaced by GroupNorm); (ε, δ)-DP at sample level, ε in the update meta."
+                "per-sample clip 1.0, BatchNorm replaced by GroupNorm); (ε, δ)-DP at sample level, ε in the update meta "
+                "and carried over jobs in each site's <workspace>/medpfl/dp_sgd_ledger.json."
             ),
             training=replace(DEMO_TRAINING, dp_noise_multiplier=1.0, dp_max_grad_norm=1.0),
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
