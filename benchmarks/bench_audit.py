@@ -40,8 +40,38 @@ from medpfl_app.jobs.builder import export_job
 from medpfl_app.jobs.simulate import run_simulation
 from medpfl_app.jobs.spec import RECEIVED_UPDATE_RECORDER
 
-SECTION = "Server-side audit (issue 5)"
+SECTION = "Server-side audit: cost of the audit (verdict ladder, isolated worker process)"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def round_boundaries(log_file: Path) -> list[datetime]:
+    """When each round ended: the next round's start, and "Finished FedAvg." for the last one (log time)."""
+    last_stamp = None
+    starts: list[datetime] = []
+    finish = None
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = _STAMP.match(line)
+        if match:
+            last_stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        elif "started." in line and "Round " in line and last_stamp is not None:
+            starts.append(last_stamp)
+        elif "Finished FedAvg." in line:
+            finish = last_stamp
+    return starts[1:] + ([finish] if finish else [])
+
+
+def backlog_per_round(records: list[dict], boundaries: list[datetime]) -> list[int]:
+    """Updates of rounds <= r whose ledger record was written after round r ended (the audit's backlog then).
+
+    Ledger times are UTC to the second; the console log's are the machine's local time (UTC on the benchmark
+    machine), so a record written within the same second counts as on time.
+    """
+    backlog = []
+    for round_number, boundary in enumerate(boundaries):
+        written = [datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%SZ") for r in records
+                   if isinstance(r.get("round"), int) and r["round"] <= round_number and r.get("time")]
+        backlog.append(sum(1 for stamp in written if stamp > boundary.replace(microsecond=0)))
+    return backlog
 
 
 def training_seconds(log_file: Path) -> float | None:
@@ -143,7 +173,9 @@ def main() -> int:
                     records = [r for p in find_ledgers(result.server_run_dir) for r in read_ledger(p).records]
                     busy = sum(float((r.get("attack_budget") or {}).get("audit_wall_time_s") or 0) for r in records)
                     audits.append({"count": len(records), "busy_s": busy, "train_s": train or float("nan"),
-                                   "scored": sum(1 for r in records if (r.get("site_scores") or {}).get("status") == "scored")})
+                                   "scored": sum(1 for r in records if (r.get("site_scores") or {}).get("status") == "scored"),
+                                   "backlog": backlog_per_round(records, round_boundaries(result.log_file)),
+                                   "levels": sorted(str(r.get("risk")) for r in records)})
                 print(f"{label} #{repeat}: wall {result.wall_seconds:.1f} s, training {train:.1f} s, "
                       f"peak RSS {memory.peak_bytes / 2**20:.0f} MiB", flush=True)
     process_times = sorted(filter_process_times())
@@ -157,6 +189,12 @@ def main() -> int:
     scored = statistics.median(a["scored"] for a in audits)
     ratio_wall = med("on", "wall") / med("off", "wall")
     ratio_train = med("on", "train") / med("off", "train")
+    from medpfl_app.audit.plan import AuditPlan
+
+    plan = AuditPlan()
+    backlogs = "; ".join(f"run {i + 1}: " + ", ".join(f"round {r}: {n}" for r, n in enumerate(a["backlog"]))
+                         for i, a in enumerate(audits))
+    levels = ", ".join(f"{level} {audits[-1]['levels'].count(level)}" for level in sorted(set(audits[-1]["levels"])))
     p50 = process_times[len(process_times) // 2] * 1000
     p95 = process_times[int(len(process_times) * 0.95)] * 1000
     body = "\n".join([
@@ -164,8 +202,10 @@ def main() -> int:
         f"CPU cores: the audited demo job `fedavg_audit` ({args.sites} sites, {args.rounds} rounds, sigmoid LeNet at "
         "32 px, SGD; site-1 one image and one local step per round) with the audit on versus the same job without the "
         "audit filter, weights cache and site scorer, NVFlare simulator, alternating runs, medians of "
-        f"{args.repeats}. Attack per update: the default `AuditPlan` (gradinv preset, L2 matching, 500 Adam steps at lr 0.1, "
-        "1 restart, ≤ 4 images, early stop at loss 1e-10), on one torch thread. "
+        f"{args.repeats}. Audit per update: the default `AuditPlan` — screening probe of {plan.screening_iterations} "
+        f"iterations, then the {plan.attack} ladder on the whole update ({plan.iterations} iterations × "
+        f"{plan.restarts} restart, {plan.escalations} escalations ×{plan.escalation_factor}), {plan.time_limit_s:g} s per "
+        "update, stages that cannot fit skipped — in a separate worker process at nice 10 with one torch thread. "
         f"Command: `python benchmarks/bench_audit.py --rounds {args.rounds} --repeats {args.repeats} --record`.",
         "",
         "| audit | total wall time (s) | training time (s) | per round (s) | peak RSS of simulator tree (MiB) |",
@@ -175,7 +215,9 @@ def main() -> int:
         f"| on | {med('on', 'wall'):.1f} | {med('on', 'train'):.1f} | {med('on', 'train') / args.rounds:.1f} | "
         f"{med('on', 'rss'):.0f} |",
         "",
-        f"**Ratio on / off: total {ratio_wall:.2f}, training (and per round) {ratio_train:.2f}** (target ≤ 1.10). "
+        f"**Ratio on / off: total {ratio_wall:.2f} (target ≤ 1.25), training (and per round) {ratio_train:.2f}** "
+        f"(target ≤ 1.10). Audit backlog when each round ended (updates not yet in the ledger): {backlogs}. "
+        f"Levels in the last audited run: {levels}. "
         f"Audits per run: {count:.0f} ({scored:.0f} scored at the sites); throughput {per_busy_min:.1f} audits per "
         f"minute of attack-thread time, {per_train_min:.1f} per minute of training. Audit memory: peak RSS on − off "
         f"= {med('on', 'rss') - med('off', 'rss'):.0f} MiB. `AuditFilter.process()` with the attack thread busy: "

@@ -7,6 +7,7 @@ Typical use (server side)::
 """
 
 from medpfl_app.attacks.bn_report import BNLeakReport, bn_statistics_report
+from medpfl_app.attacks.convergence import Convergence, ConvergenceEvidence, assess_convergence
 from medpfl_app.attacks.engine import MatchingConfig, run_matching
 from medpfl_app.attacks.knowledge import (
     AttackerKnowledge,
@@ -25,9 +26,12 @@ __all__ = [
     "AttackResult",
     "AttackerKnowledge",
     "BNLeakReport",
+    "Convergence",
+    "ConvergenceEvidence",
     "MatchingConfig",
     "UpdateKind",
     "WorstCaseAssumptions",
+    "assess_convergence",
     "bn_statistics_report",
     "build_attack",
     "knowledge_from_update",

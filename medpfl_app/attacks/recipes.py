@@ -7,6 +7,7 @@ Each class fixes a recipe (see ``shared/notes/attacks.md`` §2) and accepts budg
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -60,7 +61,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["init=randn", "iterations=50"]`` as typed `MatchingConfig` overrides (the CLI's ``--set``).
 
     Values are converted to the field's declared type (int, float, bool; ``none`` for optional fields; else text);
-    the config itself then checks ranges and allowed choices.
+    NaN and infinities are refused here, and the config itself then checks ranges and allowed choices.
     """
     fields = {f.name: str(f.type) for f in dataclasses.fields(MatchingConfig)}
     out: dict[str, Any] = {}
@@ -84,6 +85,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 out[key] = int(text)
             elif kind == "float":
                 out[key] = float(text)
+                if not math.isfinite(out[key]):
+                    raise MedPFLError(f"--set {pair}: {text!r} is not a finite number",
+                                      fix=f"give {key} a finite float (not nan or inf)"
+                                      + (" or none" if "None" in declared else ""))
             else:
                 out[key] = text
         except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from medpfl_app.attacks.convergence import ConvergenceEvidence, json_number
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,6 +37,14 @@ class AttackResult:
         stop_reason: Why the optimisation ended: ``budget`` (all iterations run), ``stop_loss`` (tolerance
             reached), ``time_limit`` (``time_limit_s`` used up) or ``diverged`` (non-finite loss).
         extras: Attack-specific numbers (e.g. the BN-statistics match).
+        initial_loss: Matching loss of the best restart at its initialisation (NaN when not recorded).
+        loss_trace: Best-so-far matching loss of the best restart: the initialisation, then after each iteration,
+            downsampled evenly to at most 256 values (the first and the last always kept).
+        moved_from_init: Relative L2 change ``‖x − x₀‖ / ‖x₀‖`` of the best restart's images (before clipping to
+            [0, 1]) from their initialisation; 0 means the attack returned its starting point (NaN when not
+            recorded).
+        convergence: How the optimisation ended (`medpfl_app.attacks.convergence.assess_convergence` on the full
+            trace); None when not assessed. ``no_progress`` means the attack never moved: not evidence of safety.
     """
 
     attack: str
@@ -50,6 +61,10 @@ class AttackResult:
     stopped_early: bool = False
     stop_reason: str = "budget"
     extras: Mapping[str, Any] = field(default_factory=dict)
+    initial_loss: float = math.nan
+    loss_trace: tuple[float, ...] = ()
+    moved_from_init: float = math.nan
+    convergence: ConvergenceEvidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (images are saved separately as PNG)."""
@@ -68,6 +83,10 @@ class AttackResult:
             "config": dict(self.config),
             "threat_model": dict(self.threat_model),
             "extras": dict(self.extras),
+            "initial_loss": json_number(self.initial_loss),
+            "loss_trace": [json_number(v) for v in self.loss_trace],
+            "moved_from_init": json_number(self.moved_from_init),
+            "convergence": None if self.convergence is None else self.convergence.to_json(),
         }
 
     def save(

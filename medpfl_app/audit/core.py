@@ -7,7 +7,6 @@ started from and the training facts the site declared in the update meta.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -17,18 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from medpfl_app.audit.facts import FACT_KEYS, MODEL_KEYS
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.errors import MedPFLError
-
-#: Meta keys the audit copies from an update (the training facts, NVFlare's filter history, defense records).
-FACT_KEYS = (
-    "medpfl_facts_version", "batch_size", "batch_sizes", "local_steps", "local_epochs", "learning_rate", "optimizer",
-    "num_train_images", "num_images_seen", "bn_buffers_included", "bn_momentum", "network", "image_size",
-    "in_channels", "num_classes", "state_dict_prefix", "torch_version", "dp_sgd",
-)
-META_KEYS = (*FACT_KEYS, "filter_history", "medpfl_defenses", "NUM_STEPS_CURRENT_ROUND", "processed_algorithm")
-_MODEL_FACTS = ("network", "image_size", "in_channels", "num_classes")
-
 
 @dataclass(frozen=True, eq=False)
 class AuditItem:
@@ -41,7 +31,7 @@ class AuditItem:
         data_kind: DXO data kind (``WEIGHT_DIFF``, ``WEIGHTS``, ...).
         update: Name → NumPy array, as received.
         global_weights: Name → NumPy array the site started from (None when the cache had none for the round).
-        meta: Plain-JSON subset of the update meta (`META_KEYS`).
+        meta: The update meta as `medpfl_app.audit.facts.validate_meta` checked and bounded it.
         received_at: ``time.time()`` when the filter saw it.
     """
 
@@ -66,8 +56,8 @@ def not_auditable_reason(data_kind: str | None, data: Any, meta: Mapping[str, An
     meta = meta or {}
     if data_kind is None:
         return "the result is not an NVFlare DXO (no model update to attack)"
-    if meta.get("processed_algorithm"):
-        return f"the update is processed by {meta['processed_algorithm']!r} (e.g. homomorphic encryption): the server sees no plaintext"
+    # Decided from the payload, never from what the meta claims: a site that labels a plaintext update as
+    # encrypted (``processed_algorithm``) must not escape the audit while FedAvg aggregates it.
     if data_kind not in ("WEIGHT_DIFF", "WEIGHTS"):
         return f"data kind {data_kind!r} carries no model weights or weight differences"
     if not isinstance(data, Mapping) or not data:
@@ -77,8 +67,9 @@ def not_auditable_reason(data_kind: str | None, data: Any, meta: Mapping[str, An
             return f"update entry {name!r} is {type(value).__name__}, not a numeric array (encrypted or unknown format)"
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            return f"update entry {name!r} has non-numeric dtype {array.dtype}"
-    missing = [key for key in _MODEL_FACTS if meta.get(key) is None]
+            algorithm = f" (processed by {str(meta['processed_algorithm'])[:60]!r})" if meta.get("processed_algorithm") else ""
+            return f"update entry {name!r} has non-numeric dtype {array.dtype}{algorithm}: the server sees no plaintext"
+    missing = [key for key in MODEL_KEYS if meta.get(key) is None]
     if missing:
         return f"the update meta lacks the model facts {', '.join(missing)}: the server cannot rebuild the network"
     return None
@@ -92,12 +83,6 @@ def copy_arrays(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
             value = value.detach().cpu().numpy()
         copied[str(name)] = np.array(value, copy=True)
     return copied
-
-
-def plain_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The audit-relevant meta as plain JSON (deep-copied through JSON so no shared object survives)."""
-    chosen = {key: (meta or {}).get(key) for key in META_KEYS if (meta or {}).get(key) is not None}
-    return json.loads(json.dumps(chosen, default=str))
 
 
 def config_hash(meta: Mapping[str, Any], global_weights: Mapping[str, np.ndarray] | None) -> str:
@@ -149,10 +134,13 @@ class AuditOutcome:
     """What the server-side audit of one update produced.
 
     Attributes:
-        server_indicators: Plain-JSON numbers the server can state without ground truth.
-        attack_budget: The attack and budget actually used (plain JSON).
+        server_indicators: Plain-JSON numbers the server can state without ground truth (screening, and the
+            best ladder stage's ``attack_convergence``, ``attack_initial_loss``, ``attack_matching_loss``).
+        attack_budget: The attack and budget actually used (plain JSON): ``stages_run``, ``iterations``,
+            ``ladder_complete``, ``time_budget_s``, ``time_spent_s``, ``settle``, ``not_attacked`` ...
         threat_model: What the attacker knew or assumed (plain JSON).
         model: ``{"network", "config_hash", "num_parameters"}``.
+        ladder: Each stage run (`medpfl_app.audit.ladder.StageResult.to_json`).
         reconstructions: ``(N, C, H, W)`` float32 in [0, 1], or None when no optimisation attack ran. Patient data:
             sent only to the site that produced the update, never written by the server.
         labels: Recovered labels per reconstruction (None with no attack).
@@ -162,6 +150,7 @@ class AuditOutcome:
     attack_budget: dict[str, Any]
     threat_model: dict[str, Any]
     model: dict[str, Any]
+    ladder: tuple[dict[str, Any], ...] = ()
     reconstructions: np.ndarray | None = None
     labels: np.ndarray | None = None
 
@@ -181,19 +170,13 @@ def build_bare_network(meta: Mapping[str, Any]):
 
 
 def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
-    """Run the plan on one update: label recovery and BN exposure first, then the optimisation attack.
+    """Run the plan on one update: screening (labels, BN exposure), then the attack ladder on the whole update.
 
     Raises:
         MedPFLError: The update does not fit the declared network, or no global weights are known for it.
     """
-    import torch
-
-    from medpfl_app.attacks import (
-        UpdateKind,
-        build_attack,
-        knowledge_from_update,
-        recover_labels_from_update,
-    )
+    from medpfl_app.attacks import UpdateKind, knowledge_from_update, recover_labels_from_update
+    from medpfl_app.audit.ladder import attack_stage, run_ladder
 
     meta = dict(item.meta)
     if item.global_weights is None:
@@ -223,7 +206,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
         "bn_statistics_exposed": bool(knowledge.bn_running_stats),
         "bn_layers_exposed": len([k for k in (knowledge.bn_running_stats or {}) if k.endswith("running_mean")]),
     }
-    # Cheap step 1: labels from the last layer (negated weight difference ≈ gradient direction).
+    # Screening: labels from the last layer (negated weight difference ≈ gradient direction), BN exposure above.
     try:
         gradient_like = {name: -value for name, value in knowledge.update.items()}
         labels = recover_labels_from_update(knowledge.model, gradient_like, images_declared)
@@ -236,49 +219,58 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
         indicators["label_recovery_error"] = error.problem if hasattr(error, "problem") else str(error)
     indicators["cheap_steps_s"] = round(time.monotonic() - started, 4)
 
-    budget: dict[str, Any] = {"attack": plan.attack, "iterations": 0, "restarts": plan.restarts,
-                              "time_limit_s": plan.time_limit_s, "max_images": plan.max_images, "reduced": None}
-    if plan.attack == "none":
-        return AuditOutcome(indicators, budget, knowledge.threat_model(), _model_info(meta, item, net))
-
-    attack_knowledge = knowledge
-    overrides: dict[str, Any] = {**plan.options, "iterations": plan.iterations, "restarts": plan.restarts,
-                                 "seed": plan.seed, "stop_loss": plan.stop_loss, "time_limit_s": plan.time_limit_s}
-    if images_declared > plan.max_images or knowledge.local_steps > plan.max_local_steps:
-        # Bounded cost: fewer dummy images against the update read as one approximate gradient (weaker attack).
-        count = min(images_declared, plan.max_images)
-        attack_knowledge = dataclasses.replace(
-            knowledge, num_images=count, batch_size=count, local_steps=1, labels=None
-        )
-        overrides["update_mode"] = "approximate"
-        budget["reduced"] = (
-            f"update covers {images_declared} images over {knowledge.local_steps} local steps; attacked as {count} "
-            "images matching the update as one approximate gradient"
-        )
-    attack = build_attack(plan.attack, **overrides)
-    torch.manual_seed(plan.seed)
-    result = attack.run(attack_knowledge)
+    budget: dict[str, Any] = {
+        "attack": plan.attack, "iterations": 0, "restarts": plan.restarts, "stages_run": 0,
+        "time_budget_s": plan.time_limit_s, "time_limit_s": plan.time_limit_s, "escalations": plan.escalations,
+        "escalation_factor": plan.escalation_factor, "max_images": plan.max_images,
+        "max_local_steps": plan.max_local_steps, "stop_loss": plan.stop_loss, "options": dict(plan.options),
+        "ladder_complete": False, "settle": None, "not_attacked": None,
+    }
+    model_info = _model_info(meta, item, net)
+    not_attacked = _not_attacked(plan, images_declared, knowledge.local_steps)
+    if not_attacked is not None:
+        budget["not_attacked"] = not_attacked
+        return AuditOutcome(indicators, budget, knowledge.threat_model(), model_info)
+    ladder = run_ladder(knowledge, plan, attack_stage(plan))
+    result, best = ladder.best, ladder.stages[ladder.best_stage]
     indicators.update(
+        attack_convergence=str(best.convergence.status),
+        attack_initial_loss=best.convergence.initial_loss,
         attack_matching_loss=float(result.matching_loss),
         attack_stopped_early=bool(result.stopped_early),
         attack_stop_reason=result.stop_reason,
-        attack_wall_time_s=round(float(result.wall_time_s), 3),
+        attack_wall_time_s=round(ladder.time_spent_s, 3),
         reconstructed_images=int(result.reconstructions.shape[0]),
         labels_source=result.labels_source,
     )
     budget.update(
-        iterations=int(result.iterations), evaluations=int(result.evaluations), restarts=plan.restarts,
-        stop_loss=plan.stop_loss, options=dict(plan.options), update_mode=overrides.get("update_mode", "auto"),
-        wall_time_s=round(float(result.wall_time_s), 3), stop_reason=result.stop_reason,
+        stages_run=len(ladder.stages), best_stage=ladder.best_stage,
+        iterations=sum(stage.iterations for stage in ladder.stages),
+        restarts=max(stage.restarts for stage in ladder.stages),
+        evaluations=int(result.evaluations), update_mode=best.update_mode,
+        wall_time_s=round(ladder.time_spent_s, 3), time_spent_s=round(ladder.time_spent_s, 3),
+        stop_reason=ladder.final.stop_reason, ladder_complete=ladder.complete, settle=ladder.settle,
     )
     return AuditOutcome(
         server_indicators=indicators,
         attack_budget=budget,
         threat_model=dict(result.threat_model),
-        model=_model_info(meta, item, net),
+        model=model_info,
+        ladder=tuple(stage.to_json() for stage in ladder.stages),
         reconstructions=result.reconstructions.detach().float().clamp(0, 1).numpy(),
         labels=result.labels.detach().numpy().astype(np.int64),
     )
+
+
+def _not_attacked(plan: AuditPlan, images: int, local_steps: int) -> str | None:
+    """Why the plan does not attack this whole update (None: it does)."""
+    if plan.attack == "none":
+        return "the audit plan runs no attack (attack: none)"
+    if images > plan.max_images:
+        return f"the update covers {images} images, above the plan's max_images {plan.max_images}"
+    if local_steps > plan.max_local_steps:
+        return f"the update covers {local_steps} local steps, above the plan's max_local_steps {plan.max_local_steps}"
+    return None
 
 
 def _update_arrays(knowledge) -> list[np.ndarray]:
@@ -291,3 +283,27 @@ def _model_info(meta: Mapping[str, Any], item: AuditItem, net) -> dict[str, Any]
         "config_hash": config_hash(meta, item.global_weights),
         "num_parameters": int(sum(p.numel() for p in net.parameters())),
     }
+
+
+def warm_up_audit() -> float:
+    """Import the attack stack and run a tiny attack once, in the process that will run audits.
+
+    The first attack in a fresh process pays for imports and torch's lazy kernel set-up (seconds); measured as
+    part of a real audit, that would inflate the screening probe's speed and make the ladder skip stages that fit.
+    Returns the seconds it took.
+    """
+    import torch
+
+    from medpfl_app.attacks import UpdateKind, build_attack
+    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.knowledge import knowledge_from_update
+    from medpfl_app.models.global_model import build_seeded_network
+
+    started = time.monotonic()
+    net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=2, image_size=16, seed=0, dp_sgd=False)
+    site = simulate_site_update(net, torch.rand(1, 1, 16, 16), torch.zeros(1, dtype=torch.long),
+                                kind=UpdateKind.WEIGHT_DIFF, learning_rate=0.1, batch_size=1)
+    knowledge = knowledge_from_update(net, site.global_weights, site.update, site.meta, image_shape=(1, 16, 16),
+                                      num_classes=2)
+    build_attack("gradinv", iterations=2, restarts=1, objective="l2", signed=False).run(knowledge)
+    return time.monotonic() - started

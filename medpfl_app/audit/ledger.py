@@ -3,7 +3,8 @@
 Compliance teams read it (through `medpfl report`); nothing else may change it. A crash mid-write leaves at most
 a truncated last line, which `read_ledger` detects and skips while keeping every earlier record.
 
-Record schema ``medpfl.audit/1`` (plain JSON; unknown keys are allowed for forward compatibility):
+Record schema ``medpfl.audit/2`` (plain JSON; unknown keys are allowed for forward compatibility; ``read_ledger``
+also returns records of the older ``medpfl.audit/1``, whose ``risk`` was ``low|medium|high|unknown``):
 
 ``schema``, ``job_id``, ``site``, ``round``, ``time`` (UTC ISO 8601),
 ``status``: ``audited`` | ``not_audited`` (the audit could not run: queue full, internal error) |
@@ -20,8 +21,13 @@ loss, ...),
 ``site_scores``: scalars returned by the site's scorer (``status`` ``scored`` | ``unavailable``, ``reason``,
 ``psnr_mean``, ``psnr_max``, ``ssim_mean``, ``ssim_max``, ``attack_success_rate``, ``label_accuracy``,
 ``identifiability``, ``relative_leakage``),
-``risk``: ``low`` | ``medium`` | ``high`` | ``unknown`` (see the risk policy),
-``attack_budget``: ``{"attack", "iterations", "restarts", "time_limit_s", "stop_reason", ...}``,
+``risk``: a `medpfl_app.audit.verdict.RiskLevel` (``high`` | ``medium`` | ``unscored`` | ``inconclusive`` | ``low`` |
+``not_audited`` | ``not_auditable``), ``verdict``: ``{"schema", "level", "evidence", "settle"}`` (see the risk policy),
+``attack_budget``: ``{"attack", "iterations", "restarts", "stages_run", "time_budget_s", "time_spent_s",
+"ladder_complete", "settle", "not_attacked", "stop_reason", ...}``,
+``ladder``: the attack stages run on the whole update (`medpfl_app.audit.ladder.StageResult.to_json`),
+``ladder_complete``: whether the ladder completed,
+``metric_settings``: SSIM window and data range, PSNR data range, success threshold, identifiability definition,
 ``policy_action``: None, or ``{"action": "excluded_from_aggregation", "reason"}`` when the audit policy kept the
 update out of aggregation (the update was still audited).
 """
@@ -29,6 +35,7 @@ update out of aggregation (the update was still audited).
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -37,20 +44,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpfl_app.audit.verdict import RiskLevel
 from medpfl_app.errors import MedPFLError
 
-SCHEMA = "medpfl.audit/1"
+SCHEMA = "medpfl.audit/2"
+#: Schemas `read_ledger` returns (older runs' ledgers stay readable).
+READABLE_SCHEMAS = ("medpfl.audit/1", SCHEMA)
 LEDGER_FILE = "audit_ledger.jsonl"
 STATUSES = ("audited", "not_audited", "not_auditable")
-RISK_LEVELS = ("low", "medium", "high", "unknown")
+RISK_LEVELS = tuple(str(level) for level in RiskLevel)
 
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+#: Bounds on what one record may hold: fields copied from a site's meta are untrusted and are cut to these.
+MAX_STRING = 2000
+MAX_ITEMS = 64
+MAX_DEPTH = 8
+
+
 class AuditLedger:
-    """Append-only JSONL ledger; safe to share between threads of one process.
+    """Append-only JSONL ledger, owner-only (file 0600, folder 0700); safe to share between threads of one process.
 
     Args:
         path: The ledger file; its folder is created. An existing ledger is appended to, never truncated.
@@ -58,22 +74,32 @@ class AuditLedger:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate, stamp and durably append one record; returns what was written."""
+        """Validate, stamp, bound and durably append one record; returns what was written.
+
+        Values a site controls (training facts, filter history, reasons) may be non-finite, huge or of odd types:
+        they are made plain JSON within `MAX_STRING` / `MAX_ITEMS` / `MAX_DEPTH` and the record is flagged
+        ``sanitized: true`` — a record is always written, never lost to an encoding error.
+        """
         written = {"schema": SCHEMA, "time": utc_now(), **record}
         if written.get("status") not in STATUSES:
             raise MedPFLError(
                 f"audit record status {written.get('status')!r} is not one of {STATUSES}",
                 fix="set status to audited, not_audited or not_auditable",
             )
-        if written.get("risk", "unknown") not in RISK_LEVELS:
+        if written.get("risk") not in RISK_LEVELS:
             raise MedPFLError(f"audit record risk {written.get('risk')!r} is unknown", fix=f"use one of {RISK_LEVELS}")
-        line = json.dumps(written, sort_keys=True, allow_nan=False, default=_plain) + "\n"
+        changed: list[bool] = []
+        written = bounded_json(written, changed)
+        if changed:
+            written["sanitized"] = True
+        line = json.dumps(written, sort_keys=True, allow_nan=False) + "\n"
         with self._lock:
-            with open(self.path, "a", encoding="utf-8") as handle:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
                 if handle.tell() > 0 and not _ends_with_newline(self.path):
                     handle.write("\n")  # a previous crash left a partial line: keep it isolated
                 handle.write(line)
@@ -82,18 +108,52 @@ class AuditLedger:
         return written
 
 
+def bounded_json(value: Any, changed: list[bool], depth: int = 0) -> Any:
+    """``value`` as plain, finite, bounded JSON; appends to ``changed`` whenever something had to be altered.
+
+    Non-finite floats become the strings ``"nan"``/``"inf"``/``"-inf"``, strings are cut to `MAX_STRING`
+    characters, lists and dicts to `MAX_ITEMS` entries, nesting to `MAX_DEPTH`, NumPy/torch scalars and arrays
+    become numbers and lists, anything else its (cut) ``str``.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        changed.append(True)
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        if len(value) <= MAX_STRING:
+            return value
+        changed.append(True)
+        return value[:MAX_STRING] + "…"
+    if depth >= MAX_DEPTH:
+        changed.append(True)
+        return "<nested too deep>"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        if len(items) > MAX_ITEMS:
+            changed.append(True)
+            items = items[:MAX_ITEMS]
+        return {bounded_json(str(k), changed, depth + 1): bounded_json(v, changed, depth + 1) for k, v in items}
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_ITEMS:
+            changed.append(True)
+        return [bounded_json(v, changed, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return bounded_json(value.item(), changed, depth)
+    if hasattr(value, "tolist"):
+        return bounded_json(value.tolist(), changed, depth)
+    changed.append(True)
+    return bounded_json(str(value), changed, depth)
+
+
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) == b"\n"
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -119,7 +179,7 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerContents:
         except json.JSONDecodeError:
             skipped.append(number)
             continue
-        if isinstance(record, dict) and record.get("schema") == SCHEMA:
+        if isinstance(record, dict) and record.get("schema") in READABLE_SCHEMAS:
             records.append(record)
         else:
             skipped.append(number)

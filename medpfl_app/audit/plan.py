@@ -1,12 +1,14 @@
 """The audit plan: which updates are attacked, by what, and at what budget (frozen, validated, plain JSON).
 
-Cheap steps run first on every audited update (label recovery from the last layer, BatchNorm-statistics
-exposure); then one optimisation attack with a fixed iteration budget, a wall-clock limit and early stopping on
-the matching loss.
+Cheap screening runs first on every audited update (label recovery from the last layer, BatchNorm-statistics
+exposure); then the escalating attack ladder (`medpfl_app.audit.ladder`) inverts the whole update: the plan's
+attack at its base budget, then more iterations and restarts while the attack has not settled, within a
+per-update wall-clock budget.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -20,18 +22,24 @@ class AuditPlan:
 
     Attributes:
         attack: Registered optimisation attack (``medpfl_app.attacks.ATTACKS``); ``none`` runs only the cheap steps.
-        iterations: Optimiser steps of the attack (the fixed budget).
-        restarts: Independent initialisations (best by matching loss).
+        iterations: Optimiser steps of the ladder's first (``full``) stage.
+        restarts: Independent initialisations of the first stage (best by matching loss).
         stop_loss: Early stopping once the matching loss is below this (0 disables it).
-        time_limit_s: Wall-clock seconds one attack may use (None: iterations only). The attack stops after the
-            step that crosses it and the record says ``stop_reason: time_limit``; it bounds how long the audit
-            can hold the end of the run on a slow server.
+        time_limit_s: Wall-clock seconds the whole ladder may spend on one update (None: iterations only). A
+            stage that crosses it stops within one evaluation; the record says ``stop_reason: time_limit`` and,
+            when that left the ladder unsettled, the verdict is ``inconclusive`` with the budget that would settle
+            it. It also bounds how long the audit can hold the end of the run.
+        screening_iterations: Iterations of the ladder's screening probe on the whole update (0: no probe). It
+            settles an update it already matches and measures the attack's speed, so a stage that cannot fit the
+            remaining time budget is not started.
+        escalations: Stages after the first, each run only while the previous one has not settled (matched or
+            stalled) and time remains.
+        escalation_factor: Each escalation runs this many times the previous stage's iterations, with twice its
+            restarts.
         options: Further `MatchingConfig` fields for the attack (plain JSON), e.g. ``{"objective": "l2"}``.
-        max_images: At most this many images are reconstructed per update. An update that covers more (large
-            batch or many local steps) is attacked as ``max_images`` images against the update treated as one
-            approximate gradient: a weaker, bounded attack, stated in the record's ``attack_budget``.
-        max_local_steps: Above this many local steps the update is treated as one approximate gradient instead of
-            unrolling the steps (unrolling memory and time grow with the steps).
+        max_images: The largest whole update (images it declares) the audit attacks. A larger one is not
+            attacked: its verdict is ``inconclusive`` naming this cap (a reduced attack is no basis for a verdict).
+        max_local_steps: The most local steps the audit unrolls; a larger update is ``inconclusive`` likewise.
         every_n_rounds: Audit rounds 0, n, 2n, … (1: every round).
         sites: Only these sites (empty: every site).
         score_timeout_s: How long the server waits for a site's scores over the auxiliary channel.
@@ -42,15 +50,20 @@ class AuditPlan:
     iterations: int = 500
     restarts: int = 1
     stop_loss: float = 1e-10
-    time_limit_s: float | None = 120.0
+    #: Bounded cost on a 2-core server: the screening probe and the base stage of a one-image LeNet update fit
+    #: easily; a large update gets the probe only and an inconclusive verdict naming the budget it would need.
+    time_limit_s: float | None = 10.0
+    screening_iterations: int = 20
+    escalations: int = 2
+    escalation_factor: int = 4
     #: Exact-gradient matching for one-step SGD updates (L2, unsigned Adam lr 0.1, constant step, no TV prior):
     #: on the demo's sigmoid LeNet at 32 px it reaches SSIM > 0.9999 on one image in 500 steps for every seed
     #: tried, where the cosine/signed/TV preset stalls near 0.6 and a TV prior dominates the tiny L2 loss.
     options: Mapping[str, Any] = field(
         default_factory=lambda: {"objective": "l2", "signed": False, "lr": 0.1, "tv": 0.0, "lr_decay": False}
     )
-    max_images: int = 4
-    max_local_steps: int = 1
+    max_images: int = 64
+    max_local_steps: int = 16
     every_n_rounds: int = 1
     sites: tuple[str, ...] = ()
     score_timeout_s: float = 30.0
@@ -63,11 +76,16 @@ class AuditPlan:
             raise MedPFLError(
                 f"unknown audit attack {self.attack!r}", fix=f"use 'none' or one of {', '.join(ATTACKS.names())}"
             )
-        for label in ("iterations", "restarts", "max_images", "max_local_steps", "every_n_rounds"):
+        for label, minimum in (("iterations", 1), ("restarts", 1), ("max_images", 1), ("max_local_steps", 1),
+                               ("every_n_rounds", 1), ("escalations", 0), ("escalation_factor", 2),
+                               ("screening_iterations", 0)):
             value = getattr(self, label)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MedPFLError(f"audit plan {label} must be an integer >= 1, got {value!r}", fix=f"set {label} >= 1")
-        if self.time_limit_s is not None and (isinstance(self.time_limit_s, bool) or not self.time_limit_s > 0):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise MedPFLError(f"audit plan {label} must be an integer >= {minimum}, got {value!r}",
+                                  fix=f"set {label} >= {minimum}")
+        if self.time_limit_s is not None and (
+            isinstance(self.time_limit_s, bool) or not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s))
+        ):
             raise MedPFLError(
                 f"audit plan time_limit_s must be > 0 seconds or null, got {self.time_limit_s!r}",
                 fix="e.g. 120, or null for no wall-clock limit",
@@ -94,7 +112,11 @@ class AuditPlan:
         if unknown:
             raise MedPFLError(f"unknown audit plan key(s): {', '.join(unknown)}", fix=f"use {sorted(known)}")
         if "sites" in values:
-            values["sites"] = tuple(values["sites"] or ())
+            sites = values["sites"] or ()
+            if isinstance(sites, str) or not all(isinstance(site, str) for site in sites):
+                raise MedPFLError(f"audit plan sites must be a list of site names, got {sites!r}",
+                                  fix='write e.g. "sites": ["site-1"] (an empty list audits every site)')
+            values["sites"] = tuple(sites)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from medpfl_app.errors import MedPFLError
 #: The only keys a site's score reply may carry (checked before anything is sent).
 SCORE_KEYS = (
     "status", "reason", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate", "label_accuracy",
-    "identifiability", "relative_leakage", "ssim_threshold", "images_used", "reconstructions_scored",
+    "identifiability", "identifiability_chance", "identifiability_excess", "identifiability_p_value",
+    "relative_leakage", "ssim_threshold", "images_used", "reconstructions_scored",
 )
 
 
@@ -36,9 +37,12 @@ def score_reconstructions(
 
     When the attack reconstructed fewer images than the update used (a bounded audit), each reconstruction is
     paired with a distinct used image by Hungarian matching on MSE, which favours the attacker (worst case for the
-    site); with more reconstructions than images, the best-matching ones are scored. Identifiability (is the
-    site image nearest to a reconstruction the true one, among all the site's training images) is reported only
-    when every used image has its own reconstruction: otherwise the pairing has already chosen the nearest images.
+    site); with more reconstructions than images, the best-matching ones are scored. Identifiability is measured
+    without that pairing (it would favour hits even for noise): the share of the used images that are, for some
+    reconstruction, the most similar of all the site's training images (SSIM), with the share noise and other
+    uninformative images reach (chance), the excess over chance and the p-value
+    (`medpfl_app.metrics.leakage.identifiability`). It is reported only when the attack returned at least one
+    reconstruction per used image.
 
     Args:
         reconstructions: ``(N, C, H, W)`` from the server, in [0, 1].
@@ -51,9 +55,12 @@ def score_reconstructions(
 
     Returns:
         ``{"status": "scored", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate",
-        "label_accuracy", "identifiability", "relative_leakage", ...}`` — floats or None, plus counts.
+        "label_accuracy", "identifiability", "identifiability_chance", "identifiability_excess",
+        "identifiability_p_value", "relative_leakage", ...}`` — floats or None, plus counts. Identification is
+        significantly above chance when ``identifiability_p_value`` is below
+        `medpfl_app.metrics.leakage.IDENTIFIABILITY_ALPHA` (0.01).
     """
-    from medpfl_app.metrics import evaluate_reconstruction
+    from medpfl_app.metrics import evaluate_reconstruction, identifiability
 
     recon = torch.as_tensor(np.asarray(reconstructions, dtype=np.float32)).clamp(0, 1)
     rows, cols = pair_reconstructions(recon, used_images)
@@ -65,9 +72,16 @@ def score_reconstructions(
         recovered_labels=labels_hat,
         true_labels=labels_true,
         prior=pool.float().mean(dim=0),  # uninformed about which patient: the site's mean image
-        pool=pool.float(),
-        pool_indices=[int(used_positions[c]) for c in cols],
         ssim_threshold=ssim_threshold,
+    )
+    # Identifiability needs a reconstruction for every used image. With fewer (the attack solved a smaller problem
+    # than the update), at most N of the M used images can be identified, so the share is capped at N/M by
+    # construction: a low value would describe the reduced attack, not what the update leaks. Not reported then.
+    # It never uses the pairing above, which looks at the originals and so turns noise into hits.
+    ident = (
+        identifiability(recon, [int(p) for p in used_positions], pool.float())
+        if recon.shape[0] >= used_images.shape[0]
+        else None
     )
     relative = report.relative_leakage
     scores = {
@@ -79,9 +93,10 @@ def score_reconstructions(
         "ssim_max": _finite(np.max(report.ssim)),
         "attack_success_rate": _finite(report.asr),
         "label_accuracy": _finite(report.label_accuracy),
-        # With fewer reconstructions than used images, the pairing itself picked the nearest originals, so the
-        # nearest-image test would be biased towards hits: not reported.
-        "identifiability": _finite(report.identifiability) if recon.shape[0] >= used_images.shape[0] else None,
+        "identifiability": _finite(ident.share) if ident is not None else None,
+        "identifiability_chance": _finite(ident.chance_mean) if ident is not None else None,
+        "identifiability_excess": _finite(ident.excess) if ident is not None else None,
+        "identifiability_p_value": _finite(ident.p_value) if ident is not None else None,
         "relative_leakage": _finite(max(relative)) if relative else None,
         "ssim_threshold": float(ssim_threshold),
         "images_used": int(used_images.shape[0]),

@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
@@ -32,18 +34,16 @@ from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from medpfl_app.audit.core import (
-    AuditItem,
-    copy_arrays,
-    not_auditable_reason,
-    plain_meta,
-)
+from medpfl_app.audit.core import AuditItem, copy_arrays, not_auditable_reason
+from medpfl_app.audit.facts import InvalidMeta, ModelSpec, validate_meta
 from medpfl_app.audit.ledger import LEDGER_FILE
 
 RECORD_FOLDER = "medpfl"
 HIGH_RISK_ACTIONS = ("report", "stop_job", "exclude_site")
 #: Meta key (plain JSON, kept in the ledger record as ``policy_action``) on an update the policy kept out of FedAvg.
 POLICY_ACTION_KEY = "medpfl_policy_action"
+#: Policy action on an update carrying NaN or Inf: never aggregated, whatever the job's on_high_risk says.
+REJECTED_NON_FINITE = "rejected_non_finite"
 _KEEP_ROUNDS = 3
 
 _cache_lock = threading.Lock()
@@ -53,6 +53,40 @@ _weights: dict[tuple[str | None, int], dict[str, Any]] = {}  # (job id, round) -
 def _rounded(value: Any) -> Any:
     """A score for a log line: 3 decimals when it is a number, else as it is (e.g. None when unscored)."""
     return round(value, 3) if isinstance(value, float) else value
+
+
+def _round_of(shareable: Shareable) -> int | None:
+    """The round header as an int (a site controls what it sends back: anything else is None)."""
+    value = shareable.get_header(AppConstants.CURRENT_ROUND)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
+        return None
+    return value
+
+
+def _values_in(value: Any) -> int:
+    """Number of values in a NumPy array or torch tensor (0 for anything else)."""
+    if hasattr(value, "numel"):
+        return int(value.numel())
+    size = getattr(value, "size", 0)
+    return int(size) if isinstance(size, (int, np.integer)) else 0
+
+
+def non_finite_entry(shareable: Shareable) -> str | None:
+    """The name of the first floating-point update entry holding NaN or Inf, or None (never raises).
+
+    One vectorised pass per array: the only per-update work `AuditFilter.process` does beyond the copy.
+    """
+    try:
+        data = from_shareable(shareable).data
+    except Exception:  # noqa: BLE001 - not a DXO: nothing numeric to check
+        return None
+    if not isinstance(data, dict):
+        return None
+    for name, value in data.items():
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+        if isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            return str(name)[:200]
+    return None
 
 
 def cached_global_weights(job_id: str | None, round_number: int | None) -> dict[str, Any] | None:
@@ -114,6 +148,15 @@ class AuditFilter(Filter):
             each site is asked for matching originals (written as ``original_<i>.png`` beside them; a site sends
             them only when its own scorer allows it and its data is the synthetic demo set) and the end-of-run
             report embeds them. Reconstructions of real data are patient data: turn this on for demo data only.
+        isolate: Default on: the attack work runs in a separate worker process at lower CPU priority
+            (`medpfl_app.audit.isolation.AuditProcess`), so training keeps the CPU and an attack that overruns its
+            budget is stopped; off runs it on a thread of the server process.
+        model: The job's model ``{"network", "image_size", "in_channels", "num_classes"}`` (the job generator
+            writes it). The audit rebuilds the network from this, never from what a site declares; a site whose
+            meta claims another model is recorded ``not_audited: invalid meta``. None (older job folders): the
+            site's declared model facts are used after bounds checks.
+        memory_limit_mb: Memory one audit may allocate in the isolated worker process (None: no limit); past it
+            the audit is recorded ``not_audited`` with the reason.
     """
 
     def __init__(
@@ -125,6 +168,9 @@ class AuditFilter(Filter):
         ssim_threshold: float = 0.9,
         on_high_risk: str = "report",
         store_reconstructions: bool = False,
+        isolate: bool = True,
+        model: dict | None = None,
+        memory_limit_mb: float | None = 4096.0,
     ) -> None:
         super().__init__()
         from medpfl_app.audit.plan import AuditPlan
@@ -139,6 +185,12 @@ class AuditFilter(Filter):
         if not isinstance(store_reconstructions, bool):
             raise TypeError(f"store_reconstructions must be true or false, got {store_reconstructions!r}")
         self.store_reconstructions = store_reconstructions
+        if not isinstance(isolate, bool):
+            raise TypeError(f"isolate must be true or false, got {isolate!r}")
+        self.isolate = isolate
+        self.model = model
+        self._model = ModelSpec.from_dict(model)
+        self.memory_limit_mb = memory_limit_mb
         self._thumbnail_dir: str | None = None
         if on_high_risk not in HIGH_RISK_ACTIONS:
             from medpfl_app.errors import MedPFLError
@@ -231,44 +283,60 @@ class AuditFilter(Filter):
             from medpfl_app.audit.thumbnail_store import THUMBNAILS_FOLDER
 
             self._thumbnail_dir = os.path.join(os.path.dirname(ledger.path), THUMBNAILS_FOLDER)
+        runner = None
+        if self.isolate:
+            from medpfl_app.audit.isolation import AuditProcess
+
+            runner = AuditProcess(memory_limit_mb=self.memory_limit_mb)
+            runner.warm_up()  # torch imports in the child while the first round trains
         self._worker = AuditWorker(
             ledger, self._plan, policy=self._policy, scorer=self._score_at_site, max_queue=self.max_queue,
-            job_id=fl_ctx.get_job_id(), on_record=self._act_on_record,
+            job_id=fl_ctx.get_job_id(), on_record=self._act_on_record, ssim_threshold=self.ssim_threshold,
+            runner=runner,
         )
+        try:
+            self._worker.expect_sites(client.name for client in self._engine.get_clients())
+        except Exception:  # noqa: BLE001 - the share then grows as sites are seen
+            pass
         self.log_info(fl_ctx, f"MedPFL audit: ledger at {ledger.path}; plan {self._plan.to_dict()}")
 
     # --- the filter -----------------------------------------------------------------------------------------
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        excluded_because = self._exclusion_of(shareable, fl_ctx)
+        action = self._policy_action_for(shareable, fl_ctx)
         try:
-            self._queue(shareable, fl_ctx, excluded_because)
+            self._queue(shareable, fl_ctx, action)
         except Exception as error:  # noqa: BLE001 - never cost a site its contribution
             try:
                 self.log_warning(fl_ctx, f"MedPFL audit: could not queue the update: {error!r}")
                 worker = self._worker
                 if worker is not None:
                     peer = fl_ctx.get_peer_context()
-                    worker.note(site=peer.get_identity_name() if peer else None,
-                                round_number=shareable.get_header(AppConstants.CURRENT_ROUND),
-                                status="not_audited", reason=f"internal error in the audit filter: {error!r}")
+                    worker.note(site=peer.get_identity_name() if peer else None, round_number=_round_of(shareable),
+                                status="not_audited", reason=f"internal error in the audit filter: {error!r}",
+                                meta={POLICY_ACTION_KEY: action} if action else None)
             except Exception:  # noqa: BLE001
                 pass
-        if excluded_because is not None:
-            return self._excluded_result(shareable, excluded_because, fl_ctx)
+        if action is not None:
+            return self._excluded_result(shareable, action, fl_ctx)
         return shareable
 
-    def _exclusion_of(self, shareable: Shareable, fl_ctx: FLContext) -> str | None:
-        """Why the policy keeps this site's update out of aggregation, or None (never raises)."""
+    def _policy_action_for(self, shareable: Shareable, fl_ctx: FLContext) -> dict[str, str] | None:
+        """What keeps this update out of aggregation: non-finite values, or the exclude_site policy (never raises)."""
+        non_finite = non_finite_entry(shareable)
+        if non_finite is not None:
+            return {"action": REJECTED_NON_FINITE,
+                    "reason": f"update entry {non_finite!r} holds NaN or Inf values: rejected, not aggregated"}
         if not self._excluded:
             return None
         try:
             peer = fl_ctx.get_peer_context()
             site = peer.get_identity_name() if peer else shareable.get_peer_prop("__identity_name__", None)
-            return self._excluded.get(site)
+            reason = self._excluded.get(site)
         except Exception:  # noqa: BLE001 - no site name: nothing to exclude by
             return None
+        return None if reason is None else {"action": "excluded_from_aggregation", "reason": reason}
 
-    def _excluded_result(self, shareable: Shareable, reason: str, fl_ctx: FLContext) -> Shareable:
+    def _excluded_result(self, shareable: Shareable, action: dict[str, str], fl_ctx: FLContext) -> Shareable:
         """The result with its weights emptied (FedAvg skips it); the meta says why. Fails closed to an empty DXO."""
         from nvflare.apis.dxo import DXO, DataKind
 
@@ -277,20 +345,23 @@ class AuditFilter(Filter):
             kind, meta = original.data_kind, dict(original.meta or {})
         except Exception:  # noqa: BLE001 - not a DXO: replace it all the same
             kind, meta = DataKind.WEIGHT_DIFF, {}
-        meta[POLICY_ACTION_KEY] = {"action": "excluded_from_aggregation", "reason": reason}
+        meta[POLICY_ACTION_KEY] = dict(action)
         DXO(data_kind=kind, data={}, meta=meta).update_shareable(shareable)
         try:
-            self.log_warning(fl_ctx, f"MedPFL audit policy exclude_site: update not aggregated ({reason})")
+            self.log_warning(fl_ctx, f"MedPFL audit policy {action['action']}: update not aggregated "
+                                     f"({action['reason']})")
         except Exception:  # noqa: BLE001
             pass
         return shareable
 
-    def _queue(self, shareable: Shareable, fl_ctx: FLContext, excluded_because: str | None = None) -> None:
+    def _queue(self, shareable: Shareable, fl_ctx: FLContext, policy_action: dict[str, str] | None = None) -> None:
         worker = self._ensure_worker(fl_ctx)
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name() if peer else shareable.get_peer_prop("__identity_name__", None)
-        round_number = shareable.get_header(AppConstants.CURRENT_ROUND)
-        if not self._plan.selects(site, round_number):
+        round_number = _round_of(shareable)
+        if not self._plan.selects(site, round_number):  # recorded, so the report never counts it as lost
+            worker.note(site=site, round_number=round_number, status="not_audited",
+                        reason="not selected by the audit plan (its every_n_rounds or sites)")
             return
         try:
             dxo = from_shareable(shareable)
@@ -298,21 +369,44 @@ class AuditFilter(Filter):
             worker.note(site=site, round_number=round_number, status="not_auditable",
                         reason=not_auditable_reason(None, None, None))
             return
-        meta = dict(dxo.meta or {})
-        reason = not_auditable_reason(dxo.data_kind, dxo.data, meta)
-        kept = plain_meta(meta)
-        if excluded_because is not None:
-            kept[POLICY_ACTION_KEY] = {"action": "excluded_from_aggregation", "reason": excluded_because}
+        meta = dxo.meta if isinstance(dxo.meta, dict) else {}
+        if policy_action is not None and policy_action["action"] == REJECTED_NON_FINITE:
+            worker.note(site=site, round_number=round_number, status="not_audited", reason=policy_action["reason"],
+                        meta={POLICY_ACTION_KEY: policy_action})
+            return
+        try:
+            kept = validate_meta(meta, model=self._model)
+        except InvalidMeta as error:  # untrusted meta: recorded, never allocated from
+            worker.note(site=site, round_number=round_number, status="not_audited",
+                        reason=f"invalid meta ({error.problem}; {error.fix})",
+                        meta={POLICY_ACTION_KEY: policy_action} if policy_action else {})
+            return
+        if policy_action is not None:
+            kept[POLICY_ACTION_KEY] = policy_action
+        reason = not_auditable_reason(dxo.data_kind, dxo.data, kept) or self._size_refusal(dxo.data, fl_ctx,
+                                                                                             round_number)
         if reason is not None:
             worker.note(site=site, round_number=round_number, status="not_auditable", reason=reason, meta=kept)
             return
         job_id = fl_ctx.get_job_id()
         item = AuditItem(
-            site=site, round=None if round_number is None else int(round_number), job_id=job_id,
+            site=site, round=round_number, job_id=job_id,
             data_kind=dxo.data_kind, update=copy_arrays(dxo.data),
             global_weights=cached_global_weights(job_id, round_number), meta=kept, received_at=time.time(),
         )
         worker.submit(item)
+
+    def _size_refusal(self, data: Any, fl_ctx: FLContext, round_number: int | None) -> str | None:
+        """Why an update is too large to copy for the audit (more values than the global model it answers)."""
+        weights = cached_global_weights(fl_ctx.get_job_id(), round_number)
+        if not weights or not isinstance(data, dict):
+            return None
+        expected = sum(_values_in(v) for v in weights.values())
+        received = sum(_values_in(v) for v in data.values())
+        if received > 2 * expected + 1024:
+            return (f"the update holds {received} values, far more than the {expected} of the global model it "
+                    "answers: not copied for the audit")
+        return None
 
     # --- policy action (runs on the ledger thread, after the record is durable) --------------------------------
     def _act_on_record(self, record: dict[str, Any]) -> None:
@@ -353,19 +447,40 @@ class AuditFilter(Filter):
         self.system_panic(reason, fl_ctx)
 
     # --- the site round-trip (runs on the worker thread) ----------------------------------------------------
-    def _score_at_site(self, site: str, round_number: int | None, reconstructions, labels) -> dict[str, Any]:
-        """Ask ``site`` for scalar scores; with ``store_reconstructions``, also store the thumbnails.
+    def _score_at_site(self, item: AuditItem, reconstructions, labels) -> dict[str, Any]:
+        """Ask the item's site for scalar scores of the reconstructions of its update; with
+        ``store_reconstructions``, also store the thumbnails. Runs on the attack thread.
+
+        The request carries the digest of the update as received (`medpfl_app.audit.update_digest`, computed here,
+        never in ``process()``): the site scores only an update it recorded sending, once.
 
         Raises:
             MedPFLError: The site's scores are not scalars (the worker records them unavailable).
         """
+        from medpfl_app.audit.worker import unavailable_scores
+
+        site, round_number = item.site, item.round
         originals = None
         try:
-            scores, originals = self._ask_site(site, round_number, reconstructions, labels)
+            digest = self._received_digest(item)
+            if digest is None:
+                scores = unavailable_scores("the update as received could not be digested for the score request")
+            else:
+                scores, originals = self._ask_site(site, round_number, reconstructions, labels, update_digest=digest)
         finally:  # the reconstructions are stored even when the site cannot be reached
             if self.store_reconstructions:
                 self._store_thumbnails(site, round_number, reconstructions, originals)
         return scores
+
+    def _received_digest(self, item: AuditItem) -> str | None:
+        """`medpfl_app.audit.update_digest.update_digest` of the update as received; None (logged) if impossible."""
+        from medpfl_app.audit.update_digest import update_digest
+
+        try:
+            return update_digest(item.update)
+        except ValueError as error:
+            self.logger.warning(f"MedPFL audit: cannot digest {item.site}'s round {item.round} update: {error}")
+            return None
 
     def _store_thumbnails(self, site: str, round_number: int | None, reconstructions, originals) -> None:
         """Write the round's PNGs owner-only; a failure is logged, never raised (the scores still count)."""
@@ -380,8 +495,14 @@ class AuditFilter(Filter):
         except Exception as error:  # noqa: BLE001 - thumbnails must never cost the audit record
             self.logger.warning(f"MedPFL audit: could not store thumbnails for {site} round {round_number}: {error!r}")
 
-    def _ask_site(self, site: str, round_number: int | None, reconstructions, labels):
-        """``(scores, originals)``: the site's scalar scores and any synthetic demo originals it released."""
+    def _ask_site(self, site: str, round_number: int | None, reconstructions, labels, *,
+                  update_digest: str | None = None):
+        """``(scores, originals)``: the site's scalar scores and any synthetic demo originals it released.
+
+        ``update_digest`` names the update (`medpfl_app.audit.update_digest`); a site refuses a request without
+        the digest of an update it sent, and a second request for the same update. Its refusal reason is recorded
+        as the reason the scores are unavailable.
+        """
         from medpfl_app.audit import site_scorer as sc
         from medpfl_app.audit.worker import unavailable_scores
 
@@ -390,8 +511,9 @@ class AuditFilter(Filter):
             return unavailable_scores("the server engine is not available"), None
         request = Shareable()
         request[sc.REQUEST_ROUND] = round_number
-        request[sc.REQUEST_RECONSTRUCTIONS] = reconstructions
-        request[sc.REQUEST_LABELS] = labels
+        request[sc.REQUEST_DIGEST] = update_digest
+        request[sc.REQUEST_RECONSTRUCTIONS] = np.ascontiguousarray(reconstructions, dtype=np.float32)
+        request[sc.REQUEST_LABELS] = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
         request[sc.REQUEST_THRESHOLD] = float(self.ssim_threshold)
         if self.store_reconstructions:  # only then: a server that stores nothing has no use for ground truth
             request[sc.REQUEST_ORIGINALS] = True
@@ -406,6 +528,11 @@ class AuditFilter(Filter):
         code = reply.get_return_code()
         if code != "OK":
             return unavailable_scores(f"{site} answered {code} (no scorer component, or it timed out)"), None
+        refused = reply.get(sc.REPLY_REFUSED)
+        if refused is not None:
+            reason = str(refused)[:300]
+            self.logger.warning(f"MedPFL audit: {site} refused to score round {round_number}: {reason}")
+            return unavailable_scores(f"{site} refused the score request: {reason}"), None
         scores = reply.get(sc.REPLY_SCORES)
         if not isinstance(scores, dict):
             return unavailable_scores(f"{site} sent no scores"), None

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,15 +22,18 @@ from medpfl_app.audit.core import (
     audit_update,
     epsilon_so_far,
     library_versions,
+    warm_up_audit,
 )
+from medpfl_app.audit.isolation import AuditRunner
 from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.plan import AuditPlan
-from medpfl_app.audit.risk import RiskPolicy, assess_risk
+from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 
 logger = logging.getLogger("medpfl.audit")
 
-#: ``scorer(site, round, reconstructions, labels) -> site_scores`` (plain scalars with ``status``).
-SiteScorer = Callable[[str, int | None, np.ndarray, np.ndarray | None], Mapping[str, Any]]
+#: ``scorer(item, reconstructions, labels) -> site_scores`` (plain scalars with ``status``): asks ``item.site`` to
+#: score the reconstructions of the update ``item`` holds (the request names that update by its digest).
+SiteScorer = Callable[[AuditItem, np.ndarray, np.ndarray | None], Mapping[str, Any]]
 
 THREAT_MODEL = (
     "honest-but-curious server: knows the architecture, the global weights the site started from, the update exactly "
@@ -41,6 +44,20 @@ THREAT_MODEL = (
 def unavailable_scores(reason: str) -> dict[str, Any]:
     """Site scores that could not be obtained, with the reason (server indicators still stand)."""
     return {"status": "unavailable", "reason": reason}
+
+
+def metric_settings(ssim_threshold: float, significance: float = RiskPolicy().significance) -> dict[str, Any]:
+    """The yardstick every leakage number of a record was measured with (stated in every report)."""
+    from medpfl_app.metrics.image import SSIM_SETTINGS
+    from medpfl_app.metrics.leakage import IDENTIFIABILITY_DEFINITION
+
+    return {
+        "ssim": dict(SSIM_SETTINGS),
+        "psnr": {"data_range": 1.0, "per_image": True},
+        "success_threshold_ssim": float(ssim_threshold),
+        "identifiability": IDENTIFIABILITY_DEFINITION,
+        "significance": float(significance),
+    }
 
 
 def build_record(
@@ -56,12 +73,18 @@ def build_record(
     policy: RiskPolicy,
     plan: AuditPlan,
     versions: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One ledger record (schema ``medpfl.audit/1``, see `medpfl_app.audit.ledger`) from the audit's parts."""
+    """One ledger record (schema ``medpfl.audit/2``, see `medpfl_app.audit.ledger`) from the audit's parts."""
     epsilon = epsilon_so_far(meta)
     indicators = dict(outcome.server_indicators) if outcome else {}
+    budget = dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0}
     scores = dict(site_scores) if site_scores else unavailable_scores(reason or "no reconstruction to score")
     threat = {"declared": THREAT_MODEL, **(dict(outcome.threat_model) if outcome else {})}
+    verdict = assess_verdict(
+        status=status, reason=reason, site_scores=scores,
+        attack=AttackEvidence.from_record(indicators, budget), policy=policy,
+    )
     return {
         "job_id": job_id,
         "site": site,
@@ -78,11 +101,13 @@ def build_record(
         "epsilon": epsilon,
         "server_indicators": indicators,
         "site_scores": scores,
-        "risk": assess_risk(
-            status=status, site_scores=scores, server_indicators=indicators, epsilon=epsilon, policy=policy
-        ),
+        "risk": str(verdict.level),
+        "verdict": verdict.to_json(),
         "risk_policy": policy.to_dict(),
-        "attack_budget": dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0},
+        "attack_budget": budget,
+        "ladder": [dict(stage) for stage in outcome.ladder] if outcome else [],
+        "ladder_complete": bool(budget.get("ladder_complete")),
+        "metric_settings": dict(settings) if settings is not None else metric_settings(0.9),
         "training_facts": {key: meta.get(key) for key in ("batch_size", "local_steps", "learning_rate", "optimizer",
                                                          "num_train_images", "bn_buffers_included", "dp_sgd")},
         # Set when the audit policy kept this update out of aggregation (`AuditFilter(on_high_risk="exclude_site")`).
@@ -102,6 +127,10 @@ class AuditWorker:
         job_id: Written into every record.
         audit_fn: The audit of one update (default `medpfl_app.audit.core.audit_update`, looked up at call time).
         on_record: Called on the ledger thread with each record once it is durably written (policy actions).
+        ssim_threshold: SSIM at which the sites count an image as reconstructed (stated in every record).
+        runner: Where the attack work runs (`medpfl_app.audit.isolation`): an `AuditProcess` (a lower-priority,
+            killable worker process, so the audit yields CPU to training and a stalled attack can be stopped) or
+            None to run it on the attack thread itself. The scorer round-trip always stays in this process.
     """
 
     def __init__(
@@ -115,8 +144,12 @@ class AuditWorker:
         job_id: str | None = None,
         audit_fn: Callable[[AuditItem, AuditPlan], AuditOutcome] | None = None,
         on_record: Callable[[dict[str, Any]], None] | None = None,
+        ssim_threshold: float = 0.9,
+        runner: AuditRunner | None = None,
     ) -> None:
         self.ledger = ledger
+        self.ssim_threshold = ssim_threshold
+        self.runner = runner
         self.plan = plan
         self.policy = policy or RiskPolicy()
         self.scorer = scorer
@@ -124,8 +157,13 @@ class AuditWorker:
         self._audit_fn = audit_fn
         self._on_record = on_record
         self._items: queue.Queue[AuditItem | None] = queue.Queue(maxsize=max_queue)
+        self._queued: dict[str | None, int] = {}  # site -> updates waiting (fair share)
+        self._sites_seen: set[str | None] = set()
+        self._queued_lock = threading.Lock()
         self._records: queue.Queue[dict[str, Any] | None] = queue.Queue()  # small dicts: unbounded is safe
         self._versions = library_versions()
+        # imports the metrics here, never in the filter's process()
+        self._metric_settings = metric_settings(ssim_threshold, self.policy.significance)
         self.audited = 0
         self.audit_seconds = 0.0
         self._attacker = threading.Thread(target=self._attack_loop, name="medpfl-audit", daemon=True)
@@ -135,27 +173,45 @@ class AuditWorker:
 
     # --- called from the NVFlare filter: never block, never raise -------------------------------------------
     def submit(self, item: AuditItem) -> bool:
-        """Queue ``item`` for the attack thread; a full queue records it ``not_audited`` and returns False."""
-        try:
-            self._items.put_nowait(item)
-            return True
-        except queue.Full:
-            self.note(
-                site=item.site, round_number=item.round, status="not_audited", meta=item.meta,
-                reason=f"audit queue full ({self._items.maxsize} updates waiting): the attack thread is behind",
-            )
-            return False
+        """Queue ``item`` for the attack thread; returns False (recorded ``not_audited``) when it cannot wait.
+
+        Each site may hold at most its share of the queue (`site_share`), so one site sending many updates cannot
+        crowd the others out; a full queue refuses whoever comes next.
+        """
+        with self._queued_lock:
+            self._sites_seen.add(item.site)
+            share = self.site_share()
+            if self._queued.get(item.site, 0) >= share:
+                reason = (f"{item.site} already has {share} updates waiting, its share of the audit queue "
+                          f"({self._items.maxsize} places over {len(self._sites_seen)} sites)")
+            else:
+                try:
+                    self._items.put_nowait(item)
+                    self._queued[item.site] = self._queued.get(item.site, 0) + 1
+                    return True
+                except queue.Full:
+                    reason = f"audit queue full ({self._items.maxsize} updates waiting): the attack thread is behind"
+        self.note(site=item.site, round_number=item.round, status="not_audited", meta=item.meta, reason=reason)
+        return False
+
+    def expect_sites(self, sites: Iterable[str]) -> None:
+        """Count these sites in the fair share from the start (the server knows its clients)."""
+        with self._queued_lock:
+            self._sites_seen.update(sites)
+
+    def site_share(self) -> int:
+        """Places one site may hold in the queue: an equal share over the sites seen so far (at least one)."""
+        return max(1, self._items.maxsize // max(1, len(self._sites_seen)))
 
     def note(self, *, site: str | None, round_number: int | None, status: str, reason: str,
              meta: Mapping[str, Any] | None = None) -> None:
         """Record an update that was not audited or is not auditable (written by the ledger thread)."""
-        self._records.put(
-            build_record(
-                job_id=self.job_id, site=site, round_number=round_number, status=status, reason=reason,
-                meta=meta or {}, outcome=None, site_scores=None, policy=self.policy, plan=self.plan,
-                versions=self._versions,
-            )
-        )
+        self._records.put(self._record(job_id=self.job_id, site=site, round_number=round_number, status=status,
+                                       reason=reason, meta=meta or {}, outcome=None, site_scores=None))
+
+    def _record(self, **parts: Any) -> dict[str, Any]:
+        return build_record(**parts, policy=self.policy, plan=self.plan, versions=self._versions,
+                            settings=self._metric_settings)
 
     def pending(self) -> int:
         """Updates and records not yet in the ledger."""
@@ -169,11 +225,18 @@ class AuditWorker:
         return not self.pending()
 
     def stop(self) -> None:
-        """Finish what is queued, then end both threads (idempotent)."""
+        """Finish what is queued, then end both threads and the runner (idempotent)."""
         for q, thread in ((self._items, self._attacker), (self._records, self._writer)):
             if thread.is_alive():
                 q.put(None)
                 thread.join(timeout=600)
+        if self.runner is not None:
+            self.runner.close()
+
+    def hard_timeout_s(self) -> float | None:
+        """Seconds after which the runner stops one audit outright: the plan's budget plus screening and slack."""
+        limit = self.plan.time_limit_s
+        return None if limit is None else 1.5 * limit + 60.0
 
     # --- worker threads ---------------------------------------------------------------------------------------
     def _attack_loop(self) -> None:
@@ -183,8 +246,17 @@ class AuditWorker:
             torch.set_num_threads(1)  # leave the other cores to training: the audit must not slow it
         except Exception:  # noqa: BLE001 - only a performance hint
             pass
+        if self.runner is not None:
+            try:  # before the first item: its speed must not include the process's warm-up
+                seconds = self.runner.run(warm_up_audit, timeout_s=600)
+                logger.info("MedPFL audit: worker process warmed up in %.1f s", seconds)
+            except Exception as error:  # noqa: BLE001 - the audits themselves record any lasting failure
+                logger.warning("MedPFL audit: could not warm up the worker process: %s", error)
         while True:
             item = self._items.get()
+            if item is not None:
+                with self._queued_lock:
+                    self._queued[item.site] = max(0, self._queued.get(item.site, 0) - 1)
             try:
                 if item is None:
                     return
@@ -198,17 +270,18 @@ class AuditWorker:
 
     def _audit_one(self, item: AuditItem) -> dict[str, Any]:
         started = time.monotonic()
+        audit_fn = self._audit_fn or audit_update
         try:
-            outcome = (self._audit_fn or audit_update)(item, self.plan)
+            if self.runner is None:
+                outcome = audit_fn(item, self.plan)
+            else:
+                outcome = self.runner.run(audit_fn, item, self.plan, timeout_s=self.hard_timeout_s())
         except Exception as error:  # noqa: BLE001 - recorded, never raised into NVFlare
             from medpfl_app.errors import MedPFLError
 
             reason = f"{error.problem} ({error.fix})" if isinstance(error, MedPFLError) else f"audit failed: {error!r}"
-            return build_record(
-                job_id=self.job_id or item.job_id, site=item.site, round_number=item.round, status="not_audited",
-                reason=reason, meta=item.meta, outcome=None, site_scores=None, policy=self.policy, plan=self.plan,
-                versions=self._versions,
-            )
+            return self._record(job_id=self.job_id or item.job_id, site=item.site, round_number=item.round,
+                                status="not_audited", reason=reason, meta=item.meta, outcome=None, site_scores=None)
         scores: Mapping[str, Any] | None
         if outcome.reconstructions is None:
             scores = unavailable_scores("the plan ran no optimisation attack: nothing to score")
@@ -216,16 +289,13 @@ class AuditWorker:
             scores = unavailable_scores("no site scorer configured on the server")
         else:
             try:
-                scores = self.scorer(item.site, item.round, outcome.reconstructions, outcome.labels)
+                scores = self.scorer(item, outcome.reconstructions, outcome.labels)
             except Exception as error:  # noqa: BLE001
                 scores = unavailable_scores(f"asking the site for scores failed: {error!r}")
         self.audited += 1
         self.audit_seconds += time.monotonic() - started
-        record = build_record(
-            job_id=self.job_id or item.job_id, site=item.site, round_number=item.round, status="audited",
-            reason=None, meta=item.meta, outcome=outcome, site_scores=scores, policy=self.policy, plan=self.plan,
-            versions=self._versions,
-        )
+        record = self._record(job_id=self.job_id or item.job_id, site=item.site, round_number=item.round,
+                              status="audited", reason=None, meta=item.meta, outcome=outcome, site_scores=scores)
         record["attack_budget"]["audit_wall_time_s"] = round(time.monotonic() - started, 3)
         record["attack_budget"]["queue_wait_s"] = round(max(0.0, started_wall(item, started)), 3)
         return record

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medpfl_app.cli.options import non_negative_int, positive_float, positive_int, seed
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``medpfl data {demo,check}`` to the top-level parser."""
@@ -26,18 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Write seeded 2-D brain-MRI-like phantoms (classes no_tumor, glioma, meningioma, pituitary) as NIfTI "
             "files, one datalist per site at OUT/<site>/datalist.json and OUT/manifest.json. Nothing is downloaded."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--out", type=Path, required=True, help="folder to write the data set into")
-    demo.add_argument("--sites", type=int, default=3, help="number of sites (named site-1 … site-N)")
-    demo.add_argument("--train-per-site", type=int, default=32, help="training images per site")
-    demo.add_argument("--val-per-site", type=int, default=16, help="validation images per site")
-    demo.add_argument("--image-size", type=int, default=64, help="side length of the square images in pixels")
+    demo.add_argument("--sites", type=positive_int, default=3, help="number of sites (named site-1 … site-N)")
+    demo.add_argument("--train-per-site", type=positive_int, default=32, help="training images per site")
+    demo.add_argument("--val-per-site", type=non_negative_int, default=16, help="validation images per site (0: none)")
+    demo.add_argument("--image-size", type=positive_int, default=64, help="side length of the square images in pixels")
     demo.add_argument(
         "--partition", choices=("iid", "dirichlet"), default="iid", help="how labels are spread over sites"
     )
-    demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller = more skewed)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same pixels")
+    demo.add_argument(
+        "--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (smaller = more skewed)"
+    )
+    demo.add_argument("--seed", type=seed, default=0, help="random seed; the same seed gives the same pixels")
     demo.set_defaults(func=_run_demo)
 
     check = actions.add_parser(
@@ -45,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="validate a site's data and load every image once",
         description=(
             "Validate a datalist JSON or class-per-folder tree, load every image once through the MONAI transforms "
-            "and print counts per class and the image shape. Without SOURCE, the site's own data configuration is "
+            "(refusing unreadable files and images with NaN/Inf pixels) and print counts per class and the image "
+            "shape. Without SOURCE, the site's own data configuration is "
             "used (MEDPFL_SITE_DATA_CONFIG, <workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly "
             "as the training job finds it. Exits 2 with one clear message on bad data."
         ),
@@ -57,8 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     check.add_argument(
         "--workspace", type=Path, default=None, help="the site's NVFlare workspace (holds local/); without SOURCE"
     )
-    check.add_argument("--image-size", type=int, default=None, help="resize to this size (default: the site's)")
-    check.add_argument("--in-channels", type=int, default=None, help="model input channels (default: the site's)")
+    check.add_argument(
+        "--image-size", type=positive_int, default=None, help="resize to this size (default: the site's)"
+    )
+    check.add_argument(
+        "--in-channels", type=positive_int, default=None, help="model input channels (default: the site's)"
+    )
     check.set_defaults(func=_run_check)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medpfl_app.cli.options import positive_float, positive_int, seed
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,10 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("medpfl_runs/demo"), help="output folder")
-    parser.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
-    parser.add_argument("--rounds", type=int, default=5, help="FedAvg rounds (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=1800.0, help="hard deadline in seconds")
+    parser.add_argument("--sites", type=positive_int, default=3, help="number of sites")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="FedAvg rounds")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the demo data")
+    parser.add_argument("--timeout", type=positive_float, default=1800.0,
+                        help="hard deadline of the simulation in seconds (a finite number > 0)")
     parser.add_argument("--job", default=None,
                         help="catalog job to run (default fedavg_audit; e.g. fedavg_audit_client_dp, fedavg_small_cnn)")
     parser.set_defaults(func=_run)
@@ -28,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from medpfl_app.jobs.demo import DEMO_JOB, run_demo
+    from medpfl_app.errors import MedPFLError
+
+    if args.out.exists() and not args.out.is_dir():
+        raise MedPFLError(f"--out {args.out} is an existing file, not a folder (it is never overwritten)",
+                          fix="pass --out a new or existing folder for the demo's data, job and run")
 
     outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout,
                        job=args.job or DEMO_JOB)
@@ -63,7 +71,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:
-    """One line per round with the sites' mean validation metrics of the global model they received."""
+    """One line per round with the sites' mean validation metrics of the global model they received.
+
+    The metrics file is written from what sites report, so every line is made terminal-safe
+    (`medpfl_app.reports.fields.printable`).
+    """
+    from medpfl_app.reports.fields import printable
+
     lines = ["global model validated by the sites at the start of each round (mean over sites)", "round  accuracy  auroc   val_loss  sites"]
     for record in records:
         metrics = {m.get("name"): m.get("value") for m in record.get("aggregated_metrics", []) if isinstance(m, dict)}
@@ -71,8 +85,8 @@ def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:
             f"{record.get('round', '?'):>5}  {_fmt(metrics.get('accuracy'))}  {_fmt(metrics.get('auroc'))}  "
             f"{_fmt(metrics.get('val_loss'))}  {len(record.get('sites', []))}"
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _fmt(value: object) -> str:
-    return f"{value:8.3f}" if isinstance(value, (int, float)) else f"{'-':>8}"
+    return f"{value:8.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{'-':>8}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medpfl_app.cli.options import positive_float, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="poc_action", metavar="ACTION", required=True)
 
     prepare = actions.add_parser("prepare", help="`nvflare poc prepare` for N sites (replaces startup kits)")
-    prepare.add_argument("--sites", type=int, default=3, help="number of sites site-1..site-N (default 3)")
+    prepare.add_argument("--sites", type=positive_int, default=3, help="number of sites site-1..site-N")
     prepare.set_defaults(func=_prepare)
 
     configure = actions.add_parser(
@@ -40,10 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "install-privacy",
         help="install the site privacy policy (privacy.json scopes) into every POC site",
         description=(
-            "Validate a privacy.json (default: poc_workspace/templates/privacy/privacy.json with scopes public, "
-            "private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope filters run "
-            "before any job filter and no job can disable them. Sites read the policy at start: run this before "
-            "`medpfl poc start` (or restart the system). `show_scopes` in the admin console lists the scopes."
+            "Validate a privacy.json (default: poc_workspace/templates/privacy/privacy.json with the client-level "
+            "DP scopes private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope "
+            "filters run before any job filter and no job can disable them. Sites read the policy at start: run "
+            "this before `medpfl poc start` (or restart the system). `show_scopes client` in the admin console "
+            "lists the scopes."
         ),
     )
     privacy.add_argument("--template", default="default", help="'default' or the path of a privacy.json")
@@ -51,12 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privacy.set_defaults(func=_install_privacy)
 
     start = actions.add_parser("start", help="start server and sites and wait until all sites are connected")
-    start.add_argument("--timeout", type=float, default=300.0)
+    start.add_argument("--timeout", type=positive_float, default=300.0,
+                       help="seconds to wait for every site to connect (a finite number > 0)")
     start.set_defaults(func=_start)
 
     submit = actions.add_parser("submit", help="submit a job folder through the FLARE API and wait for it")
     submit.add_argument("job", type=Path, help="job folder, e.g. jobs/fedavg_small_cnn")
-    submit.add_argument("--timeout", type=float, default=1800.0)
+    submit.add_argument("--timeout", type=positive_float, default=1800.0,
+                        help="seconds to wait for the job to finish (a finite number > 0)")
     submit.add_argument("--download", type=Path, default=Path("medpfl_runs/poc_results"), help="result folder")
     submit.set_defaults(func=_submit)
 
@@ -65,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     run = actions.add_parser("run", help="prepare, configure demo data, start, submit JOB, download, stop")
     run.add_argument("job", type=Path, nargs="?", default=Path("jobs/fedavg_small_cnn"))
-    run.add_argument("--sites", type=int, default=3)
-    run.add_argument("--timeout", type=float, default=1800.0)
+    run.add_argument("--sites", type=positive_int, default=3, help="number of sites site-1..site-N")
+    run.add_argument("--timeout", type=positive_float, default=1800.0,
+                     help="seconds to wait for the job to finish (a finite number > 0)")
     run.add_argument("--download", type=Path, default=Path("medpfl_runs/poc_results"))
     run.set_defaults(func=_run)
 

@@ -1,4 +1,4 @@
-"""MONAI datasets and data loaders for one site, failing early and clearly on unreadable images."""
+"""MONAI datasets and data loaders for one site, failing early and clearly on unreadable or NaN/Inf images."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def build_dataset(
     """Wrap items in a MONAI ``CacheDataset`` (``config.cache_rate > 0``) or a lazy ``Dataset``.
 
     Every image is read once here: cached images while the cache fills, the others (``cache_rate < 1``) by a
-    validation pass that keeps nothing, so a corrupt file stops the site before training starts.
+    validation pass that keeps nothing, so a corrupt file, or one with NaN/Inf pixels, stops the site before training
+    starts. With ``validate=False`` the same checks run on first use of each item, so no such image is ever
+    yielded.
 
     Args:
         items: ``{"image": path, "label": int}`` items; training items also get ``"index"``, their position in
@@ -40,7 +42,7 @@ def build_dataset(
         A dataset of ``{"image": FloatTensor[C, H, W], "label": LongTensor[][, "index": LongTensor[]]}``.
 
     Raises:
-        MedPFLError: If an image cannot be read or has an unusable shape, naming the site and file.
+        MedPFLError: If an image cannot be read, has an unusable shape or NaN/Inf pixels, naming the site and file.
     """
     data = [dict(item) for item in items]
     if train:
@@ -91,7 +93,7 @@ def build_dataloaders(
         ``(train_loader, val_loader)``; the validation loader is empty if the site has no validation items.
 
     Raises:
-        MedPFLError: If an image cannot be read, naming the site and file.
+        MedPFLError: If an image cannot be read or has NaN/Inf pixels, naming the site and file.
     """
     train_set = build_dataset(site_data.training, config, train=True, site=site, progress=progress)
     val_set = build_dataset(site_data.validation, config, train=False, site=site, progress=progress)

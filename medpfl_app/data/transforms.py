@@ -24,6 +24,7 @@ from monai.transforms import (
     Transform,
 )
 
+from medpfl_app.data.check import check_finite
 from medpfl_app.data.config import DataConfig
 from medpfl_app.data.datalist import image_suffix
 from medpfl_app.errors import MedPFLError
@@ -185,6 +186,27 @@ class GuardedLoadImaged(MapTransform):
         return _root_cause(error)
 
 
+class FiniteGuardd(MapTransform):
+    """Dictionary transform refusing images with NaN/Inf values (`check_finite`), naming the file and the site.
+
+    Placed right after loading it checks every pixel of the file (the whole volume, not only the slice used);
+    placed after scaling it catches finite but extreme intensities that overflow to NaN/Inf there.
+    """
+
+    def __init__(self, keys: KeysCollection, *, site: str | None = None, stage: str | None = None) -> None:
+        super().__init__(keys)
+        self.site = site
+        self.stage = stage
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            image = out[key]
+            source = getattr(image, "meta", {}).get("filename_or_obj", f"an image ({key})")
+            check_finite(image, source, site=self.site, stage=self.stage)
+        return out
+
+
 def find_medpfl_error(error: BaseException) -> MedPFLError | None:
     """Return the `MedPFLError` that caused ``error`` (MONAI wraps transform errors in ``RuntimeError``s)."""
     seen: set[int] = set()
@@ -248,9 +270,10 @@ def build_transforms(config: DataConfig, *, train: bool, site: str | None = None
     """Build the deterministic transform chain for training (``train=True``) or validation items.
 
     Steps: load (NIfTI via nibabel, DICOM via pydicom, PNG/JPEG via PIL, all in row-major ``[rows, columns]``
-    order), channel-first, 3-D volumes sliced to 2-D along ``config.slice_axis``, channels adapted to
-    ``config.in_channels``, min–max intensity scaling to [0, 1], resize to ``image_size × image_size``, plain
-    tensors.
+    order), channel-first, refuse NaN/Inf pixels, 3-D volumes sliced to 2-D along ``config.slice_axis``, channels
+    adapted to ``config.in_channels``, min–max intensity scaling to [0, 1], resize to ``image_size × image_size``,
+    refuse values that overflowed to NaN/Inf, plain tensors. Every bad image ends in one `MedPFLError` naming the
+    site and the file, so a poisoned image never reaches the model.
 
     Args:
         config: Data settings.
@@ -268,9 +291,11 @@ def build_transforms(config: DataConfig, *, train: bool, site: str | None = None
     return SiteCompose(
         [
             GuardedLoadImaged(keys, site=site),
+            FiniteGuardd(keys, site=site),
             _ShapeGuardd(keys, config, site=site),
             ScaleIntensityd(keys, minv=0.0, maxv=1.0),
             Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True),
+            FiniteGuardd(keys, site=site, stage="intensity scaling and resizing"),
             ToPlainTensorsd(),
         ],
         log_stats=False,  # our guards already name the file; MONAI's stats dump would bury that line

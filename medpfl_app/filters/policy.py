@@ -3,12 +3,18 @@
 Site-scope filters run before any job filter and a job cannot disable them (NVFlare privacy manager). The policy is
 checked twice before it is written: structurally here (every filter path importable and constructible with its
 args, one clear error otherwise), then by NVFlare's own parser on a scratch copy.
+
+Budget integrity: the shipped template has DP scopes only (``private``, the default, and ``strict``); a scope
+without client-level DP exists only if the site admin writes one (installing a policy whose default scope has no
+DP logs a warning). Every ``ClientDPFilter`` of one policy must charge the same ledger (one ``ledger_path``, or
+none): two ledgers would split the site's budget.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +25,11 @@ from typing import Any
 from medpfl_app.atomic_io import write_text_atomic
 from medpfl_app.errors import MedPFLError
 
+logger = logging.getLogger("medpfl.privacy")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The client-level DP filter: a scope with it releases only (ε, δ)-DP updates charged to the site's ledger.
+DP_FILTER_PATH = "medpfl_app.filters.client_dp.ClientDPFilter"
 TEMPLATES = {"default": REPO_ROOT / "poc_workspace" / "templates" / "privacy" / "privacy.json"}
 _SCOPE_KEYS = {"name", "properties", "task_data_filters", "task_result_filters"}
 _FILTER_KEYS = {"path", "args", "direction"}
@@ -114,7 +124,30 @@ def validate_privacy_policy(policy: dict[str, Any]) -> list[str]:
     if default is not None and default not in names:
         raise MedPFLError(f"default_scope {default!r} is not one of the scopes {names}",
                           fix="set default_scope to a defined scope name")
+    ledger_paths = {entry.get("args", {}).get("ledger_path") for entry in _dp_filters(policy)}
+    if len(ledger_paths) > 1:
+        raise MedPFLError(
+            f"the ClientDPFilter entries of this policy charge different ledgers {sorted(map(str, ledger_paths))}; "
+            "two ledgers would split the site's ε budget",
+            fix="set the same ledger_path in every scope, or leave it unset everywhere (the site's default ledger)",
+        )
     return names
+
+
+def _dp_filters(policy: dict[str, Any], scope_name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        entry
+        for scope in policy.get("scopes", [])
+        if isinstance(scope, dict) and (scope_name is None or scope.get("name") == scope_name)
+        for entry in scope.get("task_result_filters", [])
+        if isinstance(entry, dict) and entry.get("path") == DP_FILTER_PATH
+    ]
+
+
+def dp_scopes(policy: dict[str, Any]) -> list[str]:
+    """The scopes of ``policy`` whose result filters include client-level DP (``ClientDPFilter``)."""
+    return [scope["name"] for scope in policy.get("scopes", []) if isinstance(scope, dict) and "name" in scope
+            and _dp_filters(policy, scope["name"])]
 
 
 def _check_with_nvflare(text: str) -> None:
@@ -148,7 +181,8 @@ def install_privacy_policy(
     Args:
         site_dir: The site's workspace folder (the one holding ``startup/``), e.g.
             ``<poc workspace>/example_project/prod_00/site-1``.
-        template: ``"default"`` or a path to a privacy.json file.
+        template: ``"default"`` (scopes ``private``, the default, and ``strict``: both client-level DP) or a path
+            to a privacy.json file.
         default_scope: Override the policy's ``default_scope`` (must be one of its scopes).
 
     Returns:
@@ -163,6 +197,12 @@ def install_privacy_policy(
     if default_scope is not None:
         policy["default_scope"] = default_scope
     validate_privacy_policy(policy)
+    if policy.get("default_scope") not in dp_scopes(policy):
+        logger.warning(
+            "the default scope %r of this privacy policy has no client-level DP (ClientDPFilter): jobs that name no "
+            "scope release updates without a DP guarantee; the MedPFL template's default is 'private'",
+            policy.get("default_scope"),
+        )
     text = json.dumps(policy, indent=2, ensure_ascii=False) + "\n"
     _check_with_nvflare(text)
     target = site / "local" / "privacy.json"

@@ -3,12 +3,13 @@
 A read-only task-result filter on ``train``: it never changes or blocks the update and never raises (a raising
 server result filter drops the client's result, NVFlare pitfall 5). One JSON line per site per round is appended to
 ``<run dir>/medpfl/received_updates.jsonl``, which ``download_job`` delivers; it is how a job owner can check that the
-sites' defenses really ran.
+sites' defenses really ran, and what `medpfl report` counts as *received* when it checks the audit's coverage (an
+update received without an audit record is reported as lost). The line format and its reader live in
+`medpfl_app.reports.sources` (``arrival_line`` / ``read_arrivals``), shared with the report.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -20,8 +21,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-RECORD_FOLDER = "medpfl"
-RECORD_FILE = "received_updates.jsonl"
+from medpfl_app.reports.sources import ARRIVALS_FILE, ARRIVALS_FOLDER, append_arrival
+
+RECORD_FOLDER = ARRIVALS_FOLDER
+RECORD_FILE = ARRIVALS_FILE
 _META_KEYS_KEPT = ("filter_history", "medpfl_defenses", "NUM_STEPS_CURRENT_ROUND")
 
 
@@ -65,9 +68,9 @@ class ReceivedUpdateRecorder(Filter):
             }
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
         folder = os.path.join(run_dir, RECORD_FOLDER)
-        os.makedirs(folder, exist_ok=True)
-        line = json.dumps(record, default=str, sort_keys=True) + "\n"
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         # flush, no fsync: this runs under the server's workflow lock, and the durable compliance record is the
-        # audit ledger (written off the hot path); this file is a diagnostic of what arrived
-        with self._lock, open(os.path.join(folder, RECORD_FILE), "a") as handle:
-            handle.write(line)
+        # audit ledger (written off the hot path); this file is what arrived, closed (so in the OS) before the audit
+        # filter queues the update, so a killed server keeps every line written so far
+        with self._lock:
+            append_arrival(os.path.join(folder, RECORD_FILE), record)

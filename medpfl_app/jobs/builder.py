@@ -95,6 +95,9 @@ def _build_fed_job(spec: JobSpec):
             script=SITE_SCRIPT_NAME,
             script_args=training.script_args(),
             params_transfer_type=TransferType.DIFF,
+            # The external process is `python3 -u custom/medpfl_site.py ...` in the site's app folder; it needs
+            # medpfl_app installed for that python3, like the client itself.
+            launch_external_process=spec.launch_external_process,
         )
     )
     return job

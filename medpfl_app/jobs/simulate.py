@@ -1,7 +1,9 @@
 """Run a job folder in NVFlare's simulator as a child process group with a hard deadline.
 
 The simulator can hang (a client worker waiting forever) and can exit 0 on failure, so this module owns the whole
-process group, kills it on timeout, and judges success by the outputs, not the exit code.
+process group, kills it on timeout, and judges success by the outputs, not the exit code. Site scripts that NVFlare
+runs as external processes get process groups of their own; they inherit a per-run marker in their environment
+(`RUN_MARKER_ENV`), by which any left behind are found and killed too.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medpfl_app.errors import MedPFLError
@@ -22,6 +25,8 @@ from medpfl_app.errors import MedPFLError
 ROUND_STARTED = re.compile(r"Round (\d+) started")
 SITE_FAILURE = re.compile(r"MedPFL site (\S+) cannot train: (.*?\n\s*fix: [^\n]*)", re.DOTALL)
 GLOBAL_MODEL_FILE = "FL_global_model.pt"
+#: Set to a fresh random value for each simulation; every process it starts inherits it.
+RUN_MARKER_ENV = "MEDPFL_SIMULATION_RUN"
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class SimulationResult:
     round_metrics: tuple[dict, ...]
     log_file: Path
     wall_seconds: float
+    #: The `RUN_MARKER_ENV` value every process of this run inherited.
+    run_marker: str = ""
 
 
 def run_simulation(
@@ -79,7 +86,8 @@ def run_simulation(
         "-t",
         str(threads or len(sites)),
     ]
-    child_env = {**os.environ, **(env or {})}
+    marker = secrets.token_hex(16)
+    child_env = {**os.environ, **(env or {}), RUN_MARKER_ENV: marker}
     started = time.monotonic()
     with open(log_file, "w") as log:
         process = subprocess.Popen(
@@ -89,8 +97,9 @@ def run_simulation(
             _wait(process, log_file, started + timeout_s, on_round)
         finally:
             _kill_group(process)
+            _kill_marked(marker)
     wall = time.monotonic() - started
-    return _collect(workspace / "sim", log_file, wall, process.returncode)
+    return replace(_collect(workspace / "sim", log_file, wall, process.returncode), run_marker=marker)
 
 
 def _wait(process: subprocess.Popen, log_file: Path, deadline: float, on_round: Callable[[int], None] | None) -> None:
@@ -149,6 +158,28 @@ def _kill_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Ids of this user's processes whose environment holds ``RUN_MARKER_ENV=marker`` (Linux ``/proc``; else none)."""
+    needle = f"{RUN_MARKER_ENV}={marker}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) != os.getpid() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or another user's
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    # External-process site scripts run in process groups of their own, outside the simulator's.
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _collect(sim_dir: Path, log_file: Path, wall: float, returncode: int | None) -> SimulationResult:

@@ -106,6 +106,9 @@ class JobSpec:
         client_components: ``{"id": ..., "path": ..., "args": {...}}`` components added to every site's app
             (e.g. the audit's site scorer).
         client_end_run_readiness_timeout: Seconds each site waits at the end for its components (None: NVFlare's).
+        launch_external_process: Run the site script as an external process launched by the client job
+            (NVFlare's ``ClientAPIExecutor(execution_mode="external_process")``) instead of inside the client job
+            process (default). The audit's site scorer works in both modes.
     """
 
     name: str
@@ -120,8 +123,14 @@ class JobSpec:
     end_run_readiness_timeout: float | None = None
     client_components: tuple[dict[str, Any], ...] = ()
     client_end_run_readiness_timeout: float | None = None
+    launch_external_process: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.launch_external_process, bool):
+            raise MedPFLError(
+                f"job {self.name}: launch_external_process must be true or false, got {self.launch_external_process!r}",
+                fix="set launch_external_process to true (external process) or false (in the client job process)",
+            )
         ids = [component.get("id") for component in self.client_components]
         if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
             raise MedPFLError(f"job {self.name}: every client component needs a unique 'id'", fix="add unique ids")
@@ -141,11 +150,14 @@ class JobSpec:
 RECEIVED_UPDATE_RECORDER = {"path": "medpfl_app.filters.received.ReceivedUpdateRecorder", "args": {}}
 DEMO_TRAINING = TrainingSpec(learning_rate=3e-3, local_epochs=3)
 
-#: The server-side audit (issue 5): a read-only global-weights cache on outgoing models, the audit filter on
+#: The server-side audit: a read-only global-weights cache on outgoing models, the audit filter on
 #: received updates, and each site's scorer component (ground truth stays at the site).
 AUDIT_WEIGHTS_CACHE = {"path": "medpfl_app.audit.server.GlobalWeightsCache", "args": {}}
 AUDIT_FILTER = {"path": "medpfl_app.audit.server.AuditFilter", "args": {}}
 AUDIT_SITE_SCORER = {"id": "medpfl_audit_scorer", "path": "medpfl_app.audit.site_scorer.AuditSiteScorer", "args": {}}
+#: Client-side, read-only, LAST in the result chain: records the digest of the update as it leaves the site, so the
+#: site's scorer answers only for its own sent updates (site privacy.json filters run before job filters).
+AUDIT_SENT_DIGEST = {"path": "medpfl_app.filters.sent_digest.SentUpdateDigest", "args": {}}
 #: Audited jobs train the seed paper's sigmoid LeNet at 32 px with plain SGD, and site-1 is the literature's
 #: high-risk configuration (one image per step, one local step per round) next to two ordinary sites.
 AUDIT_HIGH_RISK_SITE = "site-1"
@@ -167,23 +179,27 @@ def audited(
     demo_thumbnails: bool = False,
     on_high_risk: str = "report",
     num_rounds: int = 2,
+    launch_external_process: bool = False,
 ) -> JobSpec:
     """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training).
 
     Args:
         name: Job name.
         description: One line for ``jobs/README.md``.
-        client_result_filters: The sites' defenses.
+        client_result_filters: The sites' defenses; `AUDIT_SENT_DIGEST` is appended after them, last.
         demo_thumbnails: Store the reconstructions (server) and release matching originals (sites) for the
             report's thumbnails. Only for jobs meant for the synthetic demo data: reconstructions of real data
             are patient data, and each site still refuses originals of anything but the demo set.
         on_high_risk: The audit's policy action (`medpfl_app.audit.server.AuditFilter`): ``report``,
             ``stop_job`` or ``exclude_site``.
         num_rounds: FedAvg rounds.
+        launch_external_process: Run the site script as an external process (`JobSpec.launch_external_process`).
     """
     # A 16-update queue holds every update of a 5-round, 3-site job (LeNet updates are ~10k parameters); the
     # default 8 makes the last round's updates "not_audited: queue full" on a 2-core machine.
-    audit_filter = {**AUDIT_FILTER, "args": {**AUDIT_FILTER["args"], "max_queue": 16}}
+    # The audit rebuilds the network from the job's own model, never from what a site declares.
+    model = {key: getattr(AUDIT_TRAINING, key) for key in ("network", "image_size", "in_channels", "num_classes")}
+    audit_filter = {**AUDIT_FILTER, "args": {**AUDIT_FILTER["args"], "max_queue": 16, "model": model}}
     scorer = AUDIT_SITE_SCORER
     if on_high_risk != "report":
         audit_filter = {**audit_filter, "args": {**audit_filter["args"], "on_high_risk": on_high_risk}}
@@ -195,12 +211,13 @@ def audited(
         description=description,
         num_rounds=num_rounds,
         training=AUDIT_TRAINING,
-        client_result_filters=client_result_filters,
+        client_result_filters=(*client_result_filters, AUDIT_SENT_DIGEST),
         server_result_filters=(RECEIVED_UPDATE_RECORDER, audit_filter),
         server_data_filters=(AUDIT_WEIGHTS_CACHE,),
         client_components=(scorer,),
         end_run_readiness_timeout=300.0,
         client_end_run_readiness_timeout=300.0,
+        launch_external_process=launch_external_process,
     )
 
 JOB_CATALOG: dict[str, JobSpec] = {
@@ -262,8 +279,9 @@ JOB_CATALOG: dict[str, JobSpec] = {
         ),
         audited(
             "fedavg_audit",
-            "Server-side audit (issue 5), no defense: every received update is attacked (labels, gradient "
-            "inversion), scored at its site, and written to the audit ledger; site-1 trains one image per round. "
+            "Server-side audit, no defense: every received update is screened and attacked whole (labels, "
+            "gradient-inversion ladder), scored at its site, and written to the audit ledger; site-1 trains one "
+            "image per round. "
             "For the synthetic demo data only: the report shows the reconstructions (stored 0600) under the "
             "originals the sites release for demo data.",
             demo_thumbnails=True,

@@ -1,4 +1,5 @@
-"""Leakage metrics in [0, 1] pixel space: per-image MSE/PSNR/SSIM, ASR, labels, relative leakage, identifiability.
+"""Leakage metrics in [0, 1] pixel space: per-image MSE/PSNR/SSIM, ASR, labels, relative leakage, identifiability
+against chance.
 
 Pure PyTorch, torchmetrics and SciPy; nothing here imports NVFlare.
 """
@@ -6,10 +7,15 @@ Pure PyTorch, torchmetrics and SciPy; nothing here imports NVFlare.
 from medpfl_app.metrics.image import match_reconstructions, mse, psnr, ssim
 from medpfl_app.metrics.leakage import (
     DEFAULT_SUCCESS_SSIM,
+    IDENTIFIABILITY_ALPHA,
+    IDENTIFIABILITY_DEFINITION,
+    IdentifiabilityResult,
     attack_success_rate,
     identifiability,
     label_accuracy,
     lpips,
+    pairwise_ssim,
+    poisson_binomial_tail,
     relative_leakage,
 )
 from medpfl_app.metrics.registry import METRICS, MetricSpec
@@ -17,7 +23,10 @@ from medpfl_app.metrics.report import LeakageReport, evaluate_reconstruction
 
 __all__ = [
     "DEFAULT_SUCCESS_SSIM",
+    "IDENTIFIABILITY_ALPHA",
+    "IDENTIFIABILITY_DEFINITION",
     "METRICS",
+    "IdentifiabilityResult",
     "LeakageReport",
     "MetricSpec",
     "attack_success_rate",
@@ -27,6 +36,8 @@ __all__ = [
     "lpips",
     "match_reconstructions",
     "mse",
+    "pairwise_ssim",
+    "poisson_binomial_tail",
     "psnr",
     "relative_leakage",
     "ssim",

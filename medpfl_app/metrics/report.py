@@ -24,6 +24,8 @@ class LeakageReport:
     """Per-image scores (in ground-truth order) and their summaries; JSON-ready through `to_dict`.
 
     ``order[i]`` is the reconstruction matched to original ``i``. Worst-case values are the most-leaked image.
+    ``identifiability`` is the share of the originals identified among the pool, with its chance baseline, excess
+    over chance and p-value (`medpfl_app.metrics.leakage.identifiability`); None without a pool.
     """
 
     order: tuple[int, ...]
@@ -35,6 +37,9 @@ class LeakageReport:
     label_accuracy: float | None = None
     relative_leakage: tuple[float, ...] | None = None
     identifiability: float | None = None
+    identifiability_chance: float | None = None
+    identifiability_excess: float | None = None
+    identifiability_p_value: float | None = None
     lpips: tuple[float, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -54,8 +59,10 @@ class LeakageReport:
             out["label_accuracy"] = self.label_accuracy
         if self.relative_leakage is not None:
             out["relative_leakage_max"] = max(self.relative_leakage)
-        if self.identifiability is not None:
-            out["identifiability"] = self.identifiability
+        for key in ("identifiability", "identifiability_chance", "identifiability_excess", "identifiability_p_value"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         if self.lpips is not None:
             out["lpips_mean"] = _mean(self.lpips)
         return out
@@ -92,7 +99,9 @@ def evaluate_reconstruction(
         recovered_labels: Labels the attack recovered (scored as a multiset).
         true_labels: The true labels.
         prior: An uninformed guess image for the relative-leakage score.
-        pool: The site's images for identifiability; ``pool_indices[i]`` is original ``i``'s index in it.
+        pool: The site's images for identifiability; ``pool_indices[i]`` is original ``i``'s index in it. All
+            reconstructions are identified against the originals as a set (no pairing: see
+            `medpfl_app.metrics.leakage.identifiability`).
         pool_indices: See ``pool``.
         ssim_threshold: SSIM at which an image counts as successfully attacked.
         with_lpips: Also compute LPIPS where its backbone weights are present locally.
@@ -104,6 +113,11 @@ def evaluate_reconstruction(
     recon = recon[order]
     ssim_values = ssim(recon, truth)
     notes: list[str] = []
+    ident = (
+        identifiability(recon, pool_indices, pool.detach().double())
+        if pool is not None and pool_indices is not None
+        else None
+    )
     lpips_values = None
     if with_lpips:
         lpips_values = lpips(recon, truth)
@@ -122,11 +136,10 @@ def evaluate_reconstruction(
             else None
         ),
         relative_leakage=_floats(relative_leakage(recon, truth, prior.double())) if prior is not None else None,
-        identifiability=(
-            float(identifiability(recon, pool_indices, pool.double()).double().mean())
-            if pool is not None and pool_indices is not None
-            else None
-        ),
+        identifiability=ident.share if ident is not None else None,
+        identifiability_chance=ident.chance_mean if ident is not None else None,
+        identifiability_excess=ident.excess if ident is not None else None,
+        identifiability_p_value=ident.p_value if ident is not None else None,
         lpips=_floats(lpips_values) if lpips_values is not None else None,
         notes=tuple(notes),
     )

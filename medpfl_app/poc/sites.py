@@ -41,7 +41,11 @@ def _site_source(root: Path, site: str) -> Path:
 
 
 def install_site_privacy(layout: PocLayout, template: str = "default", *, default_scope: str | None = None) -> dict:
-    """Install the same validated privacy policy into every POC site; returns site → privacy.json path."""
+    """Install the same validated privacy policy into every POC site; returns site → privacy.json path.
+
+    The default template has client-level DP scopes only: ``private`` (the default) and ``strict``. A scope without
+    DP exists only if the site admin passes a privacy.json of their own that defines one.
+    """
     from medpfl_app.filters.policy import install_privacy_policy
 
     sites = layout.sites()

@@ -1,8 +1,14 @@
-"""The ledger's records as a site × round view: cells, audit configurations and the verdict.
+"""The ledger's records as a site × round view: cells, coverage, audit configurations and the verdict.
 
 Records are untrusted input (the ledger is plain JSON a site name or reason can be smuggled into), so every field
-is read defensively here: a wrong type becomes ``None`` or a note, never an exception, and nothing is escaped here
-(the HTML template escapes; the terminal prints plain text).
+is read defensively here: a wrong type becomes ``None`` or a note, never an exception; a number outside its valid
+range is read as missing and noted (`medpfl_app.reports.fields.checked`). Nothing is escaped here: the HTML
+template escapes, and the terminal summary passes every line through `medpfl_app.reports.fields.printable`.
+
+Levels are `medpfl_app.audit.verdict.RiskLevel` values, worst first; schema-1 records are mapped as
+`medpfl_app.reports.records` describes. The verdict of a report names the worst level; it is ``low`` only when every
+update the server received was measured low, and it always states beside it how many updates are inconclusive,
+unscored, not audited, not auditable or lost.
 """
 
 from __future__ import annotations
@@ -14,47 +20,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Worst first. ``unknown`` (nothing measured) ranks below every measured level: the verdict names the worst
-#: *measured* risk and counts the unknown site-rounds separately, so they are never hidden behind a "low".
-RISK_ORDER: tuple[str, ...] = ("high", "medium", "low", "unknown")
-RISK_RANK: dict[str, int] = {level: len(RISK_ORDER) - index for index, level in enumerate(RISK_ORDER)}
-RISK_MEANINGS: dict[str, str] = {
-    "high": "images were reconstructed: the site measured a close reconstruction (SSIM or identifiability above the "
-    "policy's high thresholds, or any image counted as a successful attack), or, without site scores, the server saw "
-    "a single-image update with its BatchNorm statistics exposed",
-    "medium": "partial leakage: some structure (SSIM above the medium threshold) or leakage beyond an uninformed "
-    "prior, or, without site scores, labels recovered or BatchNorm statistics exposed",
-    "low": "the site measured no meaningful reconstruction under this attack and budget (evidence, not a guarantee "
-    "against stronger attacks)",
-    "unknown": "no level could be set: not audited, not auditable, or no site scores and no server-side indicator",
-}
+from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.reports.coverage import UNKNOWN_CAUSE, Coverage, build_coverage
+from medpfl_app.reports.fields import mapping as _mapping
+from medpfl_app.reports.fields import checked, number, text
+from medpfl_app.reports.records import LEVEL_RANK, LEVELS, MEANINGS, RecordView, indicators_text, record_view
+from medpfl_app.reports.sources import ArrivalsRead, unreadable_text
+from medpfl_app.reports.yardstick import Yardstick, build_yardstick
 
+__all__ = ["RISK_MEANINGS", "RISK_ORDER", "AuditConfig", "AuditView", "Cell", "build_view", "number", "text",
+           "verdict"]
 
-def number(value: Any) -> float | None:
-    """A finite float from a JSON value, or ``None`` (bools, strings, NaN and infinities are not scores)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def text(value: Any) -> str | None:
-    """A string field as text (``None`` stays ``None``; other JSON values are shown as compact JSON)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+#: Worst first: the order of `RiskLevel` (high, medium, unscored, inconclusive, low, not_audited, not_auditable).
+RISK_ORDER: tuple[str, ...] = LEVELS
+RISK_RANK: dict[str, int] = LEVEL_RANK
+#: What each level means (`medpfl_app.audit.verdict.LEVEL_MEANINGS`).
+RISK_MEANINGS: dict[str, str] = MEANINGS
 
 
 #: Budget fields that are measured per audit (early stopping, timing), not configured: they stay out of the
 #: configuration's identity and are shown per record instead.
 MEASURED_BUDGET_KEYS = frozenset(
-    {"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s", "stop_reason"}
+    {"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s", "stop_reason", "time_spent_s",
+     "stages_run", "best_stage", "ladder_complete", "settle", "not_attacked", "update_mode", "reduced"}
 )
 
 
@@ -106,11 +94,15 @@ class AuditConfig:
 
 def _budget_text(budget: Mapping[str, Any]) -> str:
     parts: list[str] = []
-    if (restarts := number(budget.get("restarts"))) is not None:
+    if (restarts := checked(budget.get("restarts"), "restarts")) is not None:
         parts.append(f"{restarts:g} restart{'s' if restarts != 1 else ''}")
-    if (limit := number(budget.get("time_limit_s"))) is not None:
+    limit, whole = checked(budget.get("time_limit_s"), "time_limit_s"), checked(budget.get("time_budget_s"),
+                                                                               "time_budget_s")
+    if whole is not None:
+        parts.append(f"time budget {whole:g} s per update")
+    if limit is not None and limit != whole:
         parts.append(f"≤ {limit:g} s")
-    shown = {"attack", "restarts", "time_limit_s"} | MEASURED_BUDGET_KEYS
+    shown = {"attack", "restarts", "time_limit_s", "time_budget_s"} | MEASURED_BUDGET_KEYS
     for key in sorted(k for k in budget if k not in shown and budget[k] is not None):
         parts.append(f"{key}={text(budget[key])}")
     return ", ".join(parts) or "budget not recorded"
@@ -139,32 +131,34 @@ def _config_key(record: Mapping[str, Any]) -> str:
     return json.dumps([budget, record.get("threat_model")], sort_keys=True, default=str)
 
 
-def _configs(records: Sequence[Mapping[str, Any]]) -> dict[str, AuditConfig]:
+def _configs(views: Sequence[RecordView]) -> dict[str, AuditConfig]:
     """One `AuditConfig` per distinct configured budget + threat model among the audited records, in ledger order."""
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
-    for record in records:
-        if record.get("status") == "audited":
-            grouped.setdefault(_config_key(record), []).append(record)
+    grouped: dict[str, list[RecordView]] = {}
+    for view in views:
+        if view.status == "audited":
+            grouped.setdefault(_config_key(view.record), []).append(view)
     configs: dict[str, AuditConfig] = {}
     for index, (key, group) in enumerate(grouped.items(), start=1):
-        budget = _mapping(group[0].get("attack_budget"))
-        iterations = sorted({int(v) for r in group
-                             if (v := number(_mapping(r.get("attack_budget")).get("iterations"))) is not None})
+        budget = _mapping(group[0].record.get("attack_budget"))
         configs[key] = AuditConfig(
             tag=f"A{index}",
             attack=text(budget.get("attack")) or "not recorded",
             budget=_budget_text(budget),
-            threat_model=_threat_text(group[0].get("threat_model")),
-            threat_name=_threat_name(group[0].get("threat_model")),
-            iterations=tuple(iterations),
-            time_limited=sum(_mapping(r.get("attack_budget")).get("stop_reason") == "time_limit" for r in group),
+            threat_model=_threat_text(group[0].record.get("threat_model")),
+            threat_name=_threat_name(group[0].record.get("threat_model")),
+            iterations=tuple(sorted({v.iterations for v in group if v.iterations is not None})),
+            time_limited=sum(v.stop_reason == "time_limit" or any(s.stop_reason == "time_limit" for s in v.stages)
+                             for v in group),
         )
     return configs
 
 
 @dataclass(frozen=True)
 class Cell:
-    """What the report shows for one site in one round (the worst of its records, if several)."""
+    """What the report shows for one site in one round (the worst of its records, if several).
+
+    ``risk`` is the level (a `RiskLevel` value); ``detail`` the worst record's full view (evidence, settle, ladder).
+    """
 
     site: str
     round: int
@@ -183,15 +177,36 @@ class Cell:
     config: AuditConfig | None
     defenses: tuple[Mapping[str, Any], ...]
     record_count: int
+    detail: RecordView = field(repr=False)
     record: Mapping[str, Any] = field(repr=False)
 
     @property
     def measured(self) -> bool:
-        """Whether any leakage was actually scored at the site."""
+        """Whether the level rests on a measurement of this update (high, medium or low)."""
+        return RiskLevel(self.risk).measured
+
+    @property
+    def scored(self) -> bool:
+        """Whether the site scored the reconstructions (leakage numbers exist for the plots)."""
         return self.status == "audited" and self.scores_status == "scored"
 
+    @property
+    def evidence(self) -> str:
+        return self.detail.evidence
+
+    @property
+    def settle(self) -> str | None:
+        return self.detail.settle
+
+    @property
+    def invalid(self) -> tuple[str, ...]:
+        """The record's values outside their valid range (read as missing), one note each."""
+        return self.detail.invalid
+
     def epsilon_text(self) -> str:
-        """Formal ε so far, naming its level; "none" when no formal DP was applied."""
+        """Formal ε so far, naming its level; "none" when no formal DP was applied (or "invalid", see `invalid`)."""
+        if any(note.startswith("epsilon.") for note in self.invalid):
+            return "ε invalid (out of range, not used)"
         parts = []
         if self.epsilon_client is not None:
             parts.append(f"ε={self.epsilon_client:.3g} (client-level)")
@@ -204,7 +219,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Note:
-    """A site-round that was not measured, and why (status and reason straight from the record)."""
+    """An audited site-round whose site scores are missing, and why (straight from the record)."""
 
     site: str
     round: int
@@ -224,7 +239,15 @@ class PolicyAction:
 
 @dataclass(frozen=True)
 class AuditView:
-    """Everything the reports show, computed once from the ledger's records."""
+    """Everything the reports show, computed once from the ledger's records and the server's arrivals.
+
+    Attributes:
+        sites, rounds: Every site and round with a record or an arrival.
+        cells: The worst record per site-round.
+        details: Every placed record, in ledger order (evidence, settle, ladder).
+        coverage: Received vs recorded per site and round (unknown without an arrivals file).
+        yardstick: Attack budget spent and metric settings, from the records.
+    """
 
     sites: tuple[str, ...]
     rounds: tuple[int, ...]
@@ -234,30 +257,45 @@ class AuditView:
     malformed: tuple[str, ...]
     records: tuple[Mapping[str, Any], ...]
     actions: tuple[PolicyAction, ...] = ()
+    details: tuple[RecordView, ...] = ()
+    coverage: Coverage = field(default_factory=lambda: build_coverage((), None))
+    yardstick: Yardstick = field(default_factory=lambda: build_yardstick(()))
 
     def cell(self, site: str, round_number: int) -> Cell | None:
         """The cell of ``site`` in ``round_number``, or ``None`` when the ledger has no record for it."""
         return self.cells.get((site, round_number))
 
+    def lost(self, site: str, round_number: int) -> bool:
+        """Whether the server received an update of ``site`` in ``round_number`` that has no audit record."""
+        return self.coverage.received_without_record(site, round_number)
+
     def missing(self) -> tuple[tuple[str, int], ...]:
-        """Site-rounds with no record at all (e.g. the site dropped out, or the audit never wrote one)."""
+        """Site-rounds with no record at all (lost ones included: see `lost`)."""
         return tuple((s, r) for r in self.rounds for s in self.sites if (s, r) not in self.cells)
 
+    def unreported(self) -> tuple[tuple[str, int], ...]:
+        """Site-rounds without a record that are not known to be lost (nothing arrived, or coverage unknown)."""
+        return tuple((s, r) for s, r in self.missing() if not self.lost(s, r))
+
     def worst(self, round_number: int | None = None) -> Cell | None:
-        """The record with the worst risk (ties: highest SSIM, PSNR, success rate, then the latest round)."""
+        """The record with the worst level (ties: highest SSIM, PSNR, success rate, then the latest round)."""
         cells = [c for c in self.cells.values() if round_number is None or c.round == round_number]
         return max(cells, key=_severity, default=None)
 
-    def counts(self, round_number: int | None = None) -> dict[str, dict[str, int]]:
-        """Site-rounds by status, risk and site-score status."""
-        cells = [c for c in self.cells.values() if round_number is None or c.round == round_number]
-        result: dict[str, dict[str, int]] = {"status": {}, "risk": {}, "site_scores": {}}
-        for cell in cells:
-            result["status"][cell.status] = result["status"].get(cell.status, 0) + 1
-            result["risk"][cell.risk] = result["risk"].get(cell.risk, 0) + 1
-            key = cell.scores_status or "none"
-            result["site_scores"][key] = result["site_scores"].get(key, 0) + 1
-        return result
+    def only_round(self, round_number: int) -> AuditView:
+        """The view of one round (its cells, records, gaps and coverage)."""
+        return dataclasses.replace(
+            self,
+            cells={key: cell for key, cell in self.cells.items() if key[1] == round_number},
+            rounds=(round_number,),
+            notes=tuple(n for n in self.notes if n.round == round_number),
+            malformed=(),
+            actions=tuple(a for a in self.actions if a.round == round_number),
+            details=tuple(d for d in self.details if d.round == round_number),
+            records=tuple(r for r in self.records
+                          if r.get("round") == round_number and not isinstance(r.get("round"), bool)),
+            coverage=self.coverage.only_round(round_number),
+        )
 
 
 def _severity(cell: Cell) -> tuple[float, ...]:
@@ -268,26 +306,30 @@ def _severity(cell: Cell) -> tuple[float, ...]:
             cell.round)
 
 
-def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
-    """Group records by site and round, tag their audit configurations and collect the not-measured reasons.
+def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | None = None) -> AuditView:
+    """Group records by site and round, tag their audit configurations and match them against the arrivals.
 
     Args:
-        records: Intact ledger records (`medpfl_app.audit.ledger.read_ledger`), in ledger order.
+        records: Intact ledger records (`medpfl_app.reports.sources.read_ledger_records`), in ledger order.
+        arrivals: The server's arrivals file, read; ``None`` when there is none (coverage unknown).
 
     Returns:
         The view. Records without a usable site or round are listed in ``malformed`` instead of the table.
     """
-    configs = _configs(records)
+    views = [record_view(record, index) for index, record in enumerate(records, start=1)]
+    configs = _configs(views)
     grouped: dict[tuple[str, int], list[Cell]] = {}
     malformed: list[str] = []
-    for index, record in enumerate(records, start=1):
-        site, round_number = record.get("site"), record.get("round")
-        if not isinstance(site, str) or not site or isinstance(round_number, bool) or not isinstance(round_number, int):
+    placed: list[RecordView] = []
+    for view in views:
+        if view.site is None or view.round is None:
+            record = view.record
             why = f"{text(record.get('status'))}: {text(record.get('reason')) or 'no reason recorded'}"
-            malformed.append(f"record {index}: site {text(site)!s} / round {text(round_number)!s} unusable ({why})")
+            malformed.append(f"record {view.index}: site {text(record.get('site'))!s} / round "
+                             f"{text(record.get('round'))!s} unusable ({why})")
             continue
-        cell = _cell(record, site, round_number, configs)
-        grouped.setdefault((site, round_number), []).append(cell)
+        placed.append(view)
+        grouped.setdefault((view.site, view.round), []).append(_cell(view, configs))
     cells: dict[tuple[str, int], Cell] = {}
     notes: list[Note] = []
     actions: list[PolicyAction] = []
@@ -299,48 +341,48 @@ def build_view(records: Sequence[Mapping[str, Any]]) -> AuditView:
             if action:
                 actions.append(PolicyAction(cell.site, cell.round, text(action.get("action")) or "unnamed action",
                                             text(action.get("reason")) or "no reason recorded"))
-            if cell.status != "audited":
-                notes.append(Note(cell.site, cell.round, cell.status, cell.reason or "no reason recorded"))
-            elif cell.scores_status != "scored":
+            if cell.status == "audited" and cell.scores_status != "scored":
                 why = cell.scores_reason or "no reason recorded"
                 notes.append(Note(cell.site, cell.round, f"site scores {cell.scores_status or 'missing'}", why))
+    coverage = build_coverage(placed, arrivals)
     return AuditView(
-        sites=tuple(sorted({s for s, _ in cells})),
-        rounds=tuple(sorted({r for _, r in cells})),
+        sites=tuple(sorted({s for s, _ in cells} | set(coverage.sites))),
+        rounds=tuple(sorted({r for _, r in cells} | set(coverage.rounds))),
         cells=cells,
         configs=tuple(configs.values()),
         notes=tuple(sorted(notes, key=lambda n: (n.round, n.site))),
         malformed=tuple(malformed),
         records=tuple(records),
         actions=tuple(sorted(actions, key=lambda a: (a.round, a.site))),
+        details=tuple(placed),
+        coverage=coverage,
+        yardstick=build_yardstick(placed),
     )
 
 
-def _cell(record: Mapping[str, Any], site: str, round_number: int, configs: dict[str, AuditConfig]) -> Cell:
-    status = text(record.get("status")) or "missing"
-    risk = record.get("risk") if record.get("risk") in RISK_ORDER else "unknown"
-    scores = _mapping(record.get("site_scores"))
-    epsilon = _mapping(record.get("epsilon"))
+def _cell(view: RecordView, configs: dict[str, AuditConfig]) -> Cell:
+    record = view.record
     defenses = record.get("defenses")
-    config = configs.get(_config_key(record)) if status == "audited" else None
+    assert view.site is not None and view.round is not None
     return Cell(
-        site=site,
-        round=round_number,
-        status=status,
-        risk=str(risk),
-        reason=text(record.get("reason")),
-        scores_status=text(scores.get("status")),
-        scores_reason=text(scores.get("reason")),
-        ssim_max=number(scores.get("ssim_max")),
-        psnr_max=number(scores.get("psnr_max")),
-        success_rate=number(scores.get("attack_success_rate")),
-        label_accuracy=number(scores.get("label_accuracy")),
-        epsilon_client=number(epsilon.get("client_dp")),
-        epsilon_sample=number(epsilon.get("dp_sgd")),
-        delta=number(epsilon.get("delta")),
-        config=config,
+        site=view.site,
+        round=view.round,
+        status=view.status,
+        risk=view.level,
+        reason=view.reason,
+        scores_status=view.scores_status,
+        scores_reason=view.scores_reason,
+        ssim_max=view.ssim_max,
+        psnr_max=view.psnr_max,
+        success_rate=view.success_rate,
+        label_accuracy=view.label_accuracy,
+        epsilon_client=view.epsilon_client,
+        epsilon_sample=view.epsilon_sample,
+        delta=view.delta,
+        config=configs.get(_config_key(record)) if view.status == "audited" else None,
         defenses=tuple(d for d in defenses if isinstance(d, Mapping)) if isinstance(defenses, list) else (),
         record_count=1,
+        detail=view,
         record=record,
     )
 
@@ -356,7 +398,8 @@ def defense_chains(view: AuditView) -> dict[str, list[tuple[tuple[int, ...], tup
                 continue
             key = json.dumps(cell.defenses, sort_keys=True, default=str)
             seen.setdefault(key, ([], cell.defenses))[0].append(round_number)
-        chains[site] = [(tuple(rounds), chain) for rounds, chain in seen.values()]
+        if seen:
+            chains[site] = [(tuple(rounds), chain) for rounds, chain in seen.values()]
     return chains
 
 
@@ -374,62 +417,140 @@ def params_text(entry: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={text(v)}" for k, v in sorted(params.items()))
 
 
+def _scores_shown(cell: Cell) -> str:
+    return ", ".join(filter(None, [
+        f"SSIM {cell.ssim_max:.2f}" if cell.ssim_max is not None else None,
+        f"PSNR {cell.psnr_max:.1f} dB" if cell.psnr_max is not None else None,
+        f"attack success {cell.success_rate:.0%}" if cell.success_rate is not None else None,
+        f"identifiability {cell.detail.identifiability_text()}" if cell.detail.identifiability is not None else None,
+    ]))
+
+
+def _overall_level(view: AuditView, unreadable: Sequence[int]) -> tuple[RiskLevel | None, list[str]]:
+    """The report's level and, when a measured ``low`` cannot stand, the reasons it does not."""
+    coverage = view.coverage
+    total = coverage.total()
+    present = [RiskLevel(level) for level in LEVELS if total.levels.get(level, 0)]
+    for level in (RiskLevel.HIGH, RiskLevel.MEDIUM, RiskLevel.UNSCORED, RiskLevel.INCONCLUSIVE):
+        if level in present:
+            return level, []
+    if RiskLevel.LOW in present:
+        blockers = []
+        if not coverage.known:
+            blockers.append(UNKNOWN_CAUSE)
+        if total.lost:
+            blockers.append(f"{total.lost} received update{'s' if total.lost != 1 else ''} lost (no audit record)")
+        if total.not_audited:
+            blockers.append(f"{total.not_audited} not audited")
+        if total.not_auditable:
+            blockers.append(f"{total.not_auditable} not auditable")
+        if view.malformed:
+            blockers.append(f"{len(view.malformed)} record{'s' if len(view.malformed) != 1 else ''} without a usable "
+                            "site or round")
+        if unreadable and not coverage.known:
+            blockers.append(f"ledger: {unreadable_text(unreadable)}")
+        return (RiskLevel.INCONCLUSIVE if blockers else RiskLevel.LOW), blockers
+    if RiskLevel.NOT_AUDITED in present or total.lost:
+        return RiskLevel.NOT_AUDITED, []
+    if RiskLevel.NOT_AUDITABLE in present:
+        return RiskLevel.NOT_AUDITABLE, []
+    return None, []
+
+
 def verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any]:
-    """The summary verdict: the worst measured risk, where, under which attack, budget and threat model.
+    """The report's verdict: the worst level with its evidence, under which attack, and the coverage beside it.
+
+    Records holding values outside their valid range are counted in ``invalid_records`` and listed in
+    ``invalid_values``; the headline then says how many there are (their numbers are never quoted as measured).
+
+    See `_verdict` for the fields.
+    """
+    result = _verdict(view, skipped_lines)
+    invalid = [d for d in view.details if d.invalid]
+    result["invalid_records"] = len(invalid)
+    result["invalid_values"] = [{"site": d.site, "round": d.round, "values": list(d.invalid)} for d in invalid]
+    if invalid:
+        result["headline"] += (f" {len(invalid)} record{'s' if len(invalid) != 1 else ''} "
+                               f"hold{'s' if len(invalid) == 1 else ''} values outside their valid range: read as "
+                               "missing, never as measurements (listed under invalid values).")
+    return result
+
+
+def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any]:
+    """The verdict without the note on invalid values (see `verdict`).
+
+    The level is the worst of the records (`RiskLevel` order); ``low`` only when every update the server received
+    was measured low (coverage known, nothing lost, not audited or not auditable) — a low with such gaps is
+    ``inconclusive``.
 
     Returns:
-        Plain JSON: ``risk``, ``site``, ``round``, ``scores``, ``config``, ``epsilon``, ``headline`` (one sentence)
-        and ``coverage`` (counts of what could not be measured, so a "low" is never read as complete).
+        Plain JSON: ``risk`` (the level), ``meaning``, ``site``, ``round``, ``scores``, ``config`` (of the record
+        behind the headline), ``configs`` (all), ``epsilon``,
+        ``headline`` (the level's sentence), ``evidence`` and ``settle`` (of the record behind it), ``coverage``
+        (counts and gaps, `Coverage.to_dict`, with ``text``, the sentence shown next to the headline) and
+        ``unreadable_ledger_lines``.
     """
-    skipped = list(skipped_lines)
-    counts = view.counts()
-    total = len(view.cells)
-    unmeasured = sum(1 for c in view.cells.values() if not c.measured)
-    coverage = {
-        "site_rounds": total,
-        "measured": total - unmeasured,
-        "not_measured": unmeasured,
-        "missing_site_rounds": len(view.missing()),
-        "skipped_ledger_lines": len(skipped),
-        "malformed_records": len(view.malformed),
-        **counts,
+    unreadable = list(skipped_lines)
+    coverage = {**view.coverage.to_dict(), "malformed_records": len(view.malformed),
+                "unreadable_ledger_lines": unreadable,
+                "unreadable_ledger_text": unreadable_text(unreadable)}
+    level, blockers = _overall_level(view, unreadable)
+    total = view.coverage.total()
+    result: dict[str, Any] = {
+        "risk": str(level) if level is not None else "none", "meaning": MEANINGS.get(str(level), ""),
+        "site": None, "round": None, "scores": None, "config": None, "epsilon": None, "evidence": None,
+        "settle": None, "coverage": coverage, "unreadable_ledger_lines": unreadable,
+        "configs": [c.to_dict() for c in view.configs],
     }
+    if level is None:
+        result["headline"] = "The ledger holds no usable audit record."
+        result["meaning"] = "nothing was received or recorded that the report could place"
+        return result
+    if level in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE) and not total.audited:
+        known = view.coverage.known
+        received = f"{total.received} received update{'s' if total.received != 1 else ''}" if known else \
+            f"{total.records} recorded update{'s' if total.records != 1 else ''}"
+        result["headline"] = (f"{level.upper().replace('_', ' ')}: none of the {received} was measured"
+                              + ("" if total.records else ": the ledger holds no usable audit record") + ".")
+        return result
     worst = view.worst()
-    if worst is None:
-        return {"risk": "unknown", "site": None, "round": None, "scores": None, "config": None, "epsilon": None,
-                "headline": "The ledger holds no usable audit record.", "coverage": coverage}
+    assert worst is not None
+    if level == RiskLevel.LOW or (level == RiskLevel.INCONCLUSIVE and blockers):
+        under = "; ".join(c.short() for c in view.configs) or "attack not recorded"
+        if level == RiskLevel.LOW:
+            headline = (f"LOW: all {total.received} received updates were measured low under {under}: evidence "
+                        "under this attack and budget, not a guarantee against stronger attacks.")
+        else:
+            headline = (f"INCONCLUSIVE: every audited update measured low under {under}, but not every received "
+                        f"update was measured: {'; '.join(blockers)}.")
+            result["settle"] = ("audit the updates that were lost or not audited (re-run the job with the audit "
+                                "running to the end)" if view.coverage.known else
+                                "render from the server's run folder that holds received_updates.jsonl beside the "
+                                "ledger")
+        result.update(headline=headline, config=worst.config.to_dict() if worst.config else None)
+        return result
     scores = {"ssim_max": worst.ssim_max, "psnr_max": worst.psnr_max, "attack_success_rate": worst.success_rate,
-              "label_accuracy": worst.label_accuracy}
-    if worst.risk == "unknown":
-        headline = f"No measured risk: none of the {total} site-rounds has site-scored leakage."
-    else:
-        shown = ", ".join(filter(None, [
-            f"SSIM {worst.ssim_max:.2f}" if worst.ssim_max is not None else None,
-            f"PSNR {worst.psnr_max:.1f} dB" if worst.psnr_max is not None else None,
-            f"attack success {worst.success_rate:.0%}" if worst.success_rate is not None else None,
-        ])) or "no site scores"
-        if worst.measured:
+              "label_accuracy": worst.label_accuracy, "identifiability": worst.detail.identifiability,
+              "identifiability_p_value": worst.detail.identifiability_p_value}
+    under = worst.config.short() if worst.config else "attack not recorded"
+    if worst.config and len(worst.config.iterations) > 1 and worst.detail.iterations is not None:
+        under += f", this record {worst.detail.iterations} iterations"
+    if level in (RiskLevel.HIGH, RiskLevel.MEDIUM):
+        shown = _scores_shown(worst) or "no site scores"
+        if worst.scored:
             shown += "; worst image"
         else:
-            shown = f"{shown}; level from server-side indicators: {_indicators_text(worst.record)}"
-        under = worst.config.short() if worst.config else "attack not recorded"
-        run = number(_mapping(worst.record.get("attack_budget")).get("iterations"))
-        if run is not None and worst.config and len(worst.config.iterations) > 1:
-            under += f", this record {run:g} iterations"
-        headline = (f"Worst risk {worst.risk.upper()}: {worst.site}, round {worst.round} ({shown}) "
+            shown = f"{shown}; level from server-side indicators: {indicators_text(worst.record)}"
+        headline = (f"Worst risk {level.upper()}: {worst.site}, round {worst.round} ({shown}) "
                     f"under {under}; formal ε: {worst.epsilon_text()}.")
-    return {
-        "risk": worst.risk,
-        "site": worst.site,
-        "round": worst.round,
-        "scores": scores,
-        "config": worst.config.to_dict() if worst.config else None,
-        "epsilon": {"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
-        "headline": headline,
-        "coverage": coverage,
-    }
-
-
-def _indicators_text(record: Mapping[str, Any]) -> str:
-    indicators = _mapping(record.get("server_indicators"))
-    return ", ".join(f"{k}={text(v)}" for k, v in sorted(indicators.items())) or "none recorded"
+    else:
+        count = total.levels.get(str(level), 0)
+        headline = (f"{level.upper()}: {count} audited update{'s' if count != 1 else ''} "
+                    f"{'are' if count != 1 else 'is'} {level}, e.g. {worst.site}, round {worst.round}, under {under}.")
+    result.update(
+        site=worst.site, round=worst.round, scores=scores,
+        config=worst.config.to_dict() if worst.config else None,
+        epsilon={"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
+        headline=headline, evidence=worst.evidence, settle=worst.settle,
+    )
+    return result

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from medpfl_app.atomic_io import write_atomic
-from medpfl_app.audit.ledger import LEDGER_FILE, find_ledgers, read_ledger
+from medpfl_app.audit.ledger import LEDGER_FILE, find_ledgers
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
+from medpfl_app.reports.coverage import gap_label
+from medpfl_app.reports.fields import printable
 from medpfl_app.reports.model import (
     RISK_MEANINGS,
     RISK_ORDER,
@@ -26,6 +28,14 @@ from medpfl_app.reports.model import (
     params_text,
     verdict,
 )
+from medpfl_app.reports.sources import (
+    ARRIVALS_FILE,
+    Unreadable,
+    arrivals_beside,
+    read_arrivals,
+    read_ledger_records,
+    unreadable_text,
+)
 from medpfl_app.reports.svg import Series, line_chart, site_colors
 from medpfl_app.reports.thumbnails import (
     ThumbnailSet,
@@ -33,7 +43,7 @@ from medpfl_app.reports.thumbnails import (
     thumbnail_rows,
 )
 
-REPORT_SCHEMA = "medpfl.audit-report/1"
+REPORT_SCHEMA = "medpfl.audit-report/2"
 HTML_FILE = "audit_report.html"
 
 
@@ -47,6 +57,7 @@ class ReportPaths:
     round_json: tuple[Path, ...]
     thumbnails: tuple[Path, ...] = ()
     round_metrics: Path | None = None
+    arrivals: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Report:
     skipped_lines: tuple[int, ...]
     accuracy: Accuracy
     thumbnail_notes: tuple[str, ...]
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 def resolve_ledger(source: str | os.PathLike[str]) -> Path:
@@ -75,8 +87,15 @@ def resolve_ledger(source: str | os.PathLike[str]) -> Path:
                           fix="pass a downloaded job folder, a simulator workspace or an audit_ledger.jsonl file")
     ledgers = list(find_ledgers(path))
     if not ledgers:
+        arrivals = sorted(path.rglob(ARRIVALS_FILE))
+        seen = ""
+        if arrivals:
+            count = len(read_arrivals(arrivals[0]).arrivals)
+            seen = (f"; {arrivals[0]} lists {count} received update{'s' if count != 1 else ''}: either the job ran "
+                    "without the audit, or its server stopped before writing the first audit record (then none of "
+                    "them was audited)")
         raise MedPFLError(
-            f"no audit ledger ({LEDGER_FILE}) under {path}",
+            f"no audit ledger ({LEDGER_FILE}) under {path}{seen}",
             fix="pass the job folder of a job that ran with the audit on (nvflare job download / download_job), "
             "or the ledger file itself",
         )
@@ -120,12 +139,13 @@ def build_report(
 ) -> Report:
     """`render_report`, also returning the content (for the terminal summary)."""
     ledger = resolve_ledger(source)
-    contents = read_ledger(ledger)
-    view = build_view(contents.records)
+    contents = read_ledger_records(ledger)
+    arrivals_path = arrivals_beside(ledger)
+    view = build_view(contents.records, read_arrivals(arrivals_path) if arrivals_path else None)
     search_root = Path(source) if Path(source).is_dir() else ledger.parent
     accuracy = read_accuracy(find_round_metrics(search_root))
     target = Path(out_dir) if out_dir is not None else ledger.parent
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)  # reports describe patients' leakage: owner-only
     summary = verdict(view, contents.skipped_lines)
     thumbs = collect_thumbnails(thumbnails_from, target) if thumbnails_from is not None else None
 
@@ -135,9 +155,8 @@ def build_report(
         for n in view.rounds
     )
     html = render_html(view, summary, ledger=ledger, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                       thumbnails=thumbs)
-    # with thumbnails the page embeds patient data; without, it holds scalars only and follows the umask
-    html_path = _write(target / HTML_FILE, html, private=bool(thumbs and thumbs.thumbnails))
+                       thumbnails=thumbs, unreadable=contents.unreadable)
+    html_path = _write(target / HTML_FILE, html)
     paths = ReportPaths(
         ledger=ledger,
         out_dir=target,
@@ -145,73 +164,73 @@ def build_report(
         round_json=round_paths,
         thumbnails=tuple(t.path for t in thumbs.thumbnails) if thumbs else (),
         round_metrics=accuracy.path,
+        arrivals=arrivals_path,
     )
     return Report(paths=paths, view=view, verdict=summary, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                  thumbnail_notes=thumbs.ignored if thumbs else ())
+                  thumbnail_notes=thumbs.ignored if thumbs else (), unreadable=contents.unreadable)
 
 
-def _write(path: Path, content: str, *, private: bool = False) -> Path:
-    """Atomic write; owner-only when ``private``, else the usual umask-derived mode (the temp file is 0600)."""
+def _write(path: Path, content: str) -> Path:
+    """Atomic, owner-only (0600) write: every report file names sites' leakage, and may embed thumbnails."""
 
     def write(temp: Path) -> None:
         temp.write_text(content, encoding="utf-8")
-        os.chmod(temp, 0o600 if private else 0o666 & ~_umask())
+        os.chmod(temp, 0o600)
 
     return write_atomic(path, write)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def round_report(
     view: AuditView, round_number: int, ledger: Path, skipped_lines: Sequence[int], accuracy: Accuracy
 ) -> dict[str, Any]:
-    """The JSON report of one round: its records verbatim plus a summary (verdict, counts, accuracy)."""
+    """The JSON report of one round: its records verbatim plus a summary (verdict, coverage, details, accuracy)."""
+    only = view.only_round(round_number)
     cells = [view.cell(site, round_number) for site in view.sites]
-    round_verdict = verdict(_only_round(view, round_number))
     return {
         "schema": REPORT_SCHEMA,
         "round": round_number,
         "ledger": str(ledger),
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": {
-            "verdict": round_verdict,
+            "verdict": verdict(only),
+            "coverage": only.coverage.to_dict(),
             "sites": [
                 {
                     "site": c.site,
                     "status": c.status,
                     "risk": c.risk,
+                    "evidence": c.evidence,
+                    "settle": c.settle,
                     "reason": c.reason,
                     "site_scores": c.scores_status,
                     "ssim_max": c.ssim_max,
                     "psnr_max": c.psnr_max,
                     "attack_success_rate": c.success_rate,
+                    "identifiability": c.detail.identifiability,
+                    "identifiability_chance": c.detail.identifiability_chance,
+                    "identifiability_excess": c.detail.identifiability_excess,
+                    "identifiability_p_value": c.detail.identifiability_p_value,
                     "epsilon": {"client_dp": c.epsilon_client, "dp_sgd": c.epsilon_sample, "delta": c.delta},
                     "audit_config": c.config.tag if c.config else None,
                     "records": c.record_count,
+                    "invalid_values": list(c.invalid),
                 }
                 for c in cells if c is not None
             ],
+            "details": [d.to_dict() for d in only.details],
             "sites_without_record": [s for s, c in zip(view.sites, cells, strict=True) if c is None],
+            "sites_lost": [s for s in view.sites if view.lost(s, round_number)],
             "policy_actions": [dataclasses.asdict(a) for a in view.actions if a.round == round_number],
             "audit_configs": [c.to_dict() for c in view.configs],
+            "yardstick": view.yardstick.to_dict(),
             "model_accuracy": accuracy.aggregated.get(round_number),
             "model_accuracy_metric": accuracy.metric,
-            "ledger_lines_skipped": list(skipped_lines),
+            "ledger_lines_unreadable": list(skipped_lines),
+            "ledger_lines_unreadable_text": unreadable_text(skipped_lines),
             "risk_levels": RISK_MEANINGS,
         },
-        "records": [r for r in view.records if r.get("round") == round_number and not isinstance(r.get("round"), bool)],
+        "records": list(only.records),
     }
-
-
-def _only_round(view: AuditView, round_number: int) -> AuditView:
-    cells = {key: cell for key, cell in view.cells.items() if key[1] == round_number}
-    return dataclasses.replace(view, cells=cells, rounds=(round_number,),
-                               notes=tuple(n for n in view.notes if n.round == round_number), malformed=(),
-                               actions=tuple(a for a in view.actions if a.round == round_number))
 
 
 def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
@@ -245,7 +264,7 @@ def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | N
 def _plots(view: AuditView, accuracy: Accuracy) -> list[dict[str, Any]]:
     colors = site_colors(view.sites)
     rounds = sorted(set(view.rounds) | set(accuracy.aggregated))
-    measured = {site: [c for r in view.rounds if (c := view.cell(site, r)) is not None and c.measured]
+    measured = {site: [c for r in view.rounds if (c := view.cell(site, r)) is not None and c.scored]
                 for site in view.sites}
 
     def leak(attr: str) -> list[Series]:
@@ -296,15 +315,23 @@ def render_html(
     skipped_lines: Sequence[int],
     accuracy: Accuracy,
     thumbnails: ThumbnailSet | None,
+    unreadable: Sequence[Unreadable] = (),
 ) -> str:
-    """The self-contained HTML report (inline CSS and SVG; every record string auto-escaped by Jinja2)."""
+    """The self-contained HTML report (inline CSS and SVG; every record string auto-escaped by Jinja2 and its
+    control characters escaped by `medpfl_app.reports.fields.printable`)."""
     import jinja2
     from markupsafe import Markup
+
+    def visible(value: Any) -> Any:
+        # every text reaches the page HTML-escaped (autoescape) and with control characters and bidi overrides
+        # shown escaped, as on the terminal: a site name cannot reorder or hide what the page says around it
+        return value if isinstance(value, Markup) or not isinstance(value, str) else printable(value, newlines=True)
 
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("medpfl_app.reports", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        finalize=visible,
     )
     plots = _plots(view, accuracy)
     for plot in plots:
@@ -322,6 +349,11 @@ def render_html(
         verdict=summary,
         ledger=str(ledger),
         skipped_lines=list(skipped_lines),
+        unreadable=list(unreadable),
+        unreadable_text=unreadable_text(list(skipped_lines)),
+        coverage=view.coverage,
+        yardstick=view.yardstick,
+        gap_label=gap_label,
         accuracy=accuracy,
         plots=plots,
         chains=chains,

@@ -1,7 +1,8 @@
 """Inline SVG line charts: no scripts, fonts or network, so the HTML report opens anywhere.
 
 Every piece of text (site names come from the untrusted ledger) is XML-escaped here, because the template inserts
-the finished SVG unescaped.
+the finished SVG unescaped, and its control characters and bidi overrides are shown escaped
+(`medpfl_app.reports.fields.printable`).
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape as _xml_escape
+
+from medpfl_app.reports.fields import printable
 
 #: Colour-blind-safe palette (Okabe-Ito), cycled over sites.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 
 WIDTH, HEIGHT = 360, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 26, 38
+
+
+def escape(value: str) -> str:
+    """``value`` XML-escaped, with its control characters shown escaped."""
+    return _xml_escape(printable(value))
 
 
 @dataclass(frozen=True)

@@ -1,59 +1,108 @@
-"""The terminal summary printed by ``medpfl report``: a compact site × round table, the verdict, the files."""
+"""The terminal summary printed by ``medpfl report`` and ``medpfl demo``: table, verdict, coverage, yardstick, files.
+
+Site names, reasons, evidence and every other string come from a ledger that sites influence: every line passes
+through `medpfl_app.reports.fields.printable` before it is returned, so no escape sequence, carriage return or bidi
+override from a record reaches the user's terminal (they are shown escaped, e.g. ``\\x1b``), and a value cannot
+start a line of its own.
+"""
 
 from __future__ import annotations
 
-from medpfl_app.reports.model import Cell
+from medpfl_app.reports.coverage import gap_label
+from medpfl_app.reports.fields import printable
+from medpfl_app.reports.model import AuditView, Cell
 from medpfl_app.reports.render import Report
+from medpfl_app.reports.sources import unreadable_text
+
+#: Gaps printed one per line; the rest are counted (all of them are in the HTML and the round JSON).
+MAX_GAP_LINES = 12
 
 
-def _cell_text(cell: Cell | None) -> str:
+def _cell_text(view: AuditView, site: str, round_number: int) -> str:
+    cell: Cell | None = view.cell(site, round_number)
     if cell is None:
-        return "no record"
+        if view.lost(site, round_number):
+            return "LOST (no record)"
+        return "not received" if view.coverage.known else "no record"
+    lost = view.coverage.cells.get((site, round_number))
+    extra = f" +{lost.lost} lost" if lost is not None and lost.lost else ""
     if cell.status != "audited":
-        return cell.status.replace("_", " ")
-    if not cell.measured:
-        return f"{cell.risk} (scores {cell.scores_status or 'missing'})"
+        return cell.status.replace("_", " ") + extra
+    level = cell.risk.replace("_", " ")
+    if cell.invalid:
+        return f"{level} (invalid values){extra}"
+    if not cell.scored:
+        why = cell.detail.convergence.replace("_", " ") if cell.detail.convergence else \
+            f"scores {cell.scores_status or 'missing'}"
+        return f"{level} ({why}){extra}"
     ssim = f"{cell.ssim_max:.2f}" if cell.ssim_max is not None else "-"
     psnr = f"{cell.psnr_max:.1f}" if cell.psnr_max is not None else "-"
     eps = cell.epsilon_client if cell.epsilon_client is not None else cell.epsilon_sample
     eps_text = f"{eps:.3g}" if eps is not None else "-"
     tag = cell.config.tag if cell.config else "-"
-    return f"{cell.risk} {ssim}/{psnr}/{eps_text} {tag}"
+    return f"{level} {ssim}/{psnr}/{eps_text} {tag}{extra}"
 
 
-def _printable(value: str) -> str:
-    # site names come from the ledger: keep terminal control sequences out of the user's shell
-    return "".join(ch if ch.isprintable() else "?" for ch in value)
+def coverage_by_round(view: AuditView) -> str:
+    """``round 0: 3 received, 3 audited; round 1: 3 received, 1 audited, 2 lost; …`` (records only if unknown)."""
+    parts = []
+    for r in view.coverage.rounds:
+        c = view.coverage.round_counts(r)
+        words = [f"{c.received} received" if c.received is not None else f"{c.records} recorded",
+                 f"{c.audited} audited"]
+        words += [f"{n} {label}" for n, label in ((c.not_audited, "not audited"), (c.not_auditable, "not auditable"),
+                                                  (c.lost, "lost")) if n]
+        parts.append(f"round {r}: " + ", ".join(words))
+    return "; ".join(parts) or "nothing received or recorded"
 
 
 def summary_text(report: Report) -> str:
-    """The summary as text (no colour codes, so it can be logged or piped)."""
+    """The summary as text (no colour codes, so it can be logged or piped), every line made `printable`."""
     view = report.view
-    lines = ["Risk by site and round (risk SSIM/PSNR dB/ε, worst image, audit config tag):"]
-    site_width = max([len("site")] + [len(_printable(s)) for s in view.sites])
-    cells = {(s, r): _cell_text(view.cell(s, r)) for s in view.sites for r in view.rounds}
+    lines = ["Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):"]
+    site_width = max([len("site")] + [len(printable(s)) for s in view.sites])
+    cells = {(s, r): printable(_cell_text(view, s, r)) for s in view.sites for r in view.rounds}
     width = max([12] + [len(t) for t in cells.values()])
     lines.append("  " + "site".ljust(site_width) + "".join(f"  {'round ' + str(r):<{width}}" for r in view.rounds))
     for site in view.sites:
         row = "".join(f"  {cells[(site, r)]:<{width}}" for r in view.rounds)
-        lines.append("  " + _printable(site).ljust(site_width) + row)
+        lines.append("  " + printable(site).ljust(site_width) + row)
     if view.configs:
         lines.append("Audit configurations:")
-        lines.extend(f"  {_printable(c.tag)}: {_printable(c.describe())}" for c in view.configs)
-    lines.append("Verdict: " + _printable(str(report.verdict["headline"])))
-    coverage = report.verdict["coverage"]
-    lines.append(
-        f"  measured {coverage['measured']} of {coverage['site_rounds']} site-rounds; "
-        f"{len(view.notes)} not audited / not auditable / unscored (reasons in the HTML); "
-        f"{coverage['skipped_ledger_lines']} ledger lines skipped"
-    )
-    lines.extend(f"  not in the table: {_printable(m)}" for m in view.malformed)
+        lines.extend(f"  {printable(c.tag)}: {printable(c.describe())}" for c in view.configs)
+    verdict = report.verdict
+    lines.append("Verdict: " + printable(str(verdict["headline"])))
+    if verdict.get("evidence"):
+        lines.append("  evidence: " + printable(str(verdict["evidence"])))
+    if verdict.get("settle"):
+        lines.append("  would settle it: " + printable(str(verdict["settle"])))
+    lines.append("  " + printable(view.coverage.text()))
+    lines.append("  by round: " + printable(coverage_by_round(view)))
+    gaps = view.coverage.gaps
+    for gap in gaps[:MAX_GAP_LINES]:
+        lines.append(f"  gap: {printable(gap.site)} round {gap.round}: {gap_label(gap.kind)}"
+                     f"{f' ({gap.count} updates)' if gap.count != 1 else ''}: {printable(gap.cause)}")
+    if len(gaps) > MAX_GAP_LINES:
+        lines.append(f"  … {len(gaps) - MAX_GAP_LINES} more gaps (all in the HTML report and the round JSON)")
+    lines.append(f"  audit ledger: {unreadable_text(report.skipped_lines)}; {len(view.notes)} audited without site "
+                 "scores (reasons in the HTML)")
+    lines.append("Yardstick: " + printable(view.yardstick.summary()))
+    lines.append("  budget spent: " + printable(view.yardstick.spent))
+    lines.append("  attack ladder: " + printable(view.yardstick.ladder))
+    lines.extend(f"  not in the table: {printable(m)}" for m in view.malformed)
+    invalid = [d for d in view.details if d.invalid]
+    if invalid:
+        lines.append(f"Invalid values: {len(invalid)} record{'s' if len(invalid) != 1 else ''} hold values outside "
+                     "their valid range; they are read as missing, never as measurements:")
+        lines.extend(f"  {d.site} round {d.round}: {d.invalid_text()}" for d in invalid)
     lines.extend(
-        f"Policy: {_printable(a.site)} round {a.round} {_printable(a.action.replace('_', ' '))} ({_printable(a.reason)})"
+        f"Policy: {printable(a.site)} round {a.round} {printable(a.action.replace('_', ' '))} ({printable(a.reason)})"
         for a in view.actions
     )
     paths = report.paths
     lines.append(f"Ledger: {paths.ledger}")
+    lines.append(f"Arrivals: {paths.arrivals}" if paths.arrivals else
+                 "Arrivals: none beside the ledger (coverage unknown)")
     lines.append(f"HTML report: {paths.html}")
     lines.append(f"Round reports: {len(paths.round_json)} × {paths.out_dir / 'report_round_<n>.json'}")
     if paths.round_metrics:
@@ -62,5 +111,5 @@ def summary_text(report: Report) -> str:
         lines.append(f"Reconstruction thumbnails (patient data, owner-only): {len(paths.thumbnails)} in "
                      f"{paths.thumbnails[0].parent.parent.parent}")
     for note in report.thumbnail_notes:
-        lines.append(f"  not used: {_printable(note)}")
-    return "\n".join(lines)
+        lines.append(f"  not used: {printable(note)}")
+    return "\n".join(printable(line) for line in lines)

@@ -70,3 +70,37 @@ def test_attack_command_rejects_bad_recipe_override(tmp_path, capsys) -> None:
     assert "'soon' is not a valid float" in capsys.readouterr().err
     assert main(["attack", "--out", str(tmp_path), "--grid", "--set", "init=rand"]) == 2
     assert "does not apply to --grid" in capsys.readouterr().err
+
+
+def test_attack_command_reports_iterations_losses_and_convergence(tmp_path, capsys) -> None:
+    """The command prints iterations, the matching loss at start and end and the convergence status, and writes them
+    into result.json."""
+    out = tmp_path / "out"
+
+    code = main(["attack", "--out", str(out), "--attack", "idlg", "--iterations", "3", "--image-size", "16",
+                 "--set", "stop_loss=0"])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "optimisation: 3 iterations" in printed and "at start" in printed and "at end" in printed
+    assert "convergence: " in printed and "no progress" not in printed
+    payload = json.loads((out / "result.json").read_text())
+    assert payload["convergence"]["status"] in {"matched", "stalled", "improving"}
+    assert payload["convergence"]["iterations"] == payload["iterations"] == 3
+    assert payload["initial_loss"] > payload["matching_loss"] and payload["moved_from_init"] > 0
+    assert payload["loss_trace"][0] == payload["initial_loss"] and payload["loss_trace"][-1] == payload["matching_loss"]
+
+
+def test_attack_command_says_plainly_when_the_attack_made_no_progress(tmp_path, capsys) -> None:
+    """An attack that never leaves its initialisation (a vanishing step size) is reported as no progress, not as
+    evidence of safety."""
+    out = tmp_path / "out"
+
+    code = main(["attack", "--out", str(out), "--attack", "idlg", "--iterations", "2", "--image-size", "16",
+                 "--set", "lr=1e-30"])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "convergence: no_progress" in printed
+    assert "made no progress" in printed and "not evidence that the update is safe" in printed
+    assert json.loads((out / "result.json").read_text())["convergence"]["status"] == "no_progress"

@@ -114,7 +114,7 @@ def test_unknown_line_search_is_rejected() -> None:
 
 @pytest.mark.parametrize("limit", [0.0, -1.0, float("inf"), float("nan")])
 def test_bad_time_limit_is_rejected(limit: float) -> None:
-    with pytest.raises(MedPFLError, match="time_limit_s must be a positive number of seconds"):
+    with pytest.raises(MedPFLError, match="time_limit_s must be a positive, finite number of seconds"):
         build_attack("gradinv", time_limit_s=limit)
 
 

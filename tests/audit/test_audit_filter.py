@@ -77,7 +77,9 @@ def _outcome() -> AuditOutcome:
 
 
 def _started_filter(tmp_path, **kwargs) -> tuple[AuditFilter, FLContext]:
-    audit = AuditFilter(**kwargs)
+    """A started filter; the attack runs on the worker thread (monkeypatched audits are not picklable) unless a
+    test asks for the isolated worker process."""
+    audit = AuditFilter(**{"isolate": False, **kwargs})
     ctx = _ctx(tmp_path)
     audit.handle_event(EventType.START_RUN, ctx)
     return audit, ctx
@@ -126,10 +128,11 @@ def test_process_returns_the_shareable_unchanged_and_fast_while_the_worker_is_bu
         release.set()
     records = _records(tmp_path, audit, 4)
     statuses = sorted(r["status"] for r in records)
-    # One update in the attack thread, two in the queue (its bound), the fourth refused as not audited.
+    # One update in the attack thread, two in the queue (its bound and this only site's share), the fourth refused.
     assert statuses == ["audited", "audited", "audited", "not_audited"]
     refused = next(r for r in records if r["status"] == "not_audited")
-    assert "queue full" in refused["reason"] and refused["round"] == 3 and refused["site"] == "site-1"
+    assert "audit queue" in refused["reason"] and refused["round"] == 3 and refused["site"] == "site-1"
+    assert refused["risk"] == "not_audited" and refused["verdict"]["evidence"] == refused["reason"]
 
 
 def test_process_is_unchanged_and_fast_when_the_audit_is_broken(tmp_path, monkeypatch) -> None:
@@ -147,7 +150,7 @@ def test_process_is_unchanged_and_fast_when_the_audit_is_broken(tmp_path, monkey
     assert time.perf_counter() - started < FAST_S
     _assert_unchanged(before, shareable, returned)
     (record,) = _records(tmp_path, audit, 1)
-    assert record["status"] == "not_audited" and "attack exploded" in record["reason"] and record["risk"] == "unknown"
+    assert record["status"] == "not_audited" and "attack exploded" in record["reason"] and record["risk"] == "not_audited"
 
 
 def test_process_survives_an_internal_error_in_the_filter(tmp_path, monkeypatch) -> None:
@@ -167,7 +170,8 @@ def test_process_survives_an_internal_error_in_the_filter(tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     ("make", "reason_part"),
     [
-        pytest.param(lambda: _shareable(meta={**FACTS, "processed_algorithm": "CKKS"}), "processed by 'CKKS'", id="he"),
+        pytest.param(lambda: _shareable({"net.fc.weight": np.array([b"\x01\x02"])},
+                                        meta={**FACTS, "processed_algorithm": "CKKS"}), "processed by 'CKKS'", id="he"),
         pytest.param(
             lambda: _shareable({"net.fc.weight": np.array(["a", "b"], dtype=object)}), "non-numeric", id="object-array"
         ),
@@ -183,7 +187,7 @@ def test_unattackable_updates_are_recorded_not_auditable(tmp_path, make, reason_
     assert audit.process(shareable, ctx) is shareable
     (record,) = _records(tmp_path, audit, 1)
     assert record["status"] == "not_auditable" and reason_part in record["reason"], record["reason"]
-    assert record["risk"] == "unknown" and record["site_scores"]["status"] == "unavailable"
+    assert record["risk"] == "not_auditable" and record["site_scores"]["status"] == "unavailable"
 
 
 def test_a_result_that_is_no_dxo_is_not_auditable(tmp_path) -> None:
@@ -258,12 +262,10 @@ class _PanicEngine(_Engine):
 @pytest.mark.parametrize("action", ["report", "stop_job"])
 def test_high_risk_policy_action(tmp_path, monkeypatch, action) -> None:
     """stop_job ends the run once, with a reason naming site and round; report (default) only writes the ledger."""
-    risky = AuditOutcome(
-        server_indicators={"bn_statistics_exposed": True, "images_per_update": 1},
-        attack_budget={"attack": "fake", "iterations": 0}, threat_model={}, model={"network": "x"},
-    )
+    risky = _risky_outcome()
     monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: risky)
-    audit = AuditFilter(on_high_risk=action)
+    _site_scores_leak(monkeypatch)
+    audit = AuditFilter(on_high_risk=action, isolate=False)
     engine = _PanicEngine(tmp_path)
     ctx = _ctx(tmp_path)
     ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=True)
@@ -280,14 +282,22 @@ def test_high_risk_policy_action(tmp_path, monkeypatch, action) -> None:
 
 
 def _risky_outcome() -> AuditOutcome:
+    """An audit whose reconstruction the site then scores as a leak (`_site_scores_leak`)."""
     return AuditOutcome(
-        server_indicators={"bn_statistics_exposed": True, "images_per_update": 1},
+        server_indicators={"bn_statistics_exposed": True, "images_per_update": 1, "attack_convergence": "matched"},
         attack_budget={"attack": "fake", "iterations": 0}, threat_model={}, model={"network": "x"},
+        reconstructions=np.zeros((1, 1, 8, 8), np.float32), labels=np.zeros(1, np.int64),
     )
 
 
+def _site_scores_leak(monkeypatch) -> None:
+    """site-1's scorer measures a close reconstruction (SSIM 0.95); other sites' updates carry no reconstruction."""
+    scored = {"status": "scored", "ssim_max": 0.95, "attack_success_rate": 1.0, "ssim_threshold": 0.9}
+    monkeypatch.setattr(AuditFilter, "_ask_site", lambda self, site, round_number, recon, labels, **_: (dict(scored), None))
+
+
 def _filter_on(tmp_path, engine: _PanicEngine, **kwargs) -> tuple[AuditFilter, FLContext]:
-    audit = AuditFilter(**kwargs)
+    audit = AuditFilter(**{"isolate": False, **kwargs})
     ctx = _ctx(tmp_path)
     ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=True)
     audit.handle_event(EventType.START_RUN, ctx)
@@ -299,6 +309,7 @@ def test_exclude_site_empties_that_sites_later_updates_and_still_audits_them(tmp
     results) and the reason in its meta; it is still audited, its record says so; other sites pass untouched."""
     risk_of = {"site-1": _risky_outcome(), "site-2": _outcome()}
     monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: risk_of[item.site])
+    _site_scores_leak(monkeypatch)
     engine = _PanicEngine(tmp_path)
     audit, ctx = _filter_on(tmp_path, engine, on_high_risk="exclude_site")
     first = audit.process(_shareable(round_=0), ctx)
@@ -335,6 +346,7 @@ def test_exclude_site_empties_that_sites_later_updates_and_still_audits_them(tmp
 def test_exclude_site_stops_the_job_when_no_site_is_left(tmp_path, monkeypatch) -> None:
     """Excluding the only connected site would leave FedAvg nothing to aggregate: the job is stopped instead."""
     monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: _risky_outcome())
+    _site_scores_leak(monkeypatch)
     engine = _PanicEngine(tmp_path, clients=("site-1",))
     audit, ctx = _filter_on(tmp_path, engine, on_high_risk="exclude_site")
     audit.process(_shareable(round_=0), ctx)

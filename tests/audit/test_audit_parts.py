@@ -10,21 +10,23 @@ import torch
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from medpfl_app.audit import site_record
 from medpfl_app.audit.core import AuditItem, audit_update, not_auditable_reason
 from medpfl_app.audit.plan import AuditPlan
-from medpfl_app.audit.risk import RiskPolicy, assess_risk
+from medpfl_app.audit.risk import RiskPolicy
 from medpfl_app.audit.scoring import (
     SCORE_KEYS,
     check_scalars_only,
     score_reconstructions,
 )
 from medpfl_app.audit.site_scorer import (
+    REPLY_REFUSED,
     REPLY_SCORES,
+    REQUEST_DIGEST,
     SCORE_TOPIC,
     AuditSiteScorer,
     score_request,
 )
+from medpfl_app.audit.update_digest import update_digest
 from medpfl_app.audit.worker import build_record
 from medpfl_app.errors import MedPFLError
 
@@ -77,21 +79,65 @@ def test_scalar_check_refuses_arrays_and_unknown_keys() -> None:
         check_scalars_only({"reason": "x" * 1000})
 
 
-def test_site_scorer_reply_carries_only_scalars() -> None:
+#: site-1's update as it sent it (its digest is recorded at the site) and the server identity it trained for.
+SENT_UPDATE = {"fc.weight": np.arange(4, dtype=np.float32).reshape(2, 2)}
+SERVER = "server"
+
+
+def _from_server(scorer: AuditSiteScorer, request: Shareable, *, origin: str = "server.job-parts") -> Shareable:
+    """``request`` as NVFlare delivers a server request: from the server's job cell, naming the server."""
+    from nvflare.apis.fl_constant import ReservedKey
+
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, SERVER, private=False, sticky=False)
+    ctx = FLContext()
+    ctx.set_peer_context(peer)
+    if REQUEST_DIGEST not in request:
+        request[REQUEST_DIGEST] = update_digest(SENT_UPDATE)
+    return scorer._on_request(SCORE_TOPIC, request, ctx, origin=origin)
+
+
+def _site_with_a_record(tmp_path, monkeypatch, round_number: int, positions) -> tuple[AuditSiteScorer, torch.Tensor]:
+    """A scorer of site-1 in job ``job-parts`` whose training script recorded ``positions`` for ``round_number``
+    and whose last result filter recorded sending `SENT_UPDATE` in that round.
+
+    The site's data is a tiny demo set found through ``MEDPFL_DATA_ROOT``; the working folder plays the site
+    workspace (as for NVFlare's client job process). Returns the scorer and the site's training images.
+    """
+    from medpfl_app.audit.round_samples import (
+        RoundSamples, SentUpdate, describe_training_set, load_training_pool, write_round_samples,
+        write_sent_update,
+    )
+    from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
+
+    demo = generate_demo_dataset(tmp_path / "demo", num_sites=2, train_per_site=4, val_per_site=0, image_size=16)
+    for name in ("MEDPFL_SITE_DATA_CONFIG", "MEDPFL_SITE_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MEDPFL_DATA_ROOT", str(demo.root))
+    workspace = tmp_path / "site-1"
+    workspace.mkdir()
+    monkeypatch.chdir(workspace)
+    items = load_site_data(resolve_site_data("site-1").datalist, site="site-1", num_classes=4).training
+    training_set = describe_training_set(items, DataConfig(image_size=16), 4)
+    run_dir = workspace / "job-parts"
+    run_dir.mkdir()
+    write_round_samples(run_dir, RoundSamples(job_id="job-parts", site="site-1", round=round_number,
+                                              positions=tuple(positions), training_set=training_set))
+    write_sent_update(run_dir, SentUpdate(job_id="job-parts", site="site-1", round=round_number,
+                                          digest=update_digest(SENT_UPDATE), server_identity=SERVER))
+    scorer = AuditSiteScorer()
+    scorer._bind("site-1", "job-parts", run_dir)
+    return scorer, load_training_pool("site-1", training_set).images
+
+
+def test_site_scorer_reply_carries_only_scalars(tmp_path, monkeypatch) -> None:
     """What goes back to the server: the reply's scores, no image, no index, no path."""
-    site = "site-test-scorer"
-    pool = _images(4, seed=3)
-    dataset = [{"image": pool[i], "label": torch.tensor(i % 2), "index": torch.tensor(i)} for i in range(4)]
-    site_record.clear(site)
-    site_record.register_training_data(site, dataset)
-    site_record.record_round(site, 3, [2, 2])
+    scorer, pool = _site_with_a_record(tmp_path, monkeypatch, 3, [2, 2])
     request = Shareable()
     request["round"] = 3
     request["reconstructions"] = pool[[2]].numpy()
     request["labels"] = np.array([0])
-    scorer = AuditSiteScorer()
-    scorer._site = site
-    reply = scorer._on_request(SCORE_TOPIC, request, FLContext())
+    reply = _from_server(scorer, request)
     scores = reply[REPLY_SCORES]
     _assert_scalars(scores)
     assert scores["ssim_max"] == pytest.approx(1.0) and scores["images_used"] == 1
@@ -99,48 +145,34 @@ def test_site_scorer_reply_carries_only_scalars() -> None:
     assert set(reply["__headers__"]) == {"__rc__"}  # and no header beyond the return code
     text = json.dumps(scores)
     assert "/" not in text  # no path
-    missing = score_request(site, Shareable({"round": 9, "reconstructions": pool[[0]].numpy()}))
-    assert missing["status"] == "unavailable" and "round 9" in missing["reason"]
-    site_record.clear(site)
+    missing = _from_server(scorer, Shareable({"round": 9, "reconstructions": pool[[0]].numpy()}))
+    assert missing[REPLY_SCORES]["status"] == "unavailable" and "round 9" in missing[REPLY_REFUSED]
+    assert score_request("the site has no record", Shareable())["reason"] == "the site has no record"
+
+
+def test_site_scorer_says_why_it_cannot_score_naming_no_path(tmp_path, monkeypatch) -> None:
+    """Data gone or changed since training: 'unavailable' with a reason, never a path or a wrong score."""
+    scorer, pool = _site_with_a_record(tmp_path, monkeypatch, 0, [1])
+    request = Shareable({"round": 0, "reconstructions": pool[[1]].numpy()})
+    monkeypatch.delenv("MEDPFL_DATA_ROOT")
+    gone = _from_server(scorer, request)[REPLY_SCORES]
+    assert gone == {"status": "unavailable", "reason": "the site's training data was not found"}
+    unstarted = _from_server(AuditSiteScorer(), Shareable(request), origin="server")[REPLY_SCORES]
+    assert unstarted["status"] == "unavailable" and "not started" in unstarted["reason"]
+    for scores in (gone, unstarted):
+        assert str(tmp_path) not in json.dumps(scores)
 
 
 def test_not_auditable_reasons() -> None:
     facts = {"network": "lenet_sigmoid", "image_size": 8, "in_channels": 1, "num_classes": 4}
     good = {"w": np.zeros(3, np.float32)}
     assert not_auditable_reason("WEIGHT_DIFF", good, facts) is None
-    assert "processed" in not_auditable_reason("WEIGHT_DIFF", good, {**facts, "processed_algorithm": "CKKS"})
+    # auditability is decided from the payload: a plaintext update claiming encryption is still audited
+    assert not_auditable_reason("WEIGHT_DIFF", good, {**facts, "processed_algorithm": "CKKS"}) is None
+    assert "CKKS" in not_auditable_reason("WEIGHT_DIFF", {"w": np.array([b"x"])}, {**facts, "processed_algorithm": "CKKS"})
     assert "non-numeric" in not_auditable_reason("WEIGHT_DIFF", {"w": np.array(["x"])}, facts)
     assert "no model tensors" in not_auditable_reason("WEIGHTS", {}, facts)
     assert "model facts" in not_auditable_reason("WEIGHT_DIFF", good, {})
-
-
-@pytest.mark.parametrize(
-    ("scores", "indicators", "epsilon", "expected"),
-    [
-        ({"status": "scored", "ssim_max": 0.95, "attack_success_rate": 1.0}, {}, {}, "high"),
-        ({"status": "scored", "ssim_max": 0.4, "attack_success_rate": 0.0}, {}, {}, "medium"),
-        ({"status": "scored", "ssim_max": 0.05, "attack_success_rate": 0.0, "relative_leakage": -0.9}, {}, {}, "low"),
-        # a measured leak is never lowered by a formal ε
-        ({"status": "scored", "ssim_max": 0.95, "attack_success_rate": 1.0}, {}, {"client_dp": 0.5}, "high"),
-        ({"status": "unavailable"}, {"bn_statistics_exposed": True, "images_per_update": 1}, {}, "high"),
-        ({"status": "unavailable"}, {"bn_statistics_exposed": True, "images_per_update": 1}, {"dp_sgd": 0.5}, "medium"),
-        ({"status": "unavailable"}, {"labels_recovered": True}, {}, "medium"),
-        ({"status": "unavailable"}, {}, {}, "unknown"),
-    ],
-)
-def test_risk_policy(scores, indicators, epsilon, expected) -> None:
-    assert assess_risk(status="audited", site_scores=scores, server_indicators=indicators, epsilon=epsilon) == expected
-
-
-def test_risk_policy_is_configurable_and_validated() -> None:
-    strict = RiskPolicy.from_dict({"ssim_high": 0.3, "ssim_medium": 0.1})
-    scores = {"status": "scored", "ssim_max": 0.35, "attack_success_rate": 0.0}
-    assert assess_risk(status="audited", site_scores=scores, server_indicators={}, epsilon={}, policy=strict) == "high"
-    assert assess_risk(status="not_audited", site_scores=scores, server_indicators={}, epsilon={}) == "unknown"
-    with pytest.raises(MedPFLError):
-        RiskPolicy.from_dict({"ssim_high": 0.2, "ssim_medium": 0.5})
-    with pytest.raises(MedPFLError):
-        RiskPolicy.from_dict({"nonsense": 1})
 
 
 def test_plan_validation_and_sampling() -> None:
@@ -148,7 +180,8 @@ def test_plan_validation_and_sampling() -> None:
     assert plan.selects("site-1", 0) and plan.selects("site-1", 4)
     assert not plan.selects("site-1", 1) and not plan.selects("site-2", 0)
     for bad in ({"attack": "nope"}, {"iterations": 0}, {"options": {"bogus": 1}}, {"unknown": 1},
-                {"time_limit_s": 0}, {"time_limit_s": True}, {"options": {"time_limit_s": 5}}):
+                {"time_limit_s": 0}, {"time_limit_s": True}, {"options": {"time_limit_s": 5}},
+                {"time_limit_s": float("nan")}, {"sites": "site-1"}, {"escalations": -1}, {"escalation_factor": 1}):
         with pytest.raises(MedPFLError):
             AuditPlan.from_dict(bad)
 
@@ -173,35 +206,42 @@ def _lenet_item(batch: int = 1, steps: int = 1, lr: float = 0.1) -> tuple[AuditI
 
 def test_audit_update_runs_the_plan_and_the_record_has_every_schema_field() -> None:
     item, images = _lenet_item()
-    plan = AuditPlan(iterations=30)
+    plan = AuditPlan(iterations=30, escalations=0)
     outcome = audit_update(item, plan)
     assert outcome.reconstructions is not None and outcome.reconstructions.shape == tuple(images.shape)
     assert outcome.server_indicators["labels_recovered"] is True
-    assert outcome.attack_budget["iterations"] <= 30 and outcome.attack_budget["attack"] == "gradinv"
+    assert outcome.attack_budget["iterations"] <= plan.screening_iterations + 30
+    assert outcome.attack_budget["attack"] == "gradinv" and outcome.ladder[0]["stage"] == "screening"
     assert outcome.model["network"] == "lenet_sigmoid" and outcome.model["config_hash"].startswith("sha256:")
     record = build_record(job_id="j", site="site-1", round_number=0, status="audited", reason=None, meta=item.meta,
                           outcome=outcome, site_scores={"status": "scored", "ssim_max": 0.1}, policy=RiskPolicy(),
                           plan=plan, versions={"torch": torch.__version__})
     assert LEDGER_FIELDS <= set(record)
     assert record["defenses"][0]["defense"] == "laplace" and record["filter_history"] == ["LaplaceNoiseFilter"]
-    assert "declared" in record["threat_model"] and record["risk"] == "low"
+    assert "declared" in record["threat_model"] and record["risk"] == record["verdict"]["level"]
+    assert record["risk"] in ("low", "inconclusive") and record["verdict"]["evidence"]
+    assert record["metric_settings"]["ssim"]["sigma"] == 1.5 and record["ladder"] == list(outcome.ladder)
 
 
-def test_large_updates_are_attacked_with_a_bounded_reduced_budget() -> None:
+def test_large_updates_are_attacked_whole_or_not_at_all() -> None:
+    """A multi-step update is attacked whole (every image, every step); above the plan's caps it is not attacked."""
     item, _ = _lenet_item(batch=4, steps=3)
-    outcome = audit_update(item, AuditPlan(iterations=5, max_images=2))
-    assert outcome.reconstructions.shape[0] == 2
-    assert "attacked as 2 images" in outcome.attack_budget["reduced"]
-    assert outcome.server_indicators["images_per_update"] == 4
+    outcome = audit_update(item, AuditPlan(iterations=5, escalations=0))
+    assert outcome.reconstructions.shape[0] == 4 and outcome.server_indicators["images_per_update"] == 4
+    assert outcome.ladder[0]["local_steps"] == 3 and outcome.ladder[0]["whole_update"] is True
+    capped = audit_update(item, AuditPlan(iterations=5, max_images=2))
+    assert capped.reconstructions is None and "max_images 2" in capped.attack_budget["not_attacked"]
 
 
 def test_the_attack_time_limit_is_applied_and_recorded() -> None:
-    """A plan's wall-clock limit stops the attack (any step takes longer than 1 µs); the budget record says why."""
+    """A plan's wall-clock budget stops the ladder (any step takes longer than 1 µs); the budget record says why."""
     item, _ = _lenet_item()
     outcome = audit_update(item, AuditPlan(iterations=40, time_limit_s=1e-6))
-    assert outcome.attack_budget["time_limit_s"] == 1e-6 and outcome.attack_budget["stop_reason"] == "time_limit"
-    assert outcome.attack_budget["iterations"] == 1 and outcome.server_indicators["attack_stop_reason"] == "time_limit"
-    assert AuditPlan().time_limit_s == 120.0 and AuditPlan.from_dict({"time_limit_s": None}).time_limit_s is None
+    assert outcome.attack_budget["time_budget_s"] == 1e-6 and outcome.attack_budget["stop_reason"] == "time_limit"
+    assert outcome.attack_budget["stages_run"] == 1 and outcome.attack_budget["ladder_complete"] is False
+    assert outcome.ladder[0]["stage"] == "screening" and outcome.ladder[0]["stop_reason"] == "time_limit"
+    assert "raise time_limit_s" in outcome.attack_budget["settle"]
+    assert AuditPlan().time_limit_s == 10.0 and AuditPlan.from_dict({"time_limit_s": None}).time_limit_s is None
 
 
 def test_missing_global_weights_are_refused() -> None:
@@ -212,21 +252,33 @@ def test_missing_global_weights_are_refused() -> None:
         audit_update(no_weights, AuditPlan(iterations=1))
 
 
-def test_site_scorer_holds_the_end_until_scored_or_released() -> None:
+def test_site_scorer_holds_the_end_until_released(tmp_path, monkeypatch) -> None:
+    """A site that trained holds the end until the server releases it (its audit is done), even once its own last
+    round is scored: in the simulator the first site to end ends every site."""
     from nvflare.apis.fl_exception import NotReadyToEndRun
 
     from medpfl_app.audit.site_scorer import RELEASE_TOPIC
 
-    site = "site-test-end"
-    site_record.clear(site)
-    site_record.record_round(site, 0, [1])
-    scorer = AuditSiteScorer(wait_at_end_s=60)
-    scorer._site = site
-    with pytest.raises(NotReadyToEndRun):
+    scorer, _ = _site_with_a_record(tmp_path, monkeypatch, 0, [1])
+    scorer.wait_at_end_s = 60
+    with pytest.raises(NotReadyToEndRun, match="site-1 waits .* round 0 is not scored yet"):
         scorer._check_end(FLContext())
-    scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext())
+    scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext(), origin="site-2.job-parts")
+    with pytest.raises(NotReadyToEndRun):  # another site cannot release it
+        scorer._check_end(FLContext())
+    scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext(), origin="server.job-parts")
     scorer._check_end(FLContext())  # released by the server: ready
-    site_record.clear(site)
+
+    scored, pool = _site_with_a_record(tmp_path / "again", monkeypatch, 0, [1])
+    scored.wait_at_end_s = 60
+    _from_server(scored, Shareable({"round": 0, "reconstructions": pool[[1]].numpy()}))
+    with pytest.raises(NotReadyToEndRun, match="waits for the server's audit to finish$"):
+        scored._check_end(FLContext())  # scored, but other sites' audits may still need this run
+    scored.wait_at_end_s = 0.0
+    scored._check_end(FLContext())  # no waiting configured: ready
+    untrained = AuditSiteScorer()
+    untrained._bind("site-1", "job-none", tmp_path / "no-rounds")
+    untrained._check_end(FLContext())  # trained no round: nothing to wait for
 
 
 def test_epsilon_so_far_reads_client_dp_and_dp_sgd() -> None:
@@ -253,13 +305,21 @@ class _AuxEngine:
         return self.replies
 
 
-def _reply(code: str = "OK", scores=None) -> Shareable:
+def _reply(code: str = "OK", scores=None, refused: str | None = None) -> Shareable:
     from nvflare.apis.shareable import make_reply
 
     reply = make_reply(code)
     if scores is not None:
         reply[REPLY_SCORES] = scores
+    if refused is not None:
+        reply[REPLY_REFUSED] = refused
     return reply
+
+
+def _received(round_number: int = 2) -> AuditItem:
+    """The server's copy of site-1's update (`SENT_UPDATE`) of ``round_number``."""
+    return AuditItem(site="site-1", round=round_number, job_id="job-parts", data_kind="WEIGHT_DIFF",
+                     update={k: v.copy() for k, v in SENT_UPDATE.items()}, global_weights=None)
 
 
 @pytest.mark.parametrize(
@@ -268,6 +328,9 @@ def _reply(code: str = "OK", scores=None) -> Shareable:
         pytest.param({}, "no reply from site-1", id="unreachable"),
         pytest.param({"site-1": _reply("EXECUTION_EXCEPTION")}, "answered EXECUTION_EXCEPTION", id="error"),
         pytest.param({"site-1": _reply()}, "sent no scores", id="empty"),
+        pytest.param({"site-1": _reply(scores={"status": "unavailable", "reason": "refused: replay"},
+                                       refused="refused: replay")},
+                     "site-1 refused the score request: refused: replay", id="refused"),
     ],
 )
 def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_part) -> None:
@@ -275,10 +338,11 @@ def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_pa
 
     audit = AuditFilter()
     audit._engine = _AuxEngine(replies)
-    scores = audit._score_at_site("site-1", 2, np.zeros((1, 1, 16, 16), np.float32), np.array([0]))
+    scores = audit._score_at_site(_received(), np.zeros((1, 1, 16, 16), np.float32), np.array([0]))
     assert scores["status"] == "unavailable" and reason_part in scores["reason"]
     ((targets, topic, request),) = audit._engine.requests
     assert targets == ["site-1"] and topic == SCORE_TOPIC and request["round"] == 2
+    assert request[REQUEST_DIGEST] == update_digest(SENT_UPDATE)  # names the update as received
 
 
 def test_a_site_reply_with_arrays_is_refused() -> None:
@@ -288,4 +352,4 @@ def test_a_site_reply_with_arrays_is_refused() -> None:
     audit = AuditFilter()
     audit._engine = _AuxEngine({"site-1": _reply(scores={"status": "scored", "ssim_max": [0.5]})})
     with pytest.raises(MedPFLError):
-        audit._score_at_site("site-1", 0, np.zeros((1, 1, 16, 16), np.float32), None)
+        audit._score_at_site(_received(0), np.zeros((1, 1, 16, 16), np.float32), None)

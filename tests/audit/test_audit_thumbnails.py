@@ -19,7 +19,6 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.workspace import Workspace
 
-from medpfl_app.audit import site_record
 from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.release import (
     ReleasedOriginals,
@@ -27,6 +26,15 @@ from medpfl_app.audit.release import (
     demo_data_refusal,
     downsize,
     matched_originals,
+)
+from medpfl_app.audit.core import AuditItem
+from medpfl_app.audit.round_samples import (
+    RoundSamples,
+    SentUpdate,
+    describe_training_set,
+    load_training_pool,
+    write_round_samples,
+    write_sent_update,
 )
 from medpfl_app.audit.scoring import SCORE_KEYS
 from medpfl_app.audit.server import AuditFilter
@@ -38,12 +46,22 @@ from medpfl_app.audit.site_scorer import (
     SCORE_TOPIC,
     AuditSiteScorer,
 )
-from medpfl_app.data import generate_demo_dataset
+from medpfl_app.audit.update_digest import update_digest
+from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
 from medpfl_app.errors import MedPFLError
 
 JOB = "job-thumbs"
 SITE = "site-1"
 SIZE = 16
+SERVER = "server"
+#: SITE's round-3 update, as it sent it and as the server received it.
+UPDATE = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "fc.bias": np.zeros(2, np.float32)}
+
+
+def _item(round_number: int = 3) -> AuditItem:
+    """The server's copy of SITE's update of ``round_number``."""
+    return AuditItem(site=SITE, round=round_number, job_id=JOB, data_kind="WEIGHT_DIFF",
+                     update={k: v.copy() for k, v in UPDATE.items()}, global_weights=None)
 
 
 class _Engine:
@@ -70,7 +88,12 @@ class _Engine:
         self.requests.append(dict(request))
         if self.scorer is None or topic != SCORE_TOPIC:
             return {}
-        reply = self.scorer._on_request(topic, request, FLContext())
+        # As NVFlare delivers it: from the server's job cell, with the server's identity as the peer context.
+        peer = FLContext()
+        peer.set_prop(ReservedKey.IDENTITY_NAME, SERVER, private=False, sticky=False)
+        site_ctx = FLContext()
+        site_ctx.set_peer_context(peer)
+        reply = self.scorer._on_request(topic, request, site_ctx, origin=f"server.{JOB}")
         self.replies.append(reply)
         return {targets[0]: reply}
 
@@ -79,29 +102,39 @@ def _server(tmp_path: Path, scorer: AuditSiteScorer | None, **kwargs) -> tuple[A
     audit = AuditFilter(**kwargs)
     ctx = FLContext()
     ctx.set_prop(ReservedKey.RUN_NUM, JOB, private=False, sticky=True)
-    ctx.set_prop(ReservedKey.IDENTITY_NAME, "server", private=False, sticky=True)
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, SERVER, private=False, sticky=True)
     ctx.set_prop(ReservedKey.ENGINE, _Engine(tmp_path / "server", scorer), private=True, sticky=True)
     audit.handle_event(EventType.START_RUN, ctx)
     return audit, ctx
 
 
 def _scorer(**kwargs) -> AuditSiteScorer:
+    """SITE's scorer in job JOB; the working folder plays the site workspace (as for NVFlare's client job)."""
     scorer = AuditSiteScorer(**kwargs)
-    scorer._site = SITE
+    scorer._bind(SITE, JOB, Path.cwd() / JOB)
     return scorer
 
 
-def _pool(count: int = 4, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(count, 1, SIZE, SIZE, generator=generator)
+def _record_round_3() -> torch.Tensor:
+    """What SITE's training script records after round 3 (positions 2 and 0) on the data now on disk; returns the
+    site's training images as training saw them (and as the scorer loads them)."""
+    items = load_site_data(resolve_site_data(SITE).datalist, site=SITE, num_classes=4).training
+    training_set = describe_training_set(items, DataConfig(image_size=SIZE), 4)
+    run_dir = Path.cwd() / JOB
+    run_dir.mkdir(exist_ok=True)
+    write_round_samples(run_dir, RoundSamples(job_id=JOB, site=SITE, round=3, positions=(2, 0),
+                                              training_set=training_set))
+    write_sent_update(run_dir, SentUpdate(job_id=JOB, site=SITE, round=3, digest=update_digest(UPDATE),
+                                          declared_images=2, server_identity=SERVER))
+    return load_training_pool(SITE, training_set).images
 
 
 @pytest.fixture()
 def site_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A tiny demo set on disk for SITE (what the scorer checks) and its images in the site record (what it sends).
+    """A tiny demo set on disk for SITE and its training script's record of round 3 (pool positions 2 and 0).
 
-    Round 3 used pool positions 2 and 0. The site finds its datalist through ``MEDPFL_DATA_ROOT``, as in the
-    simulator; the working folder is empty so no stray site configuration is found.
+    The site finds its datalist through ``MEDPFL_DATA_ROOT``, as in the simulator; the working folder (the site
+    workspace) holds no stray site configuration.
     """
     demo = generate_demo_dataset(tmp_path / "demo", num_sites=2, train_per_site=4, val_per_site=0, image_size=SIZE)
     monkeypatch.delenv("MEDPFL_SITE_DATA_CONFIG", raising=False)
@@ -109,12 +142,7 @@ def site_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MEDPFL_DATA_ROOT", str(demo.root))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    pool = _pool()
-    site_record.clear(SITE)
-    site_record.register_training_data(SITE, [{"image": pool[i], "label": torch.tensor(i % 4)} for i in range(4)])
-    site_record.record_round(SITE, 3, [2, 0])
-    yield demo, pool
-    site_record.clear(SITE)
+    return demo, _record_round_3()
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -149,7 +177,7 @@ def test_default_off_writes_no_file_and_sends_no_image(tmp_path: Path, site_data
     scorer = _scorer()
     audit, ctx = _server(tmp_path, scorer)
     recon = pool[[2, 0]].numpy()
-    scores = audit._score_at_site(SITE, 3, recon, np.array([2, 0]))
+    scores = audit._score_at_site(_item(), recon, np.array([2, 0]))
     assert scores["status"] == "scored" and scores["ssim_max"] == pytest.approx(1.0)
     engine = ctx.get_engine()
     assert REQUEST_ORIGINALS not in engine.requests[0]
@@ -166,7 +194,7 @@ def test_the_site_default_refuses_even_when_the_server_asks(tmp_path: Path, site
     """A server that stores thumbnails asks; a site whose scorer option is off sends scalars and a reason only."""
     _, pool = site_data
     audit, ctx = _server(tmp_path, _scorer(), store_reconstructions=True)
-    audit._score_at_site(SITE, 3, pool[[2, 0]].numpy(), None)
+    audit._score_at_site(_item(), pool[[2, 0]].numpy(), None)
     (reply,) = ctx.get_engine().replies
     assert set(reply.keys()) - {"__headers__"} == {REPLY_SCORES, REPLY_ORIGINALS_REFUSED}
     assert "release_demo_originals is off" in reply[REPLY_ORIGINALS_REFUSED]
@@ -183,7 +211,7 @@ def test_demo_data_with_both_options_on_stores_owner_only_pngs_and_the_report_em
     audit, ctx = _server(tmp_path, _scorer(release_demo_originals=True), store_reconstructions=True)
     # Reconstruction 0 is close to pool image 0, reconstruction 1 to pool image 2 (the round used 2 and 0).
     recon = torch.stack([pool[0] * 0.9 + 0.05, pool[2]]).numpy()
-    scores = audit._score_at_site(SITE, 3, recon, np.array([0, 2]))
+    scores = audit._score_at_site(_item(), recon, np.array([0, 2]))
     _assert_scalars_only(scores)
     assert scores["status"] == "scored"
     (reply,) = ctx.get_engine().replies
@@ -231,7 +259,10 @@ def _break_manifest(demo, change: str) -> None:
     elif change == "datalist-changed":
         datalist = demo.root / SITE / "datalist.json"
         entries = json.loads(datalist.read_text())
-        entries["training"].append({"image": "/data/patients/p001.nii.gz", "label": 0})
+        patient = demo.root / SITE / "patients" / "p001.nii.gz"  # a file the demo generator does not write
+        patient.parent.mkdir()
+        patient.write_bytes((demo.root / SITE / entries["training"][0]["image"]).read_bytes())
+        entries["training"].append({"image": "patients/p001.nii.gz", "label": 0})
         datalist.write_text(json.dumps(entries))
     elif change == "labels-changed":
         datalist = demo.root / SITE / "datalist.json"
@@ -247,11 +278,12 @@ def test_other_data_is_refused_with_a_logged_reason_and_scalars_only(
     tmp_path: Path, site_data, change: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Option on at both ends, but the data is not recognisably the demo set: no original leaves the site."""
-    demo, pool = site_data
+    demo, _ = site_data
     _break_manifest(demo, change)
+    pool = _record_round_3()  # the site trained on the data as it now is
     audit, ctx = _server(tmp_path, _scorer(release_demo_originals=True), store_reconstructions=True)
     with caplog.at_level("INFO"):
-        scores = audit._score_at_site(SITE, 3, pool[[2, 0]].numpy(), None)
+        scores = audit._score_at_site(_item(), pool[[2, 0]].numpy(), None)
     _assert_scalars_only(scores)
     assert scores["status"] == "scored"
     (reply,) = ctx.get_engine().replies
@@ -313,7 +345,7 @@ def test_a_site_cannot_push_originals_the_server_did_not_ask_for(tmp_path: Path)
     reply[REPLY_SCORES] = {"status": "scored", "ssim_max": 0.5}
     reply[REPLY_ORIGINALS] = ReleasedOriginals((0,), np.zeros((1, 1, 8, 8), np.uint8)).to_payload()
     ctx.get_engine().send_aux_request = lambda **kwargs: {SITE: reply}
-    assert audit._score_at_site(SITE, 0, np.zeros((1, 1, 8, 8), np.float32), None)["ssim_max"] == 0.5
+    assert audit._score_at_site(_item(0), np.zeros((1, 1, 8, 8), np.float32), None)["ssim_max"] == 0.5
     assert not _pngs(tmp_path / "server")
 
 

@@ -36,11 +36,11 @@ def write_png(path: Path, array: np.ndarray, *, rgb: bool = False) -> Path:
     return path
 
 
-def write_dicom(path: Path, array: np.ndarray) -> Path:
+def _dicom_dataset(array: np.ndarray):
+    """A single-frame MONOCHROME2 MR secondary capture with file meta, without pixel data."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -53,10 +53,27 @@ def write_dicom(path: Path, array: np.ndarray) -> Path:
     dataset.Rows, dataset.Columns = array.shape
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
+    return dataset
+
+
+def write_dicom(path: Path, array: np.ndarray) -> Path:
+    """16-bit unsigned DICOM of ``array`` (values in [0, 1] scaled by 4000)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset = _dicom_dataset(array)
     dataset.BitsAllocated = dataset.BitsStored = 16
     dataset.HighBit = 15
     dataset.PixelRepresentation = 0
     dataset.PixelData = np.round(array * 4000).astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_float_dicom(path: Path, array: np.ndarray) -> Path:
+    """A single-frame DICOM with 32-bit Float Pixel Data (7FE0,0008), the one DICOM form that can hold NaN/Inf."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset = _dicom_dataset(array)
+    dataset.BitsAllocated = 32
+    dataset.FloatPixelData = array.astype(np.float32).tobytes()
     dataset.save_as(path, enforce_file_format=True)
     return path
 

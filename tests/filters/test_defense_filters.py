@@ -73,8 +73,7 @@ def _ctx(job="job-1", site="site-1", task="task-1", root=None) -> FLContext:
 FILTERS = [
     pytest.param(lambda tmp: LaplaceNoiseFilter(scale=0.01, seed=1), id="laplace"),
     pytest.param(lambda tmp: GaussianNoiseFilter(sigma=0.5, percentile=95, seed=1), id="gaussian"),
-    pytest.param(lambda tmp: ClientDPFilter(clip_norm=1.0, noise_multiplier=1.0, ledger_path=str(tmp / "l.json"),
-                                            seed=1), id="client_dp"),
+    pytest.param(lambda tmp: ClientDPFilter(clip_norm=1.0, noise_multiplier=1.0, seed=1), id="client_dp"),
     pytest.param(lambda tmp: TopKFilter(fraction=0.2), id="top_k"),
     pytest.param(lambda tmp: UniformQuantizationFilter(bits=4, seed=1), id="uniform_q"),
     pytest.param(lambda tmp: SignQuantizationFilter(seed=1), id="sign_q"),
@@ -94,7 +93,7 @@ def _clean_reference_store():
 @pytest.mark.parametrize("make_filter", FILTERS)
 def test_every_filter_defends_numpy_and_torch_weights_and_diffs(make_filter, kind, array, tmp_path) -> None:
     """Same types/dtypes out, integers untouched, input not mutated, a JSON meta entry with an honest guarantee."""
-    ctx = _ctx()
+    ctx = _ctx(root=tmp_path / "site-1")  # client DP charges the site's ledger in the site workspace
     global_model = _update(array, seed=1)
     GlobalModelRecorder().process(DXO(DataKind.WEIGHTS, global_model).to_shareable(), ctx)
     data = _update(array)
@@ -149,8 +148,8 @@ def test_seeded_filters_are_reproducible_but_fresh_every_round() -> None:
 @pytest.mark.parametrize("array", ["numpy", "torch"])
 def test_client_dp_filter_clips_to_c(array, tmp_path) -> None:
     """With negligible noise, the released update's norm over float entries is ≤ C (and ≈ C for a big update)."""
-    f = ClientDPFilter(clip_norm=0.5, noise_multiplier=1e-9, ledger_path=str(tmp_path / "l.json"), seed=0)
-    out = _run(f, _update(array))
+    f = ClientDPFilter(clip_norm=0.5, noise_multiplier=1e-9, seed=0)
+    out = _run(f, _update(array), fl_ctx=_ctx(root=tmp_path))
     norm = math.sqrt(sum(float((_np(v).astype(np.float64) ** 2).sum()) for v in out.data.values()
                          if _np(v).dtype.kind == "f"))
     assert norm == pytest.approx(0.5, rel=1e-5) and norm <= 0.5 * (1 + 1e-5)
@@ -197,12 +196,13 @@ def _opacus_epsilon(z: float, rounds: int, delta: float) -> float:
 def test_client_dp_filter_accounts_per_round_survives_restart_and_refuses_over_budget(tmp_path) -> None:
     """ε in the meta equals Opacus' value each round; a new filter on the same ledger continues; round 4 refused."""
     budget = _opacus_epsilon(1.5, 3, 1e-5)
-    ledger = str(tmp_path / "site" / "ledger.json")
-    args = {"clip_norm": 1.0, "noise_multiplier": 1.5, "delta": 1e-5, "epsilon_max": budget, "ledger_path": ledger}
+    ctx = _ctx(root=tmp_path / "site")
+    ledger = tmp_path / "site" / "medpfl" / "client_dp_ledger.json"
+    args = {"clip_norm": 1.0, "noise_multiplier": 1.5, "delta": 1e-5, "epsilon_max": budget}
     totals = []
     for rnd in range(3):
         f = ClientDPFilter(**args) if rnd != 1 else ClientDPFilter(**args, seed=rnd)  # new object = restart
-        entry = _run(f, _update(seed=rnd), round_=rnd).meta[META_KEY][0]
+        entry = _run(f, _update(seed=rnd), fl_ctx=ctx, round_=rnd).meta[META_KEY][0]
         assert entry["epsilon_total"] == pytest.approx(_opacus_epsilon(1.5, rnd + 1, 1e-5), rel=1e-12)
         assert entry["epsilon_round"] == pytest.approx(_opacus_epsilon(1.5, 1, 1e-5), rel=1e-12)
         assert entry["delta"] == 1e-5 and entry["releases"] == rnd + 1
@@ -210,8 +210,8 @@ def test_client_dp_filter_accounts_per_round_survives_restart_and_refuses_over_b
     assert totals == sorted(totals) and len(set(totals)) == 3
     shareable = DXO(DataKind.WEIGHT_DIFF, _update(seed=9)).to_shareable()
     with pytest.raises(MedPFLError, match="budget exhausted"):
-        ClientDPFilter(**args).process(shareable, FLContext())
-    assert json.loads(open(ledger).read())["history"] == [[1.5, 1.0, 3]]
+        ClientDPFilter(**args).process(shareable, ctx)
+    assert json.loads(ledger.read_text())["history"] == [[1.5, 1.0, 3]]
 
 
 def test_client_dp_default_ledger_lives_in_the_site_workspace(tmp_path) -> None:

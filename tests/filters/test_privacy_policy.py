@@ -12,7 +12,7 @@ from nvflare.private.fed.app.fl_conf import create_privacy_manager
 from medpfl_app.errors import MedPFLError
 from medpfl_app.filters.batchnorm import DropBatchNormStatsFilter
 from medpfl_app.filters.client_dp import ClientDPFilter
-from medpfl_app.filters.policy import install_privacy_policy, load_privacy_template, validate_privacy_policy
+from medpfl_app.filters.policy import dp_scopes, install_privacy_policy, load_privacy_template, validate_privacy_policy
 from medpfl_app.filters.reference import GlobalModelRecorder
 
 
@@ -23,16 +23,18 @@ def _site(tmp_path):
 
 
 def test_default_template_installs_and_nvflare_builds_every_scope(tmp_path) -> None:
-    """public < private < strict, default private; NVFlare's own parser builds the MedPFL filters of each scope."""
+    """private < strict, default private, both client-level DP (no public scope); NVFlare's own parser builds the
+    MedPFL filters of each scope."""
     site = _site(tmp_path)
     written = install_privacy_policy(site)
     assert written == site / "local" / "privacy.json"
     assert json.loads(written.read_text()) == load_privacy_template("default")
     manager = create_privacy_manager(Workspace(str(site), "site-1"), names_only=False)
-    assert set(manager.name_to_scopes) == {"public", "private", "strict"}
+    assert set(manager.name_to_scopes) == {"private", "strict"}
     assert manager.default_scope.name == "private"
-    levels = [manager.get_scope(n).props["medpfl_protection"] for n in ("public", "private", "strict")]
-    assert levels == sorted(levels) and len(set(levels)) == 3
+    assert dp_scopes(load_privacy_template()) == ["private", "strict"]
+    levels = [manager.get_scope(n).props["medpfl_protection"] for n in ("private", "strict")]
+    assert levels == sorted(levels) and len(set(levels)) == 2
     for name in ("private", "strict"):
         scope = manager.get_scope(name)
         out = scope.task_result_filters["out"]
@@ -71,8 +73,11 @@ def _mutated(edit):
         (lambda p: p["scopes"].append(copy.deepcopy(p["scopes"][0])), "defined twice"),
         (lambda p: p["scopes"][0]["task_result_filters"].append({"path": "json.JSONDecoder"}), "not an NVFlare Filter"),
         (lambda p: p["scopes"][0].update(tasks=["train"]), "unsupported keys"),
+        (lambda p: p["scopes"][0]["task_result_filters"][1]["args"].update(ledger_path="other.json"),
+         "different ledgers"),
     ],
-    ids=["unknown-path", "bad-args", "name-key", "unknown-default", "duplicate", "not-a-filter", "task-list"],
+    ids=["unknown-path", "bad-args", "name-key", "unknown-default", "duplicate", "not-a-filter", "task-list",
+         "split-ledgers"],
 )
 def test_bad_policies_are_refused_with_one_clear_error(edit, match) -> None:
     """Each mistake yields a MedPFLError naming the scope/filter and the fix."""

@@ -30,7 +30,7 @@ def poc_layout(tmp_path_factory: pytest.TempPathFactory):
         layout = system.prepare(root / "workspace", SIM_SITES)
         try:
             configure_site_data(layout, demo=True, data_root=None)
-            install_site_privacy(layout)  # scopes public / private (default) / strict
+            install_site_privacy(layout)  # scopes private (default) / strict, both client-level DP
             system.start(layout, timeout_s=300)
             yield layout
         finally:
@@ -81,13 +81,13 @@ def test_a_job_asking_for_the_strict_scope_gets_its_site_filters(poc_layout, tmp
 
 
 def test_admin_show_scopes_lists_the_site_policy(poc_layout) -> None:
-    """What hospital IT sees in the admin console: every site reports public/private/strict, default private."""
+    """What hospital IT sees in the admin console: every site reports private/strict, default private."""
     with system.admin_session(poc_layout) as session:
         reply = session.do_command("show_scopes client")
     text = json.dumps(reply)
     for site in SIM_SITES:
         assert site in text
-    for scope in ("public", "private", "strict"):
+    for scope in ("private", "strict"):
         assert scope in text
 
 

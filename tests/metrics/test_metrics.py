@@ -101,8 +101,11 @@ def test_evaluate_reconstruction_reports_matched_scores() -> None:
     assert report.asr == 1.0 and min(report.ssim) == pytest.approx(1.0)
     assert report.label_accuracy == pytest.approx(2 / 3)
     assert report.identifiability == 1.0
+    assert 0.0 < report.identifiability_chance < 1.0
+    assert report.identifiability_excess == 1.0
+    assert 0.01 <= report.identifiability_p_value <= 1.0  # among six pool images, three hits are weak evidence
     assert min(report.relative_leakage) > 0
-    assert set(report.to_dict()["summary"]) >= {"psnr_mean", "ssim_max", "asr"}
+    assert set(report.to_dict()["summary"]) >= {"psnr_mean", "ssim_max", "asr", "identifiability_p_value"}
 
 
 def test_attack_success_rate_threshold() -> None:
@@ -124,10 +127,12 @@ def test_relative_leakage_is_zero_for_the_prior_itself() -> None:
 
 
 def test_identifiability_misses_when_nearest_is_another_image() -> None:
-    """A reconstruction closer to another pool image is not identified."""
+    """A round image counts as identified only when some reconstruction's most similar pool image is that one."""
     _, pool = _pair((3, 1, 16, 16))
-    hits = identifiability(pool[torch.tensor([0, 2])], [0, 1], pool)
-    assert hits.tolist() == [True, False]
+    result = identifiability(pool[torch.tensor([0, 2])], [0, 1], pool)
+    assert result.identified == (True, False)  # image 2's reconstruction lands on 2, which the round did not use
+    assert result.best_matches == (0, 2)
+    assert result.share == 0.5
 
 
 def test_lpips_is_skipped_without_local_weights() -> None:

@@ -1,12 +1,49 @@
-"""Synthetic audit ledgers for the report tests: 3 sites × 3 rounds with every status, score state and defense."""
+"""Synthetic audit ledgers for the report tests: 3 sites × 3 rounds with every status, score state and defense.
+
+Ledgers are written line by line as each schema's producer wrote them (`LedgerFile`), so a fixture of an older
+run stays an older run's ledger whatever today's `medpfl_app.audit.ledger.AuditLedger` stamps.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.audit.ledger import AuditLedger
+from medpfl_app.audit.verdict import Verdict
+from medpfl_app.reports.sources import arrival_line
+
+SCHEMA_1 = "medpfl.audit/1"
+SCHEMA_2 = "medpfl.audit/2"
+
+
+class LedgerFile:
+    """An ``audit_ledger.jsonl`` written as a producer of ``schema`` wrote it: one sorted-keys JSON line per record."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: str = SCHEMA_1) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        written = {"schema": self.schema, "time": "2025-01-01T00:00:00Z", **record}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(written, sort_keys=True) + "\n")
+        return written
+
+
+def write_arrivals(folder: Path, updates: list[tuple[str, int]], *, return_code: str = "OK") -> Path:
+    """``received_updates.jsonl`` in ``folder`` with one line per ``(site, round)``, as the server's recorder writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "received_updates.jsonl"
+    with open(path, "a", encoding="utf-8") as handle:
+        for site, round_number in updates:
+            handle.write(arrival_line({"time": "2025-01-01T00:00:00+0000", "site": site, "round": round_number,
+                                       "return_code": return_code,
+                                       "data_kind": "WEIGHT_DIFF" if return_code == "OK" else None}))
+    return path
 
 MALICIOUS_SITE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 # Shaped like the audit worker's records: configured budget fields plus measured ones (iterations run, times).
@@ -58,7 +95,8 @@ def scores(ssim: float, psnr: float, success: float) -> dict[str, Any]:
 
 
 def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) -> Path:
-    """A downloaded-job-like folder: ``<root>/workspace/audit/audit_ledger.jsonl`` (+ round metrics).
+    """A downloaded-job-like folder of an older run: ``<root>/workspace/audit/audit_ledger.jsonl`` (schema 1,
+    no arrivals file) + round metrics.
 
     site-hr (batch size 1, no defense; audit configuration A1, 300 then 180 (time limit) then 240 iterations run;
     round 2 excluded from aggregation by the audit policy): high risk,
@@ -66,7 +104,7 @@ def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) 
     site-dp (client DP): low risk, ε growing; round 2 site scores unavailable.
     MALICIOUS_SITE (Laplace): round 0 not audited (queue full), round 1 not auditable (HE), round 2 medium.
     """
-    ledger = AuditLedger(root / "workspace" / "audit" / "audit_ledger.jsonl")
+    ledger = LedgerFile(root / "workspace" / "audit" / "audit_ledger.jsonl")
     for r in range(3):
         hr = {0: (0.85, 24.0, 0.5), 1: (0.93, 29.5, 1.0), 2: (0.88, 26.0, 1.0)}[r]
         ledger.append(record("site-hr", r, risk="high", site_scores=scores(*hr),
@@ -97,3 +135,43 @@ def write_job(root: Path, *, truncated_tail: bool = True, metrics: bool = True) 
         ]
         (folder / "round_metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return ledger.path
+
+
+#: What today's audit records as its yardstick (`medpfl_app.audit.worker.metric_settings` plus the significance).
+METRIC_SETTINGS = {
+    "ssim": {"gaussian_kernel": True, "sigma": 1.5, "kernel_size": 11, "data_range": 1.0,
+             "implementation": "torchmetrics structural_similarity_index_measure"},
+    "psnr": {"data_range": 1.0},
+    "success_threshold_ssim": 0.9,
+    "identifiability": "share of reconstructions whose most similar site image is the true one, against chance",
+    "significance": 0.01,
+}
+
+
+def stage(name: str, status: str, initial: float | str, final: float | str, *, iterations: int = 200,
+          restarts: int = 1, wall: float = 3.0, stop: str = "budget", whole: bool = True) -> dict[str, Any]:
+    """One ``ladder`` entry as `medpfl_app.audit.ladder.StageResult.to_json` writes it."""
+    return {"stage": name, "attack": "gradinv", "images": 1, "local_steps": 1, "update_mode": "exact",
+            "iterations": iterations, "restarts": restarts, "wall_time_s": wall, "stop_reason": stop,
+            "whole_update": whole,
+            "convergence": {"status": status, "initial_loss": initial, "final_loss": final, "iterations": iterations,
+                            "reduction": "inf" if final == 0 else 1.0, "recent_improvement": 0.0, "moved": 0.5}}
+
+
+def record2(site: str, round_number: int, level: str, evidence: str, *, settle: str | None = None,
+            ladder: list[dict[str, Any]] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A schema-2 record: ``record`` plus verdict, ladder, ladder_complete, metric settings and time budget."""
+    stages = ladder if ladder is not None else [stage("screening", "matched", 0.5, 1e-11, stop="stop_loss")]
+    base = record(site, round_number, risk=level)
+    base.update(
+        verdict=Verdict(level, evidence, settle).to_json(),  # type: ignore[arg-type]
+        ladder=stages,
+        ladder_complete=True,
+        metric_settings=METRIC_SETTINGS,
+        attack_budget={"attack": "gradinv", "iterations": sum(s["iterations"] for s in stages), "restarts": 1,
+                       "stages_run": len(stages), "time_budget_s": 240.0, "time_limit_s": 240.0,
+                       "time_spent_s": sum(s["wall_time_s"] for s in stages), "ladder_complete": True,
+                       "max_images": 4},
+    )
+    base.update(overrides)
+    return base

@@ -12,7 +12,8 @@ from medpfl_app.cli.main import main
 
 
 def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
-    """The terminal summary: a row per site with risk SSIM/PSNR/ε and tag per round, configs, verdict, files."""
+    """The terminal summary: a row per site with level SSIM/PSNR/ε and tag per round, configs, verdict, coverage,
+    yardstick, files."""
     write_job(tmp_path / "job")
     assert main(["report", str(tmp_path / "job"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -22,10 +23,18 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     hr = next(line for line in lines if line.strip().startswith("site-hr"))
     assert hr.split()[1:4] == ["high", "0.85/24.0/-", "A1"]
     dp = next(line for line in lines if line.strip().startswith("site-dp"))
-    assert "low 0.06/9.0/3 A2" in dp and "unknown (scores unavailable)" in dp
-    bad = next(line for line in lines if "alert" in line)
+    assert "low 0.06/9.0/3 A2" in dp and "inconclusive (scores unavailable)" in dp
+    bad = next(line for line in lines if "alert" in line and "gap:" not in line)
     assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/- A2" in bad
     assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
+    # an older run's ledger alone: coverage unknown, never "all measured"
+    assert ("  Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
+            "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable; received and lost: "
+            "unknown.") in lines
+    assert ("  by round: round 0: 3 recorded, 2 audited, 1 not audited; round 1: 3 recorded, 2 audited, 1 not "
+            "auditable; round 2: 3 recorded, 3 audited") in lines
+    assert any(line.startswith("  audit ledger: 1 unreadable line (line numbers 10)") for line in lines)
+    assert any(line.startswith("Yardstick: metric settings not recorded by these records") for line in lines)
     a1 = next(line for line in lines if line.strip().startswith("A1:"))
     assert "(1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, 1 stopped by the time limit)" in a1
     assert "batch_size=1" in a1 and "declared=honest-but-curious server" in a1
@@ -36,15 +45,15 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
 
 
 def test_control_characters_in_site_names_do_not_reach_the_terminal(tmp_path: Path, capsys) -> None:
-    """An escape sequence in a site name is printed as ``?``, never sent to the user's terminal."""
-    from medpfl_app.audit.ledger import AuditLedger
+    """An escape sequence in a site name is printed escaped (``\\x1b``), never sent to the user's terminal."""
+    from report_cases import LedgerFile
     from report_cases import record
 
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("evil\x1b[2Jsite", 0))
     assert main(["report", str(ledger.path)]) == 0
     out = capsys.readouterr().out
-    assert "\x1b" not in out and "evil?[2Jsite" in out
+    assert "\x1b" not in out and "evil\\x1b[2Jsite" in out
 
 
 def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
@@ -60,17 +69,18 @@ def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_records_without_site_or_round_and_garbage_lines_are_reported(tmp_path: Path, capsys) -> None:
     """A ledger with nothing usable still renders, and says what it could not place."""
-    from medpfl_app.audit.ledger import AuditLedger
+    from report_cases import LedgerFile
     from report_cases import record
 
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record(None, None, status="not_audited", reason="peer context had no site name", risk="unknown"))
     with open(ledger.path, "a") as handle:
         handle.write("garbage\n")
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "Verdict: The ledger holds no usable audit record." in out and "1 ledger lines skipped" in out
+    assert "Verdict: The ledger holds no usable audit record." in out
+    assert "audit ledger: 1 unreadable line (line numbers 2)" in out
     expected = "record 1: site None / round None unusable (not_audited: peer context had no site name)"
     assert expected in out
     html = (tmp_path / "audit_report.html").read_text()
-    assert "peer context had no site name" in html and "corrupt: 2" in html
+    assert "peer context had no site name" in html and "line 2 not JSON (a truncated or corrupt line)" in html

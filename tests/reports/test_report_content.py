@@ -9,9 +9,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_cases import MALICIOUS_SITE, record, scores, write_job
+from report_cases import MALICIOUS_SITE, LedgerFile, record, scores, write_job
 
-from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports import REPORT_SCHEMA, render_report
 
@@ -59,7 +58,8 @@ def test_round_json_holds_that_rounds_records_and_a_summary(job: Path, tmp_path:
     assert summary["verdict"]["site"] == "site-hr" and summary["verdict"]["risk"] == "high"
     assert summary["verdict"]["scores"]["ssim_max"] == pytest.approx(0.85)  # round 0's, not the job's worst
     assert summary["model_accuracy"] == pytest.approx(0.3)
-    assert summary["ledger_lines_skipped"] == [10]
+    assert summary["ledger_lines_unreadable"] == [10]
+    assert summary["ledger_lines_unreadable_text"] == "1 unreadable line (line numbers 10)"
     statuses = {s["site"]: s["status"] for s in summary["sites"]}
     assert statuses[MALICIOUS_SITE] == "not_audited"
 
@@ -76,7 +76,9 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     assert ("attack invertinggradients (1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, "
             "1 stopped by the time limit)") in text
     assert "threat model honest-but-curious server [A1], this record 180 iterations" in text
-    assert "6 of 9 site-rounds measured" in text
+    # an older run's ledger without an arrivals file: coverage unknown, counted from the records only
+    assert ("Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
+            "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable") in text
 
 
 def test_policy_actions_are_listed_in_html_round_json_and_only_when_taken(job: Path, tmp_path: Path) -> None:
@@ -93,13 +95,13 @@ def test_policy_actions_are_listed_in_html_round_json_and_only_when_taken(job: P
     assert json.loads((tmp_path / "out" / "report_round_1.json").read_text())["summary"]["policy_actions"] == []
 
     quiet = tmp_path / "quiet"
-    AuditLedger(quiet / "workspace" / "audit" / "audit_ledger.jsonl").append(record("site-a", 0))
+    LedgerFile(quiet / "workspace" / "audit" / "audit_ledger.jsonl").append(record("site-a", 0))
     assert 'id="policy-actions"' not in render_report(quiet, tmp_path / "quiet_out").html.read_text()
 
 
 def test_a_higher_level_beats_higher_scores_and_unknown_never_wins(tmp_path: Path) -> None:
     """The level decides first (a medium beats a low with better scores); scores only break ties between levels."""
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("a", 0, risk="low", site_scores=scores(0.29, 30.0, 0.0)))
     ledger.append(record("b", 0, risk="medium", site_scores=scores(0.31, 12.0, 0.0)))
     ledger.append(record("c", 0, status="not_audited", reason="queue full", risk="unknown", site_scores=None))
@@ -111,7 +113,7 @@ def test_a_higher_level_beats_higher_scores_and_unknown_never_wins(tmp_path: Pat
 
 
 def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Path) -> None:
-    """Every site × round has a cell whose colour class matches its recorded risk; the four colours differ."""
+    """Every site × round has a cell whose colour class matches its level; the seven levels' colours differ."""
     html = render_report(job, tmp_path / "out").html.read_text()
     cells = _parse(html).cells
     grid = {(c["data-site"], c["data-round"]): c for c in cells}
@@ -121,33 +123,41 @@ def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Pa
     assert {grid[("site-hr", str(r))]["data-risk"] for r in range(3)} == {"high"}
     assert grid[("site-dp", "0")]["data-risk"] == "low"
     assert grid[(MALICIOUS_SITE, "2")]["data-risk"] == "medium"
-    assert grid[(MALICIOUS_SITE, "0")]["data-risk"] == "unknown"
+    assert grid[(MALICIOUS_SITE, "0")]["data-risk"] == "not_audited"  # schema 1's "unknown", mapped by status
+    assert grid[(MALICIOUS_SITE, "1")]["data-risk"] == "not_auditable"
+    assert grid[("site-dp", "2")]["data-risk"] == "inconclusive"  # audited, no site scores, no level recorded
     style = html[html.index("<style>"): html.index("</style>")]
+    levels = ("high", "medium", "unscored", "inconclusive", "low", "not_audited", "not_auditable")
     colours = {level: re.search(rf"\.risk-{level} {{ background: (#[0-9a-f]{{6}})", style).group(1)
-               for level in ("high", "medium", "low", "unknown")}
-    assert len(set(colours.values())) == 4
+               for level in levels}
+    assert len(set(colours.values())) == 7
 
 
 def test_a_site_round_without_record_is_shown_as_missing(tmp_path: Path) -> None:
     """A site-round the ledger has no record for is a 'missing' cell and listed, not silently blank."""
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("a", 0))
     ledger.append(record("a", 1))
     ledger.append(record("b", 0))
     html = render_report(ledger.path).html.read_text()
     grid = {(c["data-site"], c["data-round"]): c["data-risk"] for c in _parse(html).cells}
     assert grid[("b", "1")] == "missing"
-    assert "b round 1" in html
+    assert "Site-rounds without any record (whether an update arrived is unknown: no\n    arrivals file): b round 1." \
+        in html
 
 
 def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job: Path, tmp_path: Path) -> None:
-    """Every reason for a missing measurement is listed (escaped), with the skipped ledger line numbers."""
+    """Every reason for a missing measurement is listed (escaped), with the unreadable ledger line numbers."""
     html = render_report(job, tmp_path / "out").html.read_text()
+    gaps = html[html.index('<table id="gaps">'):]
+    gaps = gaps[: gaps.index("</table>")]
+    assert "<td>1</td><td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" \
+           "<td>not auditable</td><td>1</td><td>update is HE-encrypted (CKKS)</td>" in gaps
+    assert "audit queue full &lt;b&gt;bold&lt;/b&gt;" in gaps and "<b>bold</b>" not in html
     section = html[html.index('<section id="not-measured">'): html.index('<section id="risk-levels">')]
-    assert "update is HE-encrypted (CKKS)" in section and "not auditable" in section
-    assert "audit queue full &lt;b&gt;bold&lt;/b&gt;" in section and "<b>bold</b>" not in section
     assert "site-dp did not answer within 30 s" in section and "site scores unavailable" in section
-    assert re.search(r"corrupt: 10\b", section)
+    assert "Audit ledger: 1 unreadable line (line numbers 10): line 10 not JSON (a truncated or corrupt line)" \
+        in section
 
 
 def test_defense_chain_shows_each_stated_guarantee(job: Path, tmp_path: Path) -> None:
@@ -255,7 +265,7 @@ def test_source_forms_and_a_missing_ledger(job: Path, tmp_path: Path) -> None:
 
 def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None:
     """The thresholds table shows the risk policy the records were assessed with."""
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     policy = {"ssim_high": 0.7, "ssim_medium": 0.35}
     ledger.append(record("a", 0, risk_policy=policy))
     ledger.append(record("b", 0, risk_policy=policy))
@@ -268,7 +278,7 @@ def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None
 
 def test_a_level_from_server_indicators_alone_says_so(tmp_path: Path) -> None:
     """Without site scores the verdict names the server-side indicators that set the level, not image scores."""
-    ledger = AuditLedger(tmp_path / "audit_ledger.jsonl")
+    ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("a", 0, risk="medium", site_scores={"status": "unavailable", "reason": "site offline"},
                          server_indicators={"labels_recovered": True, "bn_statistics_exposed": False}))
     ledger.append(record("b", 0, risk="low"))

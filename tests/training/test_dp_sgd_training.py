@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,7 +244,8 @@ def test_site_entry_prepares_dp_sgd_training_on_site_data(tmp_path, monkeypatch)
 
 
 def test_dp_ledger_location(tmp_path, monkeypatch) -> None:
-    """auto: the site workspace (env, else the nearest folder with startup/ above the run folder); a path; none."""
+    """auto: the site workspace (env, else the nearest folder with startup/ above the run folder); a path (a job's
+    choice) is refused; none only outside any site workspace."""
     run_dir = tmp_path / "site-1" / "job-7" / "app_site-1"
     run_dir.mkdir(parents=True)
     (tmp_path / "site-1" / "startup").mkdir()
@@ -253,11 +253,16 @@ def test_dp_ledger_location(tmp_path, monkeypatch) -> None:
     assert found == (tmp_path / "site-1").resolve() / "medpfl" / "dp_sgd_ledger.json"
     assert dp_ledger_path("auto", workspace_dir=str(tmp_path / "ws"), start=run_dir) == (
         (tmp_path / "ws").resolve() / "medpfl" / "dp_sgd_ledger.json")
-    assert dp_ledger_path("/srv/ledger.json", workspace_dir=None, start=run_dir) == Path("/srv/ledger.json")
-    assert dp_ledger_path("none", workspace_dir=None, start=run_dir) is None
+    with pytest.raises(MedPFLError, match="a job cannot choose where the site's DP-SGD ledger is"):
+        dp_ledger_path("/srv/ledger.json", workspace_dir=None, start=run_dir)
+    with pytest.raises(MedPFLError, match="--dp_ledger none is refused at a site"):
+        dp_ledger_path("none", workspace_dir=None, start=run_dir)
+    outside = tmp_path / "experiment"
+    outside.mkdir()
+    assert dp_ledger_path("none", workspace_dir=None, start=outside) is None
     with pytest.raises(MedPFLError, match="cannot find this site's workspace") as error:
-        dp_ledger_path("auto", workspace_dir=None, start=tmp_path)
-    assert "--dp_ledger" in error.value.fix
+        dp_ledger_path("auto", workspace_dir=None, start=outside)
+    assert "--dp_ledger none" in error.value.fix
 
 
 def test_site_entry_without_dp_flags_trains_the_plain_model(tmp_path, monkeypatch) -> None:

@@ -1,0 +1,269 @@
+"""The escalating attack ladder: invert the whole update, then spend more budget only where it is not settled.
+
+Pure (no NVFlare). Every stage attacks the site's update exactly as received, with the batch size, image count and
+local steps its training facts declare (``whole_update``): a reduced attack is never the basis of a verdict.
+
+0. ``screening``: a short probe of the same attack on the whole update (``plan.screening_iterations``). It
+   settles the update when it already matches it, and it measures the attack's speed on this update: a later
+   stage whose projected time does not fit the remaining budget is not started (it would only be cut short).
+1. ``full``: the plan's attack at its base budget (``iterations``, ``restarts``).
+2. ``escalation`` (up to ``plan.escalations`` times): ``escalation_factor``× the iterations and 2× the restarts
+   of the previous stage, while no stage has matched the update and the per-update time budget
+   (``plan.time_limit_s``) has room. One stall does not end the ladder (more restarts may find a better minimum);
+   an escalation that stalls no lower than the stalled stage before it has reached a plateau and ends it.
+
+The ladder is ``complete`` when a stage matched the update, reached a plateau, or when every stage ran to its own
+end (none cut or skipped for time). `LadderOutcome.settle` says what would settle an incomplete ladder (a larger time budget,
+projected from the measured speed, or more iterations). The probe keeps the audit's cost bounded where the budget
+cannot settle anything: an update too large for the budget costs the probe, not the whole budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from medpfl_app.attacks.convergence import STALL_TOLERANCE, Convergence, ConvergenceEvidence
+from medpfl_app.attacks.knowledge import AttackerKnowledge
+from medpfl_app.attacks.result import AttackResult
+from medpfl_app.audit.plan import AuditPlan
+
+
+class Stage(StrEnum):
+    """Where in the ladder an attack ran."""
+
+    SCREENING = "screening"
+    FULL = "full"
+    ESCALATION = "escalation"
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """What one stage may spend."""
+
+    stage: Stage
+    iterations: int
+    restarts: int
+    time_limit_s: float | None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage did (plain JSON through `to_json`).
+
+    Attributes:
+        stage: Full or escalation.
+        attack: Registered attack name.
+        images: Images reconstructed (the whole update's declared images).
+        local_steps: Local steps simulated or approximated.
+        update_mode: How the update was simulated (``approximate`` is exact for one SGD step).
+        iterations: Optimiser steps run.
+        restarts: Initialisations.
+        wall_time_s: Seconds the stage took.
+        stop_reason: ``budget``, ``stop_loss``, ``time_limit`` or ``diverged``.
+        convergence: Evidence of how the optimisation ended.
+        whole_update: Always True for ladder stages (kept explicit in the record for readers).
+    """
+
+    stage: Stage
+    attack: str
+    images: int
+    local_steps: int
+    update_mode: str
+    iterations: int
+    restarts: int
+    wall_time_s: float
+    stop_reason: str
+    convergence: ConvergenceEvidence
+    whole_update: bool = True
+
+    @property
+    def cut_by_time(self) -> bool:
+        return self.stop_reason == "time_limit"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": str(self.stage), "attack": self.attack, "images": self.images, "local_steps": self.local_steps,
+            "update_mode": self.update_mode, "iterations": self.iterations, "restarts": self.restarts,
+            "wall_time_s": round(self.wall_time_s, 3), "stop_reason": self.stop_reason,
+            "whole_update": self.whole_update, "convergence": self.convergence.to_json(),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class LadderOutcome:
+    """The stages run on one update and the reconstruction to score.
+
+    Attributes:
+        stages: Every stage run, in order.
+        best: The attack result with the lowest matching loss (the reconstruction the site scores).
+        best_stage: Index of ``best`` in ``stages``.
+        complete: A stage matched the update, two stages plateaued, or every stage ran to its own end.
+        time_budget_s: The per-update budget (None: unlimited).
+        time_spent_s: Seconds all stages took.
+        settle: What would settle an unsettled ladder (None when settled).
+    """
+
+    stages: tuple[StageResult, ...]
+    best: AttackResult
+    best_stage: int
+    complete: bool
+    time_budget_s: float | None
+    time_spent_s: float
+    settle: str | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> StageResult:
+        return self.stages[-1]
+
+    @property
+    def settled(self) -> bool:
+        """Whether the best stage's optimisation settled (matched or stalled)."""
+        return self.stages[self.best_stage].convergence.status.settled
+
+    @property
+    def matched(self) -> bool:
+        return self.stages[self.best_stage].convergence.status is Convergence.MATCHED
+
+
+#: ``run_stage(knowledge, budget) -> AttackResult``: one attack at one budget (injected so tests can script it).
+StageRunner = Callable[[AttackerKnowledge, StageBudget], AttackResult]
+
+
+def stage_budgets(plan: AuditPlan) -> list[StageBudget]:
+    """The budgets of the full stage and each escalation (time limits are filled in as the ladder runs)."""
+    budgets = [StageBudget(Stage.SCREENING, plan.screening_iterations, 1, None)] if plan.screening_iterations else []
+    budgets.append(StageBudget(Stage.FULL, plan.iterations, plan.restarts, None))
+    for level in range(1, plan.escalations + 1):
+        budgets.append(StageBudget(
+            Stage.ESCALATION, plan.iterations * plan.escalation_factor**level, plan.restarts * 2**level, None,
+        ))
+    return budgets
+
+
+def run_ladder(
+    knowledge: AttackerKnowledge,
+    plan: AuditPlan,
+    run_stage: StageRunner,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> LadderOutcome:
+    """Run the full-update attack and escalate while it is unsettled and the time budget allows.
+
+    Args:
+        knowledge: The whole update as the server holds it.
+        plan: Budget, escalation and time limit.
+        run_stage: Runs one attack at one budget (e.g. `attack_stage`).
+        clock: Monotonic seconds (injected for tests).
+    """
+    started = clock()
+    deadline = None if plan.time_limit_s is None else started + plan.time_limit_s
+    stages: list[StageResult] = []
+    results: list[AttackResult] = []
+    settle: str | None = None
+    plateau = False
+    budgets = stage_budgets(plan)
+    for index, budget in enumerate(budgets):
+        remaining = None if deadline is None else deadline - clock()
+        projected = _projected_seconds(stages, budget)
+        if stages and remaining is not None and (remaining <= 0 or (projected is not None and projected > remaining)):
+            settle = _more_time_hint(plan, stages, budget)
+            break
+        if remaining is not None:  # the first stage always runs (at least one step): it measures the speed
+            remaining = max(remaining, 1e-6)
+        result = run_stage(knowledge, replace(budget, time_limit_s=remaining))
+        stage = _stage_result(budget, result)
+        stages.append(stage)
+        results.append(result)
+        if stage.convergence.status is Convergence.MATCHED or _plateaued(stages):
+            settle = None  # a match, or a stronger stage that stalled no lower than the one before: settled
+            plateau = stage.convergence.status is not Convergence.MATCHED
+            break
+        if stage.cut_by_time:
+            settle = _more_time_hint(plan, stages, budgets[index + 1] if index + 1 < len(budgets) else budget)
+            break
+        if index == len(budgets) - 1 and stage.convergence.status is not Convergence.STALLED:
+            settle = (f"the attack was still {stage.convergence.status} after {stage.iterations} iterations at the "
+                      f"last escalation: raise iterations or escalations in the audit plan")
+    best_index = min(range(len(results)), key=lambda i: _loss_key(results[i]))
+    matched = any(stage.convergence.status is Convergence.MATCHED for stage in stages)
+    complete = matched or plateau or (len(stages) == len(budgets) and not stages[-1].cut_by_time)
+    return LadderOutcome(
+        stages=tuple(stages), best=results[best_index], best_stage=best_index, complete=complete,
+        time_budget_s=plan.time_limit_s, time_spent_s=clock() - started,
+        settle=None if complete and stages[best_index].convergence.status.settled else settle,
+    )
+
+
+def attack_stage(plan: AuditPlan) -> StageRunner:
+    """The stage runner for ``plan``'s registered attack (exact whole-update matching)."""
+    import torch
+
+    from medpfl_app.attacks import build_attack
+
+    def run(knowledge: AttackerKnowledge, budget: StageBudget) -> AttackResult:
+        attack = build_attack(
+            plan.attack, **plan.options, iterations=budget.iterations, restarts=budget.restarts, seed=plan.seed,
+            stop_loss=plan.stop_loss, time_limit_s=budget.time_limit_s,
+        )
+        torch.manual_seed(plan.seed)
+        return attack.run(knowledge)
+
+    return run
+
+
+def _stage_result(budget: StageBudget, result: AttackResult) -> StageResult:
+    config = dict(result.config or {})
+    convergence = result.convergence
+    if convergence is None:  # an attack that records no trace cannot show convergence: never settled
+        from medpfl_app.attacks.convergence import assess_convergence
+
+        convergence = assess_convergence([math.inf, result.matching_loss], moved=0.0)
+    return StageResult(
+        stage=budget.stage, attack=result.attack, images=int(result.reconstructions.shape[0]),
+        local_steps=int(config.get("simulated_steps", 1)), update_mode=str(config.get("resolved_update_mode", "")),
+        iterations=int(result.iterations), restarts=budget.restarts, wall_time_s=float(result.wall_time_s),
+        stop_reason=result.stop_reason, convergence=convergence,
+    )
+
+
+def _plateaued(stages: list[StageResult]) -> bool:
+    """Whether the last stage, stronger than the one before it (more iterations and restarts), stalled at a loss
+    no more than `STALL_TOLERANCE` below that stage's stalled loss: escalating further cannot be expected to help
+    (e.g. the floor a noise defense leaves). The screening probe never counts."""
+    if len(stages) < 2 or Stage.SCREENING in (stages[-1].stage, stages[-2].stage):
+        return False
+    previous, last = stages[-2].convergence, stages[-1].convergence
+    if previous.status is not Convergence.STALLED or last.status is not Convergence.STALLED:
+        return False
+    return last.final_loss >= (1 - STALL_TOLERANCE) * previous.final_loss
+
+
+def _projected_seconds(stages: list[StageResult], budget: StageBudget) -> float | None:
+    """Seconds ``budget`` would take at the speed measured so far (None before any stage ran)."""
+    work = sum(max(s.iterations, 1) * s.restarts for s in stages)
+    if not work:
+        return None
+    return sum(s.wall_time_s for s in stages) / work * budget.iterations * budget.restarts
+
+
+def _more_time_hint(plan: AuditPlan, stages: list[StageResult], next_budget: StageBudget) -> str:
+    """"raise time_limit_s to N s", N projected from the measured seconds per iteration-restart so far."""
+    spent = sum(s.wall_time_s for s in stages)
+    projected = _projected_seconds(stages, next_budget)
+    needed = spent + (projected or 0.0)
+    if projected is None or not math.isfinite(needed):
+        return "raise time_limit_s in the audit plan (no stage finished within it)"
+    return (f"raise time_limit_s in the audit plan to about {math.ceil(needed * 1.2)} s (now "
+            f"{plan.time_limit_s:g} s) so the {next_budget.stage} stage of {next_budget.iterations} iterations × "
+            f"{next_budget.restarts} restarts can finish")
+
+
+def _loss_key(result: AttackResult) -> float:
+    loss = float(result.matching_loss)
+    return loss if math.isfinite(loss) else math.inf

@@ -1,0 +1,1 @@
+"""Experiments over the pure packages: the verdict battery (and, later, grids, sweeps and studies)."""
