@@ -151,7 +151,9 @@ def budget_rows(root: Path) -> list[tuple[str, str, float]]:
         prepare(site)
         started = time.perf_counter()
         outcome = _release(site, **args)
-        rows.append((name, outcome[:150], time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        rows.append((name, outcome.replace(str(site), "<site workspace>").replace(str(root), "<elsewhere>")[:170],
+                     seconds))
 
     def two_releases(site: Path) -> None:
         _release(site)
@@ -165,8 +167,6 @@ def budget_rows(root: Path) -> list[tuple[str, str, float]]:
     attempt("ledger rolled back to an older copy", _budget_site(root / "s3"),
             lambda site: (_release(site), backups.update(old=(site / ledger).read_text()), _release(site),
                           (site / ledger).write_text(backups["old"])))
-    attempt("lock file deleted (the ledger itself is locked)", _budget_site(root / "s4"),
-            lambda site: (_release(site), [p.unlink() for p in (site / "medpfl").glob("*.lock")]))
     return rows
 
 
@@ -238,7 +238,9 @@ def main() -> int:
         "",
         "A site querying another site's scorer, and replaying a request: in the simulator test "
         "`tests/adversarial/test_malicious_site_simulator.py` every such request (2 rounds × 2 victims × 10) was "
-        "answered with a refusal only and logged at the victim; the honest sites' records stayed audited and scored.",
+        "answered with a refusal only and logged at the victim; the honest sites' records stayed audited and scored. "
+        "Two processes recording releases while a thread deletes and plants `.lock` files lose no release "
+        "(`tests/adversarial/test_budget_integrity.py`: the lock is held on the ledger file itself).",
     ]
     body = "\n".join(lines)
     print(body)
