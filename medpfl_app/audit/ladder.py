@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from medpfl_app.attacks.convergence import STALL_TOLERANCE, Convergence, ConvergenceEvidence
+from medpfl_app.attacks.convergence import MATCH_TOLERANCE, STALL_TOLERANCE, Convergence, ConvergenceEvidence
 from medpfl_app.attacks.knowledge import AttackerKnowledge
 from medpfl_app.attacks.result import AttackResult
 from medpfl_app.audit.plan import AuditPlan
@@ -245,11 +245,23 @@ def _plateaued(stages: list[StageResult]) -> bool:
 
 
 def _projected_seconds(stages: list[StageResult], budget: StageBudget) -> float | None:
-    """Seconds ``budget`` would take at the speed measured so far (None before any stage ran)."""
+    """Seconds ``budget`` would take at the speed measured so far (None before any stage ran).
+
+    A stage stops early on a match: when the last stage was still improving fast enough that, continued at its
+    average log-rate, it would reach `MATCH_TOLERANCE` within the budget, only those iterations are projected, so
+    the probe's speed under load does not keep a nearly matched update from its base stage.
+    """
     work = sum(max(s.iterations, 1) * s.restarts for s in stages)
     if not work:
         return None
-    return sum(s.wall_time_s for s in stages) / work * budget.iterations * budget.restarts
+    iterations = float(budget.iterations)
+    last = stages[-1].convergence
+    if (last.status is Convergence.IMPROVING and last.iterations > 0 and 0 < last.final_loss < last.initial_loss
+            and math.isfinite(last.initial_loss)):
+        rate = math.log(last.initial_loss / last.final_loss) / last.iterations
+        to_match = math.log(max(last.final_loss / MATCH_TOLERANCE, 1.0)) / rate
+        iterations = max(1.0, min(iterations, to_match))
+    return sum(s.wall_time_s for s in stages) / work * iterations * budget.restarts
 
 
 def _more_time_hint(plan: AuditPlan, stages: list[StageResult], next_budget: StageBudget) -> str:

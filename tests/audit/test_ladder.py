@@ -149,3 +149,13 @@ def test_a_stronger_stage_stalling_no_lower_is_a_plateau_that_completes_the_ladd
     outcome = run_ladder(None, AuditPlan(screening_iterations=0, iterations=65, time_limit_s=None), run, clock=clock)
     assert [b.stage for b in calls] == [Stage.FULL, Stage.ESCALATION]
     assert outcome.complete and outcome.settled and outcome.settle is None
+
+
+def test_a_probe_heading_fast_for_a_match_is_not_kept_from_its_base_stage() -> None:
+    """A slow probe (a loaded machine) whose loss falls by decades projects only the iterations it needs to match."""
+    clock = FakeClock()
+    fast_fall = [10.0 ** -(i / 2) for i in range(21)]  # 1 → 1e-10 in 20 iterations at 0.5 decade per iteration
+    fast_fall[-1] = 2e-10  # just short of a match
+    run, calls = _scripted([(fast_fall, "budget", 4.0), ([1.0, 1e-6, 1e-11], "stop_loss", 0.3)], clock)
+    outcome = run_ladder(None, AuditPlan(screening_iterations=20, iterations=100, time_limit_s=10), run, clock=clock)
+    assert [b.stage for b in calls] == [Stage.SCREENING, Stage.FULL] and outcome.matched
