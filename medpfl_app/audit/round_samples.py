@@ -199,6 +199,21 @@ def record_path(run_dir: str | os.PathLike[str], round_number: int) -> Path:
     return record_folder(run_dir) / f"round_{int(round_number)}.json"
 
 
+def _requested_round(round_number: Any) -> int:
+    """The round a request names, as a non-negative int (ints and NumPy integers; anything else is refused).
+
+    Raises:
+        RoundSamplesUnavailable: Not a valid round.
+    """
+    try:
+        number = -1 if isinstance(round_number, bool) else operator.index(round_number)
+    except TypeError:
+        number = -1
+    if number < 0:
+        raise RoundSamplesUnavailable(f"the request names no valid round ({str(round_number)[:20]!r})")
+    return number
+
+
 def _private_folder(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is masked by the umask, and an existing folder keeps its own
@@ -282,12 +297,7 @@ def read_round_samples(
     Raises:
         RoundSamplesUnavailable: No usable record; the reason names no path or sample.
     """
-    try:
-        number = -1 if isinstance(round_number, bool) else operator.index(round_number)  # ints, NumPy integers
-    except TypeError:
-        number = -1
-    if number < 0:
-        raise RoundSamplesUnavailable(f"the request names no valid round ({str(round_number)[:20]!r})")
+    number = _requested_round(round_number)
     path = record_path(run_dir, number)
     try:
         text = path.read_text(encoding="utf-8")
@@ -418,12 +428,7 @@ def read_sent_update(run_dir: str | os.PathLike[str], round_number: Any, *, job_
     Raises:
         RoundSamplesUnavailable: No usable record; the reason names no path or sample.
     """
-    try:
-        number = -1 if isinstance(round_number, bool) else operator.index(round_number)
-    except TypeError:
-        number = -1
-    if number < 0:
-        raise RoundSamplesUnavailable(f"the request names no valid round ({str(round_number)[:20]!r})")
+    number = _requested_round(round_number)
     path = sent_path(run_dir, number)
     try:
         text = path.read_text(encoding="utf-8")
