@@ -361,7 +361,8 @@ class AuditFilter(Filter):
         round_number = _round_of(shareable)
         if not self._plan.selects(site, round_number):  # recorded, so the report never counts it as lost
             worker.note(site=site, round_number=round_number, status="not_audited",
-                        reason="not selected by the audit plan (its every_n_rounds or sites)")
+                        reason="not selected by the audit plan (its every_n_rounds or sites)",
+                        meta={POLICY_ACTION_KEY: policy_action} if policy_action else None)
             return
         try:
             dxo = from_shareable(shareable)

@@ -99,3 +99,14 @@ def test_ledger_and_its_folder_are_owner_only(tmp_path) -> None:
     ledger = tmp_path / JOB / "medpfl" / "audit_ledger.jsonl"
     assert stat.S_IMODE(os.stat(ledger).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(ledger.parent).st_mode) == 0o700
+
+
+def test_an_update_the_plan_skips_still_gets_a_record(tmp_path, monkeypatch) -> None:
+    """A sampled plan (every 2nd round) records the skipped round as not audited, so coverage never shows it lost."""
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: _outcome())
+    audit, ctx = _started_filter(tmp_path, plan={"every_n_rounds": 2})
+    for round_ in (0, 1):
+        audit.process(_shareable(round_=round_), ctx)
+    records = {r["round"]: r for r in _records(tmp_path, audit, 2)}
+    assert records[0]["status"] == "audited"
+    assert records[1]["status"] == "not_audited" and "not selected by the audit plan" in records[1]["reason"]
