@@ -106,5 +106,8 @@ def test_an_audited_poc_job_downloads_with_its_ledger_and_html_report(poc_layout
     assert len(ledgers) == 1, f"expected one audit ledger in {outcome.result_dir}"
     records = read_ledger(ledgers[0]).records
     assert sorted(r["site"] for r in records) == SIM_SITES
+    # in POC's secure mode the sites' scorers accept the server's requests (cellnet origin of the server's job cell)
+    for record in records:
+        assert record["site_scores"]["status"] == "scored", record["site_scores"]
     html = ledgers[0].parent / "audit_report.html"
     assert html.is_file() and "MedPFL privacy audit report" in html.read_text()
