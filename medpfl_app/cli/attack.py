@@ -130,7 +130,7 @@ def _run_grid(args: argparse.Namespace) -> int:
 
     import torch
 
-    from medpfl_app.attacks.grid import GridConfig, timed_grid
+    from medpfl_app.experiments.grid import GridConfig, timed_grid
 
     torch.set_num_threads(max(1, args.threads))
 
@@ -162,7 +162,7 @@ def _run_single(args: argparse.Namespace) -> int:
     import torch
 
     from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-    from medpfl_app.attacks.grid import _noisy, load_demo_images
+    from medpfl_app.experiments.grid import _noisy, load_demo_images
     from medpfl_app.attacks.recipes import parse_overrides
     from medpfl_app.attacks.site import init_uniform_, simulate_site_update
     from medpfl_app.errors import MedPFLError

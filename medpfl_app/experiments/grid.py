@@ -40,7 +40,7 @@ class GridConfig:
         noise_scales: Laplace scales b (0 = no defense is always included).
         seed_attacks: Attacks in the seed setting.
         lbfgs_steps: L-BFGS steps (× ``lbfgs_max_iter`` updates each) for DLG/iDLG/CPL without noise; the default
-            15 × 20 = 300 quasi-Newton updates is the issue's "≤ 300 L-BFGS iterations" read strictly.
+            15 × 20 = 300 quasi-Newton updates is the seed setting's "≤ 300 L-BFGS iterations" read strictly.
         noised_lbfgs_steps: L-BFGS steps under noise (the loss never reaches the stopping tolerance there).
         lbfgs_max_iter: Quasi-Newton updates per L-BFGS step (20 in the DLG/iDLG code).
         gradinv_iterations: Adam iterations of GradInv.
