@@ -510,7 +510,8 @@ def training_set_digest(items: Iterable[Mapping[str, Any]]) -> str:
             stamp: list[int] | None = [int(status.st_size), int(status.st_mtime_ns)]
         except OSError:
             stamp = None
-        entries.append([image, int(item["label"]), stamp])
+        frame = item.get("frame")  # frames of one multi-frame file are separate samples
+        entries.append([image, int(item["label"]), stamp] + ([int(frame)] if frame is not None else []))
     payload = json.dumps(entries, separators=(",", ":")).encode("utf-8")
     return "sha256:" + hashlib.sha256(payload).hexdigest()
 

@@ -9,14 +9,18 @@ import argparse
 from pathlib import Path
 
 from medpfl_app.cli.options import non_negative_int, positive_float, positive_int, seed
+from medpfl_app.cli.samples import register_samples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``medpfl data {demo,check}`` to the top-level parser."""
+    """Add ``medpfl data {demo,check,samples}`` to the top-level parser."""
     parser = subparsers.add_parser(
         "data",
-        help="create the demo data set or check a site's data",
-        description="Create the embedded brain-MRI-like demo data set, or validate a site's datalist / image folder.",
+        help="create the demo data set or the real-MRI sample set, or check a site's data",
+        description=(
+            "Create the embedded brain-MRI-like demo data set or a real-MRI sample set from installed packages, "
+            "or check a site's datalist / image folder before training."
+        ),
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
@@ -45,13 +49,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     check = actions.add_parser(
         "check",
-        help="validate a site's data and load every image once",
+        help="pre-flight a site's data: every file's header, pixels and model input, duplicates, class balance",
         description=(
-            "Validate a datalist JSON or class-per-folder tree, load every image once through the MONAI transforms "
-            "(refusing unreadable files and images with NaN/Inf pixels) and print counts per class and the image "
-            "shape. Without SOURCE, the site's own data configuration is "
-            "used (MEDPFL_SITE_DATA_CONFIG, <workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly "
-            "as the training job finds it. Exits 2 with one clear message on bad data."
+            "Check a datalist JSON or class-per-folder tree before training. For every listed image: read the "
+            "header (format, shape, frames, dtype, DICOM photometric interpretation and transfer syntax, or PIL "
+            "mode) and refuse a file declaring more than 256,000,000 pixels (or the site's own max_megapixels) "
+            "before decoding it; read the stored pixels (value range, NaN/Inf, blank image); load it through the "
+            "same transforms as training; and check that the model input shows the picture stored in the file "
+            "(correlation at least 0.8 with the check's own rendering). Errors: unreadable files, NaN/Inf pixels, "
+            "blank images or blank slices, images under 8 pixels a side, model inputs that do not match the file "
+            "(frames stacked, palette or colour misread, MONOCHROME1 not inverted), identical images with "
+            "conflicting labels. Warnings: images enlarged more than 4x or shrunk more than 8x to --image-size, "
+            "4-D volumes, duplicates with the same label, a single-class site, classes with fewer than 2 training "
+            "images. Prints one row per file (above 20 files only the rows with problems), class counts and a "
+            "verdict. Exit status: 0 when the data is usable, 1 when any file or finding is an error (or any "
+            "warning with --strict), 2 when the datalist/folder itself is invalid. "
+            "Without SOURCE, the site's own data configuration is used (MEDPFL_SITE_DATA_CONFIG, "
+            "<workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly as the training job finds it."
         ),
     )
     check.add_argument(
@@ -62,12 +76,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--workspace", type=Path, default=None, help="the site's NVFlare workspace (holds local/); without SOURCE"
     )
     check.add_argument(
-        "--image-size", type=positive_int, default=None, help="resize to this size (default: the site's)"
+        "--image-size", type=positive_int, default=None, help="model input size in pixels (default: the site's)"
     )
     check.add_argument(
         "--in-channels", type=positive_int, default=None, help="model input channels (default: the site's)"
     )
+    check.add_argument(
+        "--all", action="store_true", dest="all_rows",
+        help="list every file; by default, above 20 files only the files with errors or warnings are listed",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too (default: only errors make the exit status 1)"
+    )
+    check.add_argument(
+        "--json", type=Path, default=None, metavar="PATH",
+        help="also write every file's facts and the findings as JSON to PATH, atomically (default: not written)",
+    )
     check.set_defaults(func=_run_check)
+    register_samples(actions)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -117,6 +143,11 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.in_channels is not None:
         overrides["in_channels"] = args.in_channels
     config = DataConfig.from_dict(base.to_dict(), **overrides)
-    summary = check_site_data(source, config, site=args.site, progress=True)
-    print(summary.format())
-    return 0
+    report = check_site_data(source, config, site=args.site, progress=True)
+    print(report.format(all_rows=args.all_rows, strict=args.strict))
+    if args.json is not None:
+        from medpfl_app.atomic_io import write_json_atomic
+
+        write_json_atomic(args.json, report.to_dict())
+        print(f"facts written to {args.json}")
+    return report.exit_code(strict=args.strict)

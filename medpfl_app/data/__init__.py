@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "DemoDataset": "demo",
     "generate_demo_dataset": "demo",
     "partition_indices": "partition",
+    "DataCheckReport": "check",
     "DataCheckSummary": "check",
     "check_site_data": "check",
 }
@@ -33,7 +34,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from medpfl_app.data.check import DataCheckSummary, check_site_data
+    from medpfl_app.data.check import DataCheckReport, DataCheckSummary, check_site_data
     from medpfl_app.data.config import DataConfig
     from medpfl_app.data.datalist import SUPPORTED_SUFFIXES, SiteData, load_site_data
     from medpfl_app.data.demo import DemoDataset, generate_demo_dataset

@@ -5,11 +5,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from medpfl_app.errors import MedPFLError
 
 _CHANNEL_CHOICES = (1, 3)
+MAX_IMAGE_SIZE = 1024
+"""Largest ``image_size``: a batch of 8 float32 1024×1024 images is 32 MiB per channel before any activation."""
+DEFAULT_MAX_MEGAPIXELS = 256
+"""Default ``max_megapixels``: 256 million values are 1 GiB as float32, more than any 2-D scan or CT volume needs."""
+
+
+class DicomVoi(StrEnum):
+    """Which DICOM intensity window (VOI) is applied; see ``DataConfig.dicom_voi``."""
+
+    FILE = "file"
+    NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -17,11 +29,20 @@ class DataConfig:
     """Settings of the data pipeline of one site.
 
     Attributes:
-        image_size: Side length in pixels of the square images fed to the model.
-        in_channels: Channels of the model input; 1 (grayscale) or 3 (RGB). Images are adapted (RGB→gray by mean,
-            gray→RGB by repetition).
+        image_size: Side length in pixels of the square images fed to the model (1 … `MAX_IMAGE_SIZE`).
+        in_channels: Channels of the model input; 1 (grayscale) or 3 (RGB). Images are adapted (RGB→gray by
+            ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B``, gray→RGB by repetition).
         slice_axis: Spatial axis (0, 1 or 2) along which 3-D volumes are cut to one 2-D slice.
         slice_index: Index of that slice; ``None`` takes the middle slice.
+        volume_index: Which 3-D volume of a 4-D NIfTI file (e.g. one time point of an fMRI or one b-value of a DWI
+            series) to use; ``None`` refuses 4-D files. 2-D and 3-D files ignore it.
+        dicom_voi: DICOM intensity window: ``"file"`` applies the file's own VOI LUT or Window Center/Width when it
+            has one (what a DICOM viewer shows), ``"none"`` keeps the full modality range (e.g. all Hounsfield
+            units).
+        max_megapixels: Decompression-bomb limit, in millions of values, checked from the header before any pixel
+            is decoded: DICOM rows × columns × samples × frames per file (× slices for a series folder), NIfTI voxels
+            of the (chosen) 3-D volume, PNG/JPEG width × height × bands. The default 256 (1 GiB as float32) passes
+            a 512×512×900 CT volume.
         batch_size: Training batch size.
         val_batch_size: Validation batch size.
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -34,6 +55,9 @@ class DataConfig:
     in_channels: int = 1
     slice_axis: int = 2
     slice_index: int | None = None
+    volume_index: int | None = None
+    dicom_voi: DicomVoi = DicomVoi.FILE
+    max_megapixels: int = DEFAULT_MAX_MEGAPIXELS
     batch_size: int = 8
     val_batch_size: int = 32
     num_workers: int = 0
@@ -43,6 +67,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_int("image_size", self.image_size, minimum=1)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise MedPFLError(
+                f"data setting image_size must be <= {MAX_IMAGE_SIZE} pixels, got {self.image_size}",
+                fix=f"set image_size to at most {MAX_IMAGE_SIZE} (64–256 is typical); images are resized to it",
+            )
         _check_int("in_channels", self.in_channels, minimum=1)
         if self.in_channels not in _CHANNEL_CHOICES:
             raise MedPFLError(
@@ -57,6 +86,15 @@ class DataConfig:
             )
         if self.slice_index is not None:
             _check_int("slice_index", self.slice_index, minimum=0)
+        if self.volume_index is not None:
+            _check_int("volume_index", self.volume_index, minimum=0)
+        if self.dicom_voi not in tuple(DicomVoi):
+            raise MedPFLError(
+                f"data setting dicom_voi must be one of {', '.join(DicomVoi)}, got {self.dicom_voi!r}",
+                fix='set dicom_voi to "file" (apply the DICOM file\'s window) or "none" (full intensity range)',
+            )
+        object.__setattr__(self, "dicom_voi", DicomVoi(self.dicom_voi))
+        _check_int("max_megapixels", self.max_megapixels, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("val_batch_size", self.val_batch_size, minimum=1)
         _check_int("num_workers", self.num_workers, minimum=0)

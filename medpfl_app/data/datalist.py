@@ -1,7 +1,13 @@
 """Find a site's images and labels: a MONAI-style datalist JSON or a class-per-folder tree.
 
-Only paths and labels are checked here (existence, extension, label range); pixels are read by the transforms, and
-`medpfl_app.data.loaders` turns an unreadable image into a clear error.
+Paths and labels are checked here (existence, extension, label range, one label per image); pixels are read by the
+transforms, and `medpfl_app.data.loaders` turns an unreadable image into a clear error.
+
+Samples: each listed file is one sample, except multi-frame DICOM files, whose headers are read here: every frame
+becomes its own sample with the file's label (items gain ``"frame": k``), unless the datalist item names one
+``"frame"``. A datalist item (or a sub-folder of a class folder) that is a folder of ``.dcm`` files is one DICOM
+series, read as a volume (`medpfl_app.data.dicom_series`). The 80/20 split of class folders splits files, not
+frames, so frames of one file never land in both training and validation.
 """
 
 from __future__ import annotations
@@ -12,14 +18,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medpfl_app.data.class_folders import DATALIST_NAME, SPLIT_FOLDERS, VALIDATION_FRACTION, scan_class_folders
+from medpfl_app.data.sample_items import (
+    FRAME_KEY,
+    MAX_INFERRED_CLASSES,
+    SUPPORTED_SUFFIXES,
+    Sample,
+    check_image_path,
+    expand_frames,
+    image_suffix,
+    inferred_class_count,
+    refuse_conflicting_labels,
+)
 from medpfl_app.errors import MedPFLError
 
-SUPPORTED_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg")
-DATALIST_NAME = "datalist.json"
-VALIDATION_FRACTION = 0.2
-_SPLIT_FOLDERS = ("training", "validation")
+__all__ = [
+    "DATALIST_NAME",
+    "FRAME_KEY",
+    "MAX_INFERRED_CLASSES",
+    "SUPPORTED_SUFFIXES",
+    "VALIDATION_FRACTION",
+    "SiteData",
+    "image_suffix",
+    "load_site_data",
+]
+_SPLIT_FOLDERS = SPLIT_FOLDERS
 _EXAMPLE_DATALIST = (
     '{"classes": ["no_tumor", "glioma"], "training": [{"image": "images/a.nii.gz", "label": 0}], '
     '"validation": [{"image": "images/b.nii.gz", "label": 1}]}'
@@ -32,7 +55,8 @@ class SiteData:
 
     Attributes:
         training: Items ``{"image": absolute path, "label": int}`` used for local training, in a fixed order (an
-            item's position is its site-local sample index).
+            item's position is its site-local sample index); frames of multi-frame DICOM files also carry
+            ``"frame": int``, and ``"image"`` may be a DICOM series folder.
         validation: Items of the same form used for validation.
         class_names: Name of each label, index = label.
         source: The datalist JSON or folder the items came from.
@@ -57,12 +81,6 @@ class SiteData:
         return tuple(counts)
 
 
-def image_suffix(path: str | Path) -> str | None:
-    """Return the supported suffix of ``path`` (lower case, ``".nii.gz"`` as one), or ``None`` if unsupported."""
-    name = Path(path).name.lower()
-    return next((suffix for suffix in SUPPORTED_SUFFIXES if name.endswith(suffix)), None)
-
-
 def load_site_data(source: str | Path, *, site: str | None = None, num_classes: int | None = None) -> SiteData:
     """Read a site's data description and check that every file exists and every label is valid.
 
@@ -81,7 +99,9 @@ def load_site_data(source: str | Path, *, site: str | None = None, num_classes: 
 
     Raises:
         MedPFLError: For a missing source, an empty folder, a missing or unsupported image file, invalid JSON, a
-            label that is not an integer in ``[0, num_classes)``, or zero training images.
+            label that is not an integer in ``[0, num_classes)`` (or, without ``"classes"``, one of
+            `MAX_INFERRED_CLASSES` or more), one image listed with two labels, an unreadable multi-frame DICOM
+            header, or zero training images.
     """
     bad_count = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     if num_classes is not None and bad_count:
@@ -128,7 +148,7 @@ def _load_datalist(path: Path, *, site: str | None, num_classes: int | None) -> 
             site=site,
         )
     class_names = _read_class_names(content.get("classes"), path, site=site)
-    raw: dict[str, list[tuple[Path, Any]]] = {}
+    raw: dict[str, list[Sample]] = {}
     for split in _SPLIT_FOLDERS:
         entries = content.get(split, [])
         if not isinstance(entries, list):
@@ -138,16 +158,17 @@ def _load_datalist(path: Path, *, site: str | None, num_classes: int | None) -> 
                 site=site,
             )
         raw[split] = [_read_entry(entry, number, split, path, site=site) for number, entry in enumerate(entries)]
-    labels = [label for split in _SPLIT_FOLDERS for _, label in raw[split]]
+    labels = [(f"{split}[{number}]", sample[1]) for split in _SPLIT_FOLDERS for number, sample in enumerate(raw[split])]
     if class_names is not None and num_classes is not None and len(class_names) != num_classes:
         raise MedPFLError(
             f"datalist {path} names {len(class_names)} classes but {num_classes} are expected",
             fix=f"list exactly {num_classes} class names under 'classes', or use a {len(class_names)}-class model",
             site=site,
         )
-    count = num_classes or (len(class_names) if class_names is not None else max(labels, default=-1) + 1)
+    inferred = class_names is None and num_classes is None
+    count = num_classes or (inferred_class_count(labels, path, site=site) if inferred else len(class_names or ()))
     for split in _SPLIT_FOLDERS:
-        for number, (image, label) in enumerate(raw[split]):
+        for number, (image, label, _) in enumerate(raw[split]):
             if not 0 <= label < count:
                 raise MedPFLError(
                     f"datalist {path}: label {label} of {split}[{number}] ({image}) is out of range [0, {count})",
@@ -175,7 +196,7 @@ def _read_class_names(value: object, path: Path, *, site: str | None) -> tuple[s
     return tuple(value)
 
 
-def _read_entry(entry: object, number: int, split: str, datalist: Path, *, site: str | None) -> tuple[Path, int]:
+def _read_entry(entry: object, number: int, split: str, datalist: Path, *, site: str | None) -> Sample:
     where = f"datalist {datalist}: {split}[{number}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or "label" not in entry:
         raise MedPFLError(
@@ -193,45 +214,25 @@ def _read_entry(entry: object, number: int, split: str, datalist: Path, *, site:
             fix="use integer class indices 0..num_classes-1 as labels (not names, floats or one-hot lists)",
             site=site,
         )
-    _check_image_file(image, f"{where} names", site=site)
-    return image.resolve(), label
-
-
-def _check_image_file(image: Path, context: str, *, site: str | None) -> None:
-    if image_suffix(image) is None:
+    frame = entry.get(FRAME_KEY)
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 0):
         raise MedPFLError(
-            f"{context} {image}, whose file type is not supported",
-            fix=f"convert it to one of {', '.join(SUPPORTED_SUFFIXES)} (DICOM files need the .dcm extension)",
+            f"{where} ({image}) has frame {frame!r}, which is not a frame number",
+            fix='use "frame": k with k = 0, 1, … for one frame of a multi-frame DICOM file, or leave it out',
             site=site,
         )
-    if not image.is_file():
+    check_image_path(image, f"{where} names", site=site)
+    if frame is not None and not image.name.lower().endswith(".dcm"):
         raise MedPFLError(
-            f"{context} {image}, which does not exist",
-            fix="correct the path (relative paths resolve against the datalist's folder) or remove the item",
+            f"{where} ({image}) names frame {frame}, but only multi-frame DICOM files have frames",
+            fix='remove "frame" from the item',
             site=site,
         )
+    return image.resolve(), label, frame
 
 
 def _load_class_folders(root: Path, *, site: str | None, num_classes: int | None) -> SiteData:
-    split_dirs = {split: root / split for split in _SPLIT_FOLDERS}
-    if split_dirs["training"].is_dir():
-        class_names = _class_folders(split_dirs["training"], site=site)
-        training = _scan_tree(split_dirs["training"], class_names, site=site)
-        validation: list[tuple[Path, int]] = []
-        if split_dirs["validation"].is_dir():
-            val_names = _class_folders(split_dirs["validation"], site=site, allow_empty=True)
-            extra = sorted(set(val_names) - set(class_names))
-            if extra:
-                raise MedPFLError(
-                    f"validation class folder(s) {', '.join(extra)} in {split_dirs['validation']} have no training "
-                    f"folder in {split_dirs['training']}",
-                    fix="use the same class folder names under training/ and validation/",
-                    site=site,
-                )
-            validation = _scan_tree(split_dirs["validation"], class_names, site=site)
-    else:
-        class_names = _class_folders(root, site=site)
-        training, validation = _split(_scan_tree(root, class_names, site=site))
+    training, validation, class_names = scan_class_folders(root, site=site)
     if num_classes is not None and num_classes != len(class_names):
         raise MedPFLError(
             f"data folder {root} has {len(class_names)} class folders ({', '.join(class_names)}) but "
@@ -242,64 +243,9 @@ def _load_class_folders(root: Path, *, site: str | None, num_classes: int | None
     return _finish(training, validation, class_names, root, site=site)
 
 
-def _class_folders(root: Path, *, site: str | None, allow_empty: bool = False) -> tuple[str, ...]:
-    names = tuple(
-        sorted(
-            entry.name
-            for entry in root.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in _SPLIT_FOLDERS
-        )
-    )
-    if not names and not allow_empty:
-        raise MedPFLError(
-            f"data folder {root} is empty: it has no class sub-folders (and no {DATALIST_NAME})",
-            fix=f"put the images in one sub-folder per class (e.g. {root}/glioma/img001.nii.gz), or add a "
-            f"{DATALIST_NAME}",
-            site=site,
-        )
-    return names
-
-
-def _scan_tree(root: Path, class_names: Sequence[str], *, site: str | None) -> list[tuple[Path, int]]:
-    found: list[tuple[Path, int]] = []
-    for label, name in enumerate(class_names):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
-                continue  # .DS_Store, editor swap files
-            if entry.is_dir():
-                raise MedPFLError(
-                    f"class folder {folder} contains a sub-folder {entry.name}; images must sit directly in it",
-                    fix=f"move the images of {entry} up into {folder} (one 2-D image or 3-D volume per file)",
-                    site=site,
-                )
-            _check_image_file(entry, f"class folder {folder} contains", site=site)
-            found.append((entry.resolve(), label))
-    return found
-
-
-def _split(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Per class, hold out round(20 %) of the sorted files, chosen by a fixed seed, keeping ≥1 for training."""
-    rng = np.random.default_rng(0)
-    training: list[tuple[Path, int]] = []
-    validation: list[tuple[Path, int]] = []
-    by_label: dict[int, list[tuple[Path, int]]] = {}
-    for item in items:
-        by_label.setdefault(item[1], []).append(item)
-    for label in sorted(by_label):
-        group = by_label[label]
-        held_out = min(int(round(VALIDATION_FRACTION * len(group))), len(group) - 1)
-        chosen = set(rng.permutation(len(group))[:held_out].tolist())
-        for position, item in enumerate(group):
-            (validation if position in chosen else training).append(item)
-    return training, validation
-
-
 def _finish(
-    training: Sequence[tuple[Path, int]],
-    validation: Sequence[tuple[Path, int]],
+    training: Sequence[Sample],
+    validation: Sequence[Sample],
     class_names: Sequence[str],
     source: Path,
     *,
@@ -312,14 +258,21 @@ def _finish(
             "train on nothing",
             site=site,
         )
+    expanded = {
+        "training": expand_frames(training, site=site),
+        "validation": expand_frames(validation, site=site),
+    }
+    refuse_conflicting_labels(expanded, source, site=site)
     return SiteData(
-        training=tuple(_item(image, label) for image, label in training),
-        validation=tuple(_item(image, label) for image, label in validation),
+        training=tuple(_item(*sample) for _, sample in expanded["training"]),
+        validation=tuple(_item(*sample) for _, sample in expanded["validation"]),
         class_names=tuple(class_names),
         source=source,
     )
 
 
-def _item(image: Path, label: int) -> dict[str, Any]:
-    return {"image": str(image), "label": int(label)}
-
+def _item(image: Path, label: int, frame: int | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"image": str(image), "label": int(label)}
+    if frame is not None:
+        item[FRAME_KEY] = int(frame)
+    return item

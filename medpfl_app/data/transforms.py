@@ -1,38 +1,43 @@
 """MONAI transforms: ``{"image": path, "label": int}`` → ``{"image": FloatTensor[C,H,W], "label": LongTensor[]}``.
 
+Reading is MedPFL's own (`load_pixels`), one module per format, each documenting its policy:
+`medpfl_app.data.dicom` (DICOM frames: modality LUT, VOI window, MONOCHROME1, colour),
+`medpfl_app.data.dicom_series` (a folder of one series' slices as a volume), `medpfl_app.data.nifti` (canonical
+orientation, 4-D volumes) and `medpfl_app.data.images` (PNG/JPEG modes). An item may carry ``"frame": k`` to name
+one frame of a multi-frame DICOM file (`medpfl_app.data.datalist` adds it, one sample per frame).
+
 There is deliberately no augmentation: the privacy audit compares reconstructions with the exact images a site
 trained on, so training and validation use the same deterministic chain.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import NibabelReader, PILReader, PydicomReader
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    LoadImaged,
-    MapTransform,
-    Resized,
-    ScaleIntensityd,
-    Transform,
-)
+from monai.data import MetaTensor
+from monai.transforms import Compose, MapTransform, Resized, ScaleIntensityd, Transform
 
 from medpfl_app.data.check import check_finite
 from medpfl_app.data.config import DataConfig
-from medpfl_app.data.datalist import image_suffix
+from medpfl_app.data.dicom_header import CORRUPT_FIX
+from medpfl_app.data.reading import FRAME_KEY, IMAGE_KEY, load_pixels, sample_name
 from medpfl_app.errors import MedPFLError
 
-IMAGE_KEY = "image"
+__all__ = [  # load_pixels and sample_name live in reading.py; re-exported here
+    "FRAME_KEY", "IMAGE_KEY", "INDEX_KEY", "LABEL_KEY", "LUMA_BT601", "MIN_IMAGE_SIDE", "AdaptChannelsd",
+    "FiniteGuardd", "GuardedLoadImaged", "SiteCompose", "SliceVolumed", "ToPlainTensorsd", "adapt_channels",
+    "build_transforms", "find_medpfl_error", "load_pixels", "sample_name", "slice_volume",
+]  # fmt: skip
 LABEL_KEY = "label"
 INDEX_KEY = "index"
-_READER_BY_SUFFIX = {".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom", ".png": "pil", ".jpg": "pil", ".jpeg": "pil"}
+MIN_IMAGE_SIDE = 8
+"""Smallest rows/columns of a 2-D sample: below it an "image" is a thumbnail, icon or corrupt header, not anatomy."""
+LUMA_BT601 = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G, B, used for every RGB→gray conversion."""
 
 
 def slice_volume(image: torch.Tensor, *, axis: int, index: int | None = None) -> torch.Tensor:
@@ -65,7 +70,10 @@ def slice_volume(image: torch.Tensor, *, axis: int, index: int | None = None) ->
 
 
 def adapt_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """Adapt a channel-first image to ``channels`` channels: RGB(A)→gray by mean, gray→RGB by repetition.
+    """Adapt a channel-first image to ``channels`` channels: RGB(A)→gray by BT.601 luma, gray→RGB by repetition.
+
+    The luma ``0.299 R + 0.587 G + 0.114 B`` (`LUMA_BT601`) is what DICOM's YBR_FULL and JPEG's YCbCr store as Y,
+    so a colour image and its YBR encoding give the same gray image.
 
     Raises:
         ValueError: For channel counts that have no sensible conversion.
@@ -78,7 +86,8 @@ def adapt_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
         if channels == 3:
             return image
     if have == 3 and channels == 1:
-        return image.mean(dim=0, keepdim=True)
+        weights = torch.tensor(LUMA_BT601, dtype=image.dtype, device=image.device)
+        return (image * weights.reshape(3, *([1] * (image.ndim - 1)))).sum(dim=0, keepdim=True)
     if have == 1 and channels == 3:
         return image.repeat(3, *([1] * (image.ndim - 1)))
     raise ValueError(f"cannot convert a {have}-channel image to {channels} channels")
@@ -117,11 +126,13 @@ class ToPlainTensorsd(Transform):
     """Final step: the image as a contiguous plain float32 tensor, label and index as long scalars.
 
     Plain tensors (not MONAI ``MetaTensor``) keep batches cheap to collate and pickle; the image's path and
-    metadata are not needed after loading.
+    metadata are not needed after loading. The ``"frame"`` key is dropped: only frames of multi-frame DICOM files
+    carry it, and a batch mixing items with and without it could not be collated.
     """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
+        out.pop(FRAME_KEY, None)
         image = out[IMAGE_KEY]
         image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         out[IMAGE_KEY] = image.to(torch.float32).contiguous()
@@ -132,58 +143,31 @@ class ToPlainTensorsd(Transform):
 
 
 class GuardedLoadImaged(MapTransform):
-    """`LoadImaged` + `EnsureChannelFirstd` that turns any failure into one `MedPFLError` naming the file.
+    """Read ``keys`` with `load_pixels` into channel-first ``MetaTensor``s; any failure is one `MedPFLError`.
 
-    Without this, a corrupt file surfaces as a chain of MONAI ``RuntimeError``s listing every reader tried.
+    The item's optional ``"frame"`` picks a frame of a multi-frame DICOM file. The tensor's
+    ``meta["filename_or_obj"]`` is `sample_name` (path and frame), which later guards name in their errors.
     """
 
-    def __init__(self, keys: KeysCollection, *, site: str | None = None) -> None:
+    def __init__(self, keys: KeysCollection, config: DataConfig, *, site: str | None = None) -> None:
         super().__init__(keys)
+        self.config = config
         self.site = site
-        self.readers = {
-            "nifti": NibabelReader(),
-            "dicom": PydicomReader(swap_ij=False),  # keep [rows, columns] like the other formats
-            "pil": PILReader(reverse_indexing=False),
-        }
-        with warnings.catch_warnings():
-            # MONAI registers its optional GPU DICOM decoder too and warns that it is absent; irrelevant here.
-            warnings.simplefilter("ignore", UserWarning)
-            # MONAI tries the last matching reader first; each reader claims its own suffixes.
-            self.load = Compose(
-                [
-                    LoadImaged(keys, reader=[self.readers["dicom"], self.readers["pil"], self.readers["nifti"]]),
-                    EnsureChannelFirstd(keys),
-                ],
-                log_stats=False,
-            )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                return dict(self.load(dict(data)))
-        except Exception as error:
-            paths = [str(data[key]) for key in self.key_iterator(dict(data))]
-            raise MedPFLError(
-                f"cannot read image file {', '.join(paths)}: {self._diagnose(paths, error)}",
-                fix="replace or remove the corrupt file (check that it opens in an image viewer), or convert it to "
-                "NIfTI/PNG; `medpfl data check <datalist>` lists every unreadable file",
-                site=self.site,
-            ) from None
-
-    def _diagnose(self, paths: list[str], error: Exception) -> str:
-        """Name the format reader's own complaint instead of MONAI's list of every reader it fell back to."""
-        for path in paths:
-            suffix = image_suffix(path)
-            reader = self.readers.get(_READER_BY_SUFFIX.get(suffix or "", ""))
-            if reader is not None:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)
-                        reader.get_data(reader.read(path))
-                except Exception as reader_error:
-                    return _root_cause(reader_error)
-        return _root_cause(error)
+        out = dict(data)
+        for key in self.key_iterator(out):
+            source = sample_name({IMAGE_KEY: out[key], FRAME_KEY: out.get(FRAME_KEY)})
+            try:
+                pixels = load_pixels(out[key], self.config, frame=out.get(FRAME_KEY))
+            except MedPFLError as error:
+                raise MedPFLError(error.problem, fix=error.fix, site=self.site) from None
+            except Exception as error:  # a reader's own failure on a corrupt file: name it, not a traceback
+                raise MedPFLError(
+                    f"cannot read image file {source}: {_root_cause(error)}", fix=CORRUPT_FIX, site=self.site
+                ) from None
+            out[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(pixels)), meta={"filename_or_obj": source})
+        return out
 
 
 class FiniteGuardd(MapTransform):
@@ -233,10 +217,10 @@ class SiteCompose(Compose):
 
 
 def _root_cause(error: BaseException) -> str:
+    """The innermost cause's type and full message (several lines when a decoder lists every plugin it tried)."""
     while error.__cause__ is not None:
         error = error.__cause__
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(error).__name__}: {str(error).strip()}"
 
 
 class _ShapeGuardd(MapTransform):
@@ -254,25 +238,37 @@ class _ShapeGuardd(MapTransform):
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        image = data.get(IMAGE_KEY)
+        source = getattr(image, "meta", {}).get("filename_or_obj", "an image")
         try:
-            return dict(self.steps(dict(data)))
+            out = dict(self.steps(dict(data)))
         except Exception as error:
-            image = data.get(IMAGE_KEY)
-            source = getattr(image, "meta", {}).get("filename_or_obj", "an image")
             raise MedPFLError(
                 f"image {source} has an unsupported shape {tuple(getattr(image, 'shape', ()))}: {_root_cause(error)}",
                 fix="use 2-D images or 3-D volumes with 1, 3 or 4 channels, and a slice_index inside the volume",
                 site=self.site,
             ) from None
+        rows, columns = out[IMAGE_KEY].shape[-2:]
+        if min(rows, columns) < MIN_IMAGE_SIDE:
+            raise MedPFLError(
+                f"image {source} is only {rows}×{columns} pixels (as used, after slicing); MedPFL needs at least "
+                f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}",
+                fix="remove the thumbnail/placeholder or corrupt file from the site's data, or, for a volume, slice "
+                "it along an axis with more voxels (data setting slice_axis)",
+                site=self.site,
+            )
+        return out
 
 
 def build_transforms(config: DataConfig, *, train: bool, site: str | None = None) -> SiteCompose:
     """Build the deterministic transform chain for training (``train=True``) or validation items.
 
-    Steps: load (NIfTI via nibabel, DICOM via pydicom, PNG/JPEG via PIL, all in row-major ``[rows, columns]``
-    order), channel-first, refuse NaN/Inf pixels, 3-D volumes sliced to 2-D along ``config.slice_axis``, channels
-    adapted to ``config.in_channels``, min–max intensity scaling to [0, 1], resize to ``image_size × image_size``,
-    refuse values that overflowed to NaN/Inf, plain tensors. Every bad image ends in one `MedPFLError` naming the
+    Steps: load with `load_pixels` (NIfTI via nibabel in canonical orientation, DICOM frames and series via pydicom,
+    PNG/JPEG via Pillow, all channel-first in row-major ``[rows, columns]`` order, after a decompression-bomb check
+    of the header), refuse NaN/Inf pixels, 3-D volumes sliced to 2-D along ``config.slice_axis``, refuse samples
+    under `MIN_IMAGE_SIDE` pixels a side, channels adapted to ``config.in_channels`` (RGB→gray by BT.601), min–max
+    intensity scaling to [0, 1], resize to ``image_size × image_size``, refuse values that overflowed to NaN/Inf,
+    plain tensors. Every bad image ends in one `MedPFLError` naming the
     site and the file, so a poisoned image never reaches the model.
 
     Args:
@@ -282,7 +278,7 @@ def build_transforms(config: DataConfig, *, train: bool, site: str | None = None
         site: Site name shown in errors.
 
     Returns:
-        A MONAI ``Compose`` mapping ``{"image": path, "label": int[, "index": int]}`` to
+        A MONAI ``Compose`` mapping ``{"image": path, "label": int[, "index": int][, "frame": int]}`` to
         ``{"image": FloatTensor[C, H, W] in [0, 1], "label": LongTensor[][, "index": LongTensor[]]}``.
     """
     del train  # identical chains on purpose, see the module docstring
@@ -290,7 +286,7 @@ def build_transforms(config: DataConfig, *, train: bool, site: str | None = None
     size = (config.image_size, config.image_size)
     return SiteCompose(
         [
-            GuardedLoadImaged(keys, site=site),
+            GuardedLoadImaged(keys, config, site=site),
             FiniteGuardd(keys, site=site),
             _ShapeGuardd(keys, config, site=site),
             ScaleIntensityd(keys, minv=0.0, maxv=1.0),

@@ -53,7 +53,7 @@ def test_single_slice_volume_is_treated_as_2d(tmp_path: Path) -> None:
 
 
 def test_png_gray_and_rgb_and_jpeg(tmp_path: Path) -> None:
-    """PNG/JPEG load rows-first in [0, 1]; RGB becomes gray by mean, gray becomes RGB by repetition."""
+    """PNG/JPEG load rows-first in [0, 1]; RGB becomes gray by BT.601 luma, gray becomes RGB by repetition."""
     array = gradient((SIZE, SIZE), seed=2)
     gray = _load(write_png(tmp_path / "g.png", array))["image"]
     expected = _scaled(np.clip(array * 255, 0, 255).astype(np.uint8).astype(np.float32))
@@ -69,7 +69,7 @@ def test_png_gray_and_rgb_and_jpeg(tmp_path: Path) -> None:
 
 
 def test_jpeg_is_close_to_its_source(tmp_path: Path) -> None:
-    """A (lossy) JPEG of a smooth RGB image loads as gray close to the channel mean of its source pixels."""
+    """A (lossy) JPEG of a smooth RGB image loads as gray close to the BT.601 luma of its source pixels."""
     from PIL import Image
 
     rows, cols = np.meshgrid(np.linspace(0, 1, SIZE), np.linspace(0, 1, SIZE), indexing="ij")
@@ -79,7 +79,7 @@ def test_jpeg_is_close_to_its_source(tmp_path: Path) -> None:
     item = _load(tmp_path / "j.jpeg")["image"]
     assert item.shape == (1, SIZE, SIZE)
     assert float(item.min()) >= 0.0 and float(item.max()) <= 1.0
-    expected = _scaled(pixels.astype(np.float32).mean(axis=-1))
+    expected = _scaled(pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
     assert float(np.abs(item[0].numpy() - expected).max()) < 0.03
 
 

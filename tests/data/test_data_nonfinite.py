@@ -176,28 +176,29 @@ def test_lazy_dataset_never_yields_a_poisoned_image(tmp_path: Path) -> None:
 
 
 def test_cli_check_refuses_poisoned_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`medpfl data check` exits 2 with one message naming the site, the file and the fix."""
+    """`medpfl data check` exits 1; the poisoned file's row names the site's file, the NaN/Inf count and the fix."""
     root = _class_tree(tmp_path / "site", poisoned=("nifti", "+inf"))
-    assert main(["data", "check", str(root), "--site", "site-2", "--image-size", "8"]) == 2
-    captured = capsys.readouterr()
+    assert main(["data", "check", str(root), "--site", "site-2", "--image-size", "8"]) == 1
+    out = capsys.readouterr().out
     poisoned = root / "training" / "b" / "poisoned.nii.gz"
-    assert f"[site-2] image {poisoned} has 1 NaN/Inf pixel value (1 +Inf" in captured.err
-    assert "fix: re-export the image; NaN/Inf pixels cannot be trained on" in captured.err
-    assert "data OK" not in captured.out
+    assert f"image {poisoned} has 1 NaN/Inf pixel value (1 +Inf" in out
+    assert "fix: re-export the image; NaN/Inf pixels cannot be trained on" in out
+    assert "[site-2] data NOT usable: 1 of 9 files have errors" in out
+    assert "data OK" not in out
 
 
 def test_cli_check_lists_every_bad_image_in_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Poisoned and corrupt files are all reported at once, with each distinct fix."""
+    """Poisoned and corrupt files are all reported in one run, each in its own row with its fix."""
     root = _class_tree(tmp_path / "site", poisoned=("dicom-float", "nan"))
     nifti = write_nifti(root / "validation" / "a" / "vnan.nii", _poisoned(np.nan, seed=7))
     (root / "training" / "a" / "corrupt.nii.gz").write_bytes(b"not a nifti file")
-    assert main(["data", "check", str(root), "--image-size", "8"]) == 2
-    err = capsys.readouterr().err
-    assert "3 of 11 images cannot be used" in err
-    assert f"image {root / 'training' / 'b' / 'poisoned.dcm'} has 1 NaN/Inf pixel value (1 NaN" in err
-    assert f"image {nifti} has 1 NaN/Inf pixel value (1 NaN" in err
-    assert f"cannot read image file {root / 'training' / 'a' / 'corrupt.nii.gz'}" in err
-    assert "re-export the image" in err and "replace or remove the corrupt file" in err
+    assert main(["data", "check", str(root), "--image-size", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "data NOT usable: 3 of 11 files have errors" in out
+    assert f"image {root / 'training' / 'b' / 'poisoned.dcm'} has 1 NaN/Inf pixel value (1 NaN" in out
+    assert f"image {nifti} has 1 NaN/Inf pixel value (1 NaN" in out
+    assert str(root / "training" / "a" / "corrupt.nii.gz") in out
+    assert "re-export the image" in out and "fix: replace or re-export" in out
 
 
 def test_cli_check_passes_a_clean_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,7 +206,8 @@ def test_cli_check_passes_a_clean_folder(tmp_path: Path, capsys: pytest.CaptureF
     root = _class_tree(tmp_path / "site")
     assert main(["data", "check", str(root), "--site", "site-2", "--image-size", "8"]) == 0
     captured = capsys.readouterr()
-    assert f"[site-2] data OK: {root}" in captured.out and "6 training, 2 validation" in captured.out
+    assert f"[site-2] data check: {root}" in captured.out and "6 training, 2 validation" in captured.out
+    assert "[site-2] data OK: 8 files" in captured.out
     assert "error" not in captured.err
 
 
