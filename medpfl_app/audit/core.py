@@ -139,7 +139,7 @@ class AuditOutcome:
         attack_budget: The attack and budget actually used (plain JSON): ``stages_run``, ``iterations``,
             ``ladder_complete``, ``time_budget_s``, ``time_spent_s``, ``settle``, ``not_attacked`` ...
         threat_model: What the attacker knew or assumed (plain JSON).
-        model: ``{"network", "config_hash", "num_parameters"}``.
+        model: ``{"network", "num_classes", "config_hash", "num_parameters"}``.
         ladder: Each stage run (`medpfl_app.audit.ladder.StageResult.to_json`).
         reconstructions: ``(N, C, H, W)`` float32 in [0, 1], or None when no optimisation attack ran. Patient data:
             sent only to the site that produced the update, never written by the server.
@@ -280,6 +280,7 @@ def _update_arrays(knowledge) -> list[np.ndarray]:
 def _model_info(meta: Mapping[str, Any], item: AuditItem, net) -> dict[str, Any]:
     return {
         "network": meta.get("network"),
+        "num_classes": meta.get("num_classes"),  # the report's chance level for accuracy
         "config_hash": config_hash(meta, item.global_weights),
         "num_parameters": int(sum(p.numel() for p in net.parameters())),
     }

@@ -10,7 +10,7 @@ also returns records of the older ``medpfl.audit/1``, whose ``risk`` was ``low|m
 ``status``: ``audited`` | ``not_audited`` (the audit could not run: queue full, internal error) |
 ``not_auditable`` (the update cannot be attacked: encrypted, non-numeric, no model),
 ``reason``: why not audited / not auditable (None when audited),
-``model``: ``{"network", "config_hash", "num_parameters"}``,
+``model``: ``{"network", "num_classes", "config_hash", "num_parameters"}``,
 ``versions``: library versions (medpfl, nvflare, torch, monai),
 ``threat_model``: what the attacker knew or assumed (declared, e.g. honest-but-curious server with the update meta),
 ``defenses``: the update's ``medpfl_defenses`` entries (defense, guarantee, params, installed_by, ε ...),

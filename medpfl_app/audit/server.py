@@ -8,8 +8,10 @@ Both are thin: the work happens in `medpfl_app.audit.worker` (threads) and `medp
 - `AuditFilter`: server task-RESULT filter (direction ``in``, task ``train``). ``process()`` copies the update as
   received and hands it to the worker through a bounded queue, then returns the shareable unchanged; it never
   raises (a raising server result filter would drop the site's result). The ledger is
-  ``<run dir>/medpfl/audit_ledger.jsonl``, which ``download_job`` delivers. At the end of the job it raises
-  ``NotReadyToEndRun`` while audits remain (set ``end_run_readiness_timeout`` in the server config).
+  ``<run dir>/medpfl/audit_ledger.jsonl``, which ``download_job`` delivers. At the end of the job it holds the
+  run while audits remain, at most ``drain_timeout_s`` (`medpfl_app.audit.end_of_run`: NVFlare's "not ready"
+  property, not an exception, so a designed wait logs no traceback; set ``end_run_readiness_timeout`` in the server
+  config), and says how far it is in one INFO line per change (`medpfl_app.audit.drain_progress`).
 
 Thumbnails (off by default): with ``store_reconstructions`` on, the audit also writes the reconstructions it
 produced as owner-only PNGs (`medpfl_app.audit.thumbnail_store`) under ``<run dir>/medpfl/thumbnails``, asks each
@@ -30,11 +32,12 @@ from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from medpfl_app.audit.core import AuditItem, copy_arrays, not_auditable_reason
+from medpfl_app.audit.drain_progress import DrainProgress, drain_progress
+from medpfl_app.audit.end_of_run import CHECK_WAIT_S, EndOfRunHold, hold_end_of_run
 from medpfl_app.audit.facts import InvalidMeta, ModelSpec, validate_meta
 from medpfl_app.audit.ledger import LEDGER_FILE
 
@@ -204,7 +207,12 @@ class AuditFilter(Filter):
         self._policy = RiskPolicy.from_dict(risk_policy)
         self._worker = None
         self._engine = None
-        self._end_wait_started: float | None = None
+        self._hold = EndOfRunHold(drain_timeout_s)
+        self._drain_total = 0
+        self._drain_reported: DrainProgress | None = None
+        self._drain_finished = False
+        #: Longest one readiness check waits inside the handler (see `medpfl_app.audit.end_of_run.CHECK_WAIT_S`).
+        self.check_wait_s = CHECK_WAIT_S
         self._lock = threading.Lock()
 
     # --- events ---------------------------------------------------------------------------------------------
@@ -212,14 +220,7 @@ class AuditFilter(Filter):
         if event_type == EventType.START_RUN:
             self._start(fl_ctx)
         elif event_type == EventType.CHECK_END_RUN_READINESS:
-            worker = self._worker
-            if worker is not None and worker.pending():
-                now = time.monotonic()
-                if self._end_wait_started is None:
-                    self._end_wait_started = now
-                if now - self._end_wait_started < self.drain_timeout_s:
-                    raise NotReadyToEndRun(f"MedPFL audit: {worker.pending()} audits still running")
-            self._release_sites(fl_ctx)
+            self._check_end(fl_ctx)
         elif event_type == EventType.END_RUN:
             worker = self._worker
             if worker is not None:
@@ -227,6 +228,47 @@ class AuditFilter(Filter):
                     self.log_warning(fl_ctx, f"MedPFL audit: run ends with {worker.pending()} audits unfinished")
                 threading.Thread(target=worker.stop, name="medpfl-audit-stop", daemon=True).start()
             self._render_report(fl_ctx)
+
+    def _check_end(self, fl_ctx: FLContext) -> None:
+        """Hold the end of the run while audits remain, at most ``drain_timeout_s`` from the first check; then
+        release the sites. Never raises: a designed wait is no error (`medpfl_app.audit.end_of_run`)."""
+        worker = self._worker
+        if worker is not None and not self._drain_finished and worker.pending():
+            if not self._hold.started:
+                self._hold.limit_s = self.drain_timeout_s  # as configured now, not at construction
+            if self._hold.start():
+                self._drain_total = sum(worker.backlog().values())
+            if not self._hold.expired():
+                self._report_drain(fl_ctx, worker)
+                if not worker.drain(min(self.check_wait_s, self._hold.left_s())):
+                    hold_end_of_run(fl_ctx)
+                    return
+            self._finish_drain(fl_ctx, worker)
+        elif worker is not None and self._hold.started:
+            self._finish_drain(fl_ctx, worker)  # drained between two checks
+        self._release_sites(fl_ctx)
+
+    def _report_drain(self, fl_ctx: FLContext, worker) -> None:
+        """One INFO line each time the backlog changes (`DrainProgress.log_line`, parsed by the simulator watch)."""
+        progress = drain_progress(worker.backlog(), self._drain_total)
+        self._drain_total = progress.total
+        if progress.left and progress != self._drain_reported:
+            self._drain_reported = progress
+            self.log_info(fl_ctx, progress.log_line())
+
+    def _finish_drain(self, fl_ctx: FLContext, worker) -> None:
+        """Say once how the drain ended: done, or given up at the bound with audits left (a warning)."""
+        if self._drain_finished:
+            return
+        self._drain_finished = True
+        left = sum(worker.backlog().values())
+        if worker.pending():
+            self.log_warning(fl_ctx, f"MedPFL audit: stopped holding the end of the run after "
+                                     f"{self._hold.waited_s():.0f} s (drain_timeout_s {self.drain_timeout_s:g}) "
+                                     f"with {left} updates not yet audited")
+        elif self._drain_total:  # only ledger writes were left: nothing worth a line
+            self.log_info(fl_ctx, DrainProgress(round=None, left=0, total=self._drain_total).log_line()
+                          + f" in {self._hold.waited_s():.0f} s")
 
     def _render_report(self, fl_ctx: FLContext) -> None:
         """Write the HTML/JSON reports beside the ledger, so `download_job` delivers them with it.

@@ -5,9 +5,10 @@ registers handlers for the auxiliary topics `SCORE_TOPIC` and `RELEASE_TOPIC` on
 may ask" below); the server's audit sends the reconstructions of this site's update of one round; the handler
 compares them with the images the site really used in that round and replies with scalar scores only
 (`medpfl_app.audit.scoring.SCORE_KEYS`). At the end of the job it asks NVFlare to
-wait (``NotReadyToEndRun``) until the server says its audit is done (`RELEASE_TOPIC`, sent once the server's audit
-queue is drained), at most ``wait_at_end_s`` seconds, so the last round's scores of every site reach the ledger
-(in NVFlare's simulator the first site to end ends them all).
+wait (its "not ready to end run" property, `medpfl_app.audit.end_of_run`: no exception, so no traceback in the
+logs) until the server says its audit is done (`RELEASE_TOPIC`, sent once the server's audit queue is drained), at
+most ``wait_at_end_s`` seconds, so the last round's scores of every site reach the ledger (in NVFlare's simulator
+the first site to end ends them all).
 
 Which images a round used comes from the site-local record the training script writes before each update leaves
 (`medpfl_app.audit.round_samples`, ``<client run dir>/medpfl/round_samples/round_<n>.json``), so scoring works
@@ -66,8 +67,9 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable, make_reply
+
+from medpfl_app.audit.end_of_run import CHECK_WAIT_S, EndOfRunHold, hold_end_of_run
 
 SCORE_TOPIC = "medpfl.audit.score"
 #: Sent by the server once its audit queue is drained at the end of the job: the site need not wait any longer.
@@ -312,8 +314,10 @@ class AuditSiteScorer(FLComponent):
         self._pool_lock = threading.Lock()
         self._scored_rounds: set[int] = set()
         self._lock = threading.Lock()
-        self._end_check_started: float | None = None
-        self._released = False
+        self._hold = EndOfRunHold(wait_at_end_s)
+        self._released = threading.Event()
+        #: Longest one readiness check waits inside the handler (see `medpfl_app.audit.end_of_run.CHECK_WAIT_S`).
+        self.check_wait_s = CHECK_WAIT_S
         # Updates already scored, as (round, digest): the site answers once per update.
         self._answered: set[tuple[int, str]] = set()
         self._refusals: Counter[str] = Counter()
@@ -600,30 +604,38 @@ class AuditSiteScorer(FLComponent):
             self.logger.warning(f"MedPFL audit: {self._site} ignored a release from cell {_quoted(origin)}: "
                                 "not the server")
             return make_reply(ReturnCode.OK)
-        self._released = True
+        self._released.set()
         return make_reply(ReturnCode.OK)
 
     def _check_end(self, fl_ctx: FLContext) -> None:
         """Hold the end of the run until the server releases the site (its audit queue is drained), at most
-        ``wait_at_end_s`` from the first check; a site that trained no round does not wait.
+        ``wait_at_end_s`` from the first check; a site that trained no round does not wait. Never raises: the
+        wait is designed, so it is said once at INFO, and giving up at the bound once as a warning.
 
         Not only until this site's own last round is scored: in NVFlare's simulator the first site whose run ends
         ends every site's run, which would cut off the other sites' last scores.
         """
         from medpfl_app.audit.round_samples import recorded_rounds
 
-        if self._run_dir is None or self.wait_at_end_s <= 0 or self._released:
+        if not self._hold.started:
+            self._hold.limit_s = self.wait_at_end_s  # as configured now, not at construction
+        if self._run_dir is None or self._released.is_set() or self._hold.expired():
             return
         rounds = recorded_rounds(self._run_dir)
         if not rounds:
             return
-        with self._lock:
-            scored = rounds[-1] in self._scored_rounds
-        now = time.monotonic()
-        if self._end_check_started is None:
-            self._end_check_started = now
-        if now - self._end_check_started < self.wait_at_end_s:
-            raise NotReadyToEndRun(
-                f"MedPFL audit: {self._site} waits for the server's audit to finish"
-                + ("" if scored else f" (its round {rounds[-1]} is not scored yet)")
-            )
+        if self._hold.start():
+            with self._lock:
+                scored = rounds[-1] in self._scored_rounds
+            self.log_info(fl_ctx, f"MedPFL audit: {self._site} holds the end of the run until the server's audit "
+                                  f"is done (at most {self.wait_at_end_s:g} s)"
+                                  + ("" if scored else f"; its round {rounds[-1]} is not scored yet"))
+        if self._released.wait(min(self.check_wait_s, self._hold.left_s())):
+            self.log_info(fl_ctx, f"MedPFL audit: {self._site} released by the server after "
+                                  f"{self._hold.waited_s():.0f} s")
+            return
+        if self._hold.expired():
+            self.log_warning(fl_ctx, f"MedPFL audit: {self._site} stopped waiting for the server's audit after "
+                                     f"{self.wait_at_end_s:g} s (wait_at_end_s); its last scores may be missing")
+            return
+        hold_end_of_run(fl_ctx)

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -92,7 +93,8 @@ def build_record(
         "status": status,
         "reason": reason,
         "model": dict(outcome.model) if outcome else {
-            "network": meta.get("network"), "config_hash": None, "num_parameters": None,
+            "network": meta.get("network"), "num_classes": meta.get("num_classes"), "config_hash": None,
+            "num_parameters": None,
         },
         "versions": dict(versions),
         "threat_model": threat,
@@ -158,6 +160,7 @@ class AuditWorker:
         self._on_record = on_record
         self._items: queue.Queue[AuditItem | None] = queue.Queue(maxsize=max_queue)
         self._queued: dict[str | None, int] = {}  # site -> updates waiting (fair share)
+        self._backlog: Counter[int | None] = Counter()  # round -> updates queued or under attack
         self._sites_seen: set[str | None] = set()
         self._queued_lock = threading.Lock()
         self._records: queue.Queue[dict[str, Any] | None] = queue.Queue()  # small dicts: unbounded is safe
@@ -188,6 +191,7 @@ class AuditWorker:
                 try:
                     self._items.put_nowait(item)
                     self._queued[item.site] = self._queued.get(item.site, 0) + 1
+                    self._backlog[item.round] += 1
                     return True
                 except queue.Full:
                     reason = f"audit queue full ({self._items.maxsize} updates waiting): the attack thread is behind"
@@ -216,6 +220,11 @@ class AuditWorker:
     def pending(self) -> int:
         """Updates and records not yet in the ledger."""
         return self._items.unfinished_tasks + self._records.unfinished_tasks
+
+    def backlog(self) -> dict[int | None, int]:
+        """Updates still to audit (queued or under attack), by round: what the end-of-run progress reports."""
+        with self._queued_lock:
+            return {round_number: count for round_number, count in self._backlog.items() if count > 0}
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until everything queued is in the ledger; returns whether it got there in time."""
@@ -266,6 +275,11 @@ class AuditWorker:
                           status="not_audited", reason=f"internal audit error: {error!r}",
                           meta=getattr(item, "meta", None))
             finally:
+                if item is not None:
+                    with self._queued_lock:
+                        self._backlog[item.round] -= 1
+                        if self._backlog[item.round] <= 0:
+                            del self._backlog[item.round]
                 self._items.task_done()
 
     def _audit_one(self, item: AuditItem) -> dict[str, Any]:

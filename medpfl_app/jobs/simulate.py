@@ -4,6 +4,15 @@ The simulator can hang (a client worker waiting forever) and can exit 0 on failu
 process group, kills it on timeout, and judges success by the outputs, not the exit code. Site scripts that NVFlare
 runs as external processes get process groups of their own; they inherit a per-run marker in their environment
 (`RUN_MARKER_ENV`), by which any left behind are found and killed too.
+
+The simulator is started as NVFlare 2.9 starts it for a Recipe's ``SimEnv`` (``FedJob.simulator_run`` runs
+``python -m nvflare.private.fed.app.simulator.simulator <job> -w ... -c ... -t ...``), not through the deprecated
+``nvflare simulator`` command, which prints a deprecation warning; our jobs are exported folders, which ``SimEnv``
+cannot take.
+
+While it runs, the log is read for progress: each round's start (`ROUND_STARTED`) and, once training is over, the
+server audit's drain lines (`medpfl_app.audit.drain_progress`), so a progress display can say what the run is
+waiting for.
 """
 
 from __future__ import annotations
@@ -20,11 +29,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from medpfl_app.audit.drain_progress import DrainProgress
 from medpfl_app.errors import MedPFLError
 
 ROUND_STARTED = re.compile(r"Round (\d+) started")
 SITE_FAILURE = re.compile(r"MedPFL site (\S+) cannot train: (.*?\n\s*fix: [^\n]*)", re.DOTALL)
 GLOBAL_MODEL_FILE = "FL_global_model.pt"
+#: The module NVFlare 2.9's ``SimEnv`` runs (through ``FedJob.simulator_run``) to simulate a job folder.
+SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"
 #: Set to a fresh random value for each simulation; every process it starts inherits it.
 RUN_MARKER_ENV = "MEDPFL_SIMULATION_RUN"
 
@@ -52,6 +64,7 @@ def run_simulation(
     timeout_s: float = 1800.0,
     env: Mapping[str, str] | None = None,
     on_round: Callable[[int], None] | None = None,
+    on_drain: Callable[[DrainProgress], None] | None = None,
 ) -> SimulationResult:
     """Run ``job_dir`` with ``sites`` in the NVFlare simulator under ``workspace``.
 
@@ -63,6 +76,8 @@ def run_simulation(
         timeout_s: Hard deadline for the whole run.
         env: Extra environment variables for the simulator (e.g. where the sites find their data).
         on_round: Called with the round number each time the server starts a round.
+        on_drain: Called with the server audit's backlog each time it changes after training (the end of the run
+            waits for it), and once more when it is done.
 
     Raises:
         MedPFLError: The simulator timed out, failed, or produced no global model.
@@ -76,8 +91,7 @@ def run_simulation(
     command = [
         sys.executable,
         "-m",
-        "nvflare.cli",
-        "simulator",
+        SIMULATOR_MODULE,
         str(job_dir),
         "-w",
         str(workspace / "sim"),
@@ -94,7 +108,7 @@ def run_simulation(
             command, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True, cwd=workspace
         )
         try:
-            _wait(process, log_file, started + timeout_s, on_round)
+            _wait(process, log_file, started + timeout_s, _LogWatcher(log_file, on_round, on_drain))
         finally:
             _kill_group(process)
             _kill_marked(marker)
@@ -102,33 +116,46 @@ def run_simulation(
     return replace(_collect(workspace / "sim", log_file, wall, process.returncode), run_marker=marker)
 
 
-def _wait(process: subprocess.Popen, log_file: Path, deadline: float, on_round: Callable[[int], None] | None) -> None:
-    rounds = _RoundWatcher(log_file)
+def _wait(process: subprocess.Popen, log_file: Path, deadline: float, watcher: _LogWatcher) -> None:
     while process.poll() is None:
         if time.monotonic() > deadline:
             raise MedPFLError(
                 f"the NVFlare simulator did not finish in time (log: {log_file})",
                 fix="look at the log for a site that failed or hung; raise the timeout for large jobs",
             )
-        if on_round is not None:
-            for number in rounds.new_rounds():
-                on_round(number)
+        watcher.poll()
         time.sleep(1.0)
-    if on_round is not None:
-        for number in rounds.new_rounds():
-            on_round(number)
+    watcher.poll()
 
 
-class _RoundWatcher:
-    """Reads only what the simulator appended to its log since the last look (logs grow to megabytes)."""
+class _LogWatcher:
+    """Reads only what the simulator appended to its log since the last look (logs grow to megabytes) and reports
+    new round starts and audit drain lines to the callbacks."""
 
-    def __init__(self, log_file: Path) -> None:
+    def __init__(self, log_file: Path, on_round: Callable[[int], None] | None = None,
+                 on_drain: Callable[[DrainProgress], None] | None = None) -> None:
         self.log_file = log_file
+        self.on_round = on_round
+        self.on_drain = on_drain
         self._offset = 0
         self._partial = ""
         self._seen: set[int] = set()
 
-    def new_rounds(self) -> list[int]:
+    def poll(self) -> None:
+        """Read the new complete lines and call the callbacks, in the order the lines were logged."""
+        if self.on_round is None and self.on_drain is None:
+            return
+        for line in self._new_lines():
+            if self.on_round is not None:
+                for number in sorted({int(m) for m in ROUND_STARTED.findall(line)} - self._seen):
+                    self._seen.add(number)
+                    self.on_round(number)
+            if self.on_drain is not None:
+                progress = DrainProgress.parse(line)
+                if progress is not None:
+                    self.on_drain(progress)
+
+    def _new_lines(self) -> list[str]:
         try:
             with open(self.log_file, errors="replace") as handle:
                 handle.seek(self._offset)
@@ -138,9 +165,7 @@ class _RoundWatcher:
             return []
         lines = (self._partial + chunk).split("\n")
         self._partial = lines.pop()  # an unfinished last line is read again next time
-        found = sorted({int(m) for line in lines for m in ROUND_STARTED.findall(line)} - self._seen)
-        self._seen.update(found)
-        return found
+        return lines
 
 
 def _kill_group(process: subprocess.Popen) -> None:

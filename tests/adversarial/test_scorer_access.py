@@ -293,16 +293,19 @@ def test_the_honest_server_request_is_scored_with_scalars_only(site) -> None:
 
 def test_a_release_from_another_client_is_ignored(site) -> None:
     """Only the server may tell the site to stop waiting for its last round's scores."""
-    from nvflare.apis.fl_exception import NotReadyToEndRun
+    from medpfl_app.audit.end_of_run import holds_end_of_run
 
     scorer, _, _ = site
-    scorer.wait_at_end_s = 60
+    scorer.wait_at_end_s, scorer.check_wait_s = 60, 0.0
     scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext(), origin=ATTACKER_CELL)
-    with pytest.raises(NotReadyToEndRun):
-        scorer._check_end(FLContext())
+    held = FLContext()
+    scorer._check_end(held)
+    assert holds_end_of_run(held)
     assert scorer.refusal_counts() == {"not_server": 1}
     scorer._on_release(RELEASE_TOPIC, Shareable(), FLContext(), origin=SERVER_CELL)
-    scorer._check_end(FLContext())
+    released = FLContext()
+    scorer._check_end(released)
+    assert not holds_end_of_run(released)
 
 
 # --- the cell path: what NVFlare actually delivers ----------------------------------------------------------------

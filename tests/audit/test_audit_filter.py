@@ -11,7 +11,6 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.fl_exception import NotReadyToEndRun
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
@@ -202,13 +201,18 @@ def test_a_result_that_is_no_dxo_is_not_auditable(tmp_path) -> None:
 def test_end_of_run_is_held_while_audits_remain(tmp_path, monkeypatch) -> None:
     release = threading.Event()
     monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: (release.wait(30), _outcome())[1])
+    from medpfl_app.audit.end_of_run import holds_end_of_run
+
     audit, ctx = _started_filter(tmp_path)
+    audit.check_wait_s = 0.0
     audit.process(_shareable(), ctx)
-    with pytest.raises(NotReadyToEndRun):
-        audit.handle_event(EventType.CHECK_END_RUN_READINESS, ctx)
+    audit.handle_event(EventType.CHECK_END_RUN_READINESS, ctx)  # "not ready" as a property: nothing raised
+    assert holds_end_of_run(ctx)
     release.set()
     _records(tmp_path, audit, 1)
-    audit.handle_event(EventType.CHECK_END_RUN_READINESS, ctx)  # drained: ready, no exception
+    drained = _ctx(tmp_path)
+    audit.handle_event(EventType.CHECK_END_RUN_READINESS, drained)
+    assert not holds_end_of_run(drained)  # drained: ready
 
 
 def test_constructor_args_are_stored_under_their_names() -> None:

@@ -89,3 +89,22 @@ def test_the_audited_demo_job_shows_demo_originals_above_owner_only_reconstructi
     html = html_path.read_text()
     assert html.count("data:image/png;base64,") == len(pngs)
     assert html.count('<tr class="originals">') == len(AUDIT_SITES) * 2
+
+
+def test_an_audited_run_logs_no_traceback_and_no_deprecation(simulated_audit) -> None:
+    """Waiting for the audit at the end of the run is designed behaviour: no ERROR traceback in the console output
+    nor in any log file of the workspace (server and sites), and the simulator is started without NVFlare's
+    deprecation warning. Any drain progress the server logged ends with the drain done."""
+    from medpfl_app.audit.drain_progress import DrainProgress
+
+    logs = [simulated_audit.log_file, *sorted(p for p in simulated_audit.workspace.rglob("*")
+                                               if p.is_file() and p.suffix in (".txt", ".log", ".json"))]
+    assert any(p.name == "log.txt" and p.parent.name == "server" for p in logs), logs
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert "Traceback" not in text, f"{path}:\n{text[text.find('Traceback') - 400:][:2000]}"
+        assert "NotReadyToEndRun" not in text, path
+    console = simulated_audit.log_file.read_text(errors="replace")
+    assert "deprecated" not in console.lower()
+    drained = [p for p in map(DrainProgress.parse, console.splitlines()) if p is not None]
+    assert not drained or drained[-1].done, drained

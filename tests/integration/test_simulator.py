@@ -53,6 +53,12 @@ def test_a_site_with_a_missing_image_fails_with_one_clear_message(tmp_path: Path
         run_simulation(job, tmp_path / "workspace", sites=SIM_SITES, timeout_s=600, env={"MEDPFL_DATA_ROOT": str(data)})
     message = str(raised.value)
     assert "site-2" in message and missing.name in message and "fix:" in message
+    assert message.count("site-2:") == 1, message  # the cause once, not once per log line that repeats it
+    # A real error is still logged, once, with its cause, at ERROR (quieting the designed waits hid nothing).
+    console = (tmp_path / "workspace" / "simulator_console.log").read_text(errors="replace")
+    cause = [line for line in console.splitlines() if "ERROR" in line and "MedPFL site site-2 cannot train" in line]
+    assert len(cause) == 1 and missing.name in cause[0], cause
+    assert "deprecated" not in console.lower()
     # The broken site sent no weights. (Whether the server still persists the round from the healthy site is a race
     # in NVFlare between the min_responses abort and the end of the round, so the global model is not asserted.)
     from_broken_site = [r for r in received_updates(tmp_path / "workspace") if r.get("site") == "site-2"]
