@@ -1,4 +1,4 @@
-"""``medpfl demo``: the whole pipeline on the embedded demo data, in NVFlare's simulator."""
+"""``medpfl demo``: the whole pipeline on the embedded demo data (or the user's own images), in NVFlare's simulator."""
 
 from __future__ import annotations
 
@@ -7,44 +7,57 @@ from pathlib import Path
 
 from medpfl_app.cli.options import positive_float, positive_int, seed
 
+#: Named here, not imported: `medpfl --help` must not import the job catalog (NVFlare, torch).
+_DEMO_JOB = "fedavg_audit"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the audited FedAvg demo on embedded phantom data in the NVFlare simulator",
+        help="run the audited FedAvg demo on embedded phantom data (or your own images) in the NVFlare simulator",
         description=(
-            "Create brain-MRI-like phantom data for N sites, export the audited FedAvg job (site-1 trains one "
-            "image per round: high risk), run it in NVFlare's simulator, and print per-round validation accuracy, "
-            "the audit's leakage per site and round, and where every output (the audit ledger too) is."
+            "Create brain-MRI-like phantom data for N sites (or, with --data, use your own images), export the "
+            "audited FedAvg job (site-1 trains one image per round: high risk), run it in NVFlare's simulator, and "
+            "print per-round validation accuracy, the audit's leakage per site and round, and where every output "
+            "(the audit ledger too) is. An existing, non-empty --out is refused unless --force. With --data, every "
+            "image is checked before the simulator starts, and no reconstructions or thumbnails are stored (they "
+            "would be patient data)."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("medpfl_runs/demo"), help="output folder")
-    parser.add_argument("--sites", type=positive_int, default=3, help="number of sites")
+    parser.add_argument("--out", type=Path, default=Path("medpfl_runs/demo"),
+                        help="run folder for the demo's data/, jobs/ and simulation/")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the data/, jobs/ and simulation/ folders of an earlier run in --out "
+                        "(default: off, an existing non-empty --out is refused)")
+    parser.add_argument("--data", type=Path, default=None, metavar="PATH",
+                        help="your own images instead of the phantoms: a folder with one sub-folder per site (each a "
+                        "class-per-folder tree or holding datalist.json), or one datalist JSON / class-per-folder "
+                        "tree split across --sites sites (default: none, the generated phantoms)")
+    parser.add_argument("--sites", type=positive_int, default=None,
+                        help="number of sites (default: 3, or one per site folder of --data)")
     parser.add_argument("--rounds", type=positive_int, default=5, help="FedAvg rounds")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of the demo data")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="seed of the phantoms, the model and of splitting --data across sites")
     parser.add_argument("--timeout", type=positive_float, default=1800.0,
                         help="hard deadline of the simulation in seconds (a finite number > 0)")
     parser.add_argument("--job", default=None,
-                        help="catalog job to run (default fedavg_audit; e.g. fedavg_audit_client_dp, fedavg_small_cnn)")
+                        help=f"catalog job to run (default: {_DEMO_JOB}; e.g. fedavg_audit_client_dp, "
+                        "fedavg_small_cnn)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medpfl_app.jobs.demo import DEMO_JOB, run_demo
-    from medpfl_app.errors import MedPFLError
+    from medpfl_app.jobs.demo import DEMO_JOB, check_run_folder, run_demo
 
-    if args.out.exists() and not args.out.is_dir():
-        raise MedPFLError(f"--out {args.out} is an existing file, not a folder (it is never overwritten)",
-                          fix="pass --out a new or existing folder for the demo's data, job and run")
-
+    check_run_folder(args.out, force=args.force, data=args.data)
     outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout,
-                       job=args.job or DEMO_JOB)
+                       job=args.job or DEMO_JOB, data=args.data, force=args.force)
     simulation = outcome.simulation
     print(format_round_table(simulation.round_metrics))
     if outcome.network == "lenet_sigmoid":
         print(
             "note: this job trains the seed paper's sigmoid LeNet at 32 px, the literature's worst case for leakage,\n"
-            "      not a model that learns these phantoms in a few rounds (accuracy stays near chance). For a model\n"
+            "      not a model that learns these images in a few rounds (accuracy stays near chance). For a model\n"
             "      that does, run `medpfl demo --job fedavg_small_cnn`."
         )
     ledger = outcome.audit_ledger
@@ -60,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
         print(summary_text(report))
     print(f"\nsimulated in {simulation.wall_seconds:.0f} s")
     print(f"demo data:     {outcome.data_root}")
+    for site, source in (outcome.data_sources or {}).items():
+        print(f"  {site} trained on {source}")
+    if outcome.data_sources:
+        print("  (your data: no reconstructions or thumbnails were stored)")
     print(f"job folder:    {outcome.job_dir}")
     print(f"global model:  {simulation.global_model}")
     print(f"server run:    {simulation.server_run_dir}")
