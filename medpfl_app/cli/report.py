@@ -14,13 +14,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Read the audit ledger (audit_ledger.jsonl, schema medpfl.audit/1 or /2) of a downloaded job folder, a "
             "simulator workspace or the ledger file itself, write report_round_<n>.json per round and a "
-            "self-contained audit_report.html, and print a site x round summary with the verdict, its evidence, "
-            "the coverage and the yardstick. Coverage compares the ledger with the server's received_updates.jsonl "
-            "beside it: an update received without an audit record is reported as lost (the server or its audit "
-            "stopped before auditing it); without that file the coverage is reported unknown. Model accuracy is "
-            "taken from a metrics/round_metrics.jsonl under the folder when present. Values outside their valid "
-            "range (an SSIM above 1, a success rate above 100 %, a negative ε) are flagged as invalid, never used as "
-            "measurements; control characters in ledger text are printed escaped."
+            "self-contained audit_report.html (with --pdf also a print-ready audit_report.pdf), and print a site x "
+            "round summary with the verdict in plain words, its evidence, the coverage and the yardstick. The job's "
+            "name and purpose come from its meta.json above the ledger. Coverage compares the ledger with the "
+            "server's received_updates.jsonl beside it: an update received without an audit record is reported as "
+            "lost (the server or its audit stopped before auditing it); without that file the coverage is reported "
+            "unknown. Model accuracy is taken from a metrics/round_metrics.jsonl under the folder when present (a "
+            "model that did not learn is flagged). Values outside their valid range (an SSIM above 1, a success "
+            "rate above 100 %, a negative ε) are flagged as invalid, never used as measurements; control "
+            "characters in ledger text are printed escaped."
         ),
     )
     parser.add_argument("source", type=Path, help="downloaded job folder, simulator workspace or audit_ledger.jsonl")
@@ -28,18 +30,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--out",
         type=Path,
         default=None,
-        help="report folder, created if missing; only report_round_<n>.json and audit_report.html are (re)written "
-        "in it, and an existing file given as --out is refused, never overwritten (default: the ledger's folder)",
+        help="report folder, created if missing; only report_round_<n>.json, audit_report.html and (with --pdf) "
+        "audit_report.pdf are (re)written in it, and an existing file given as --out is refused, never "
+        "overwritten (default: the ledger's folder)",
     )
     parser.add_argument(
         "--open-thumbnails",
         type=Path,
         default=None,
         metavar="DIR",
-        help="opt in to showing the server's stored reconstructions from DIR/<site>/round_<n>/*.png (an audited "
-        "job with store_reconstructions on keeps them in <run dir>/medpfl/thumbnails; original_<i>.png there are "
-        "synthetic demo originals a site released, shown above recon_<i>.png). They are patient data for real "
-        "data: copies and the HTML are then written owner-only (0600). Off by default.",
+        help="show the server's stored reconstructions from DIR/<site>/round_<n>/*.png (original_<i>.png there are "
+        "synthetic demo originals a site released, shown above recon_<i>.png). Without it, the report shows the "
+        "reconstructions the run itself stored beside the ledger (<run dir>/medpfl/thumbnails: only a job that "
+        "turned store_reconstructions on, meant for synthetic demo data, writes them) and none otherwise. They are "
+        "patient data for real data: copies and the HTML are written owner-only (0600).",
+    )
+    parser.add_argument(
+        "--no-thumbnails",
+        action="store_true",
+        help="show no reconstruction, even ones the run stored beside the ledger",
+    )
+    parser.add_argument(
+        "--pdf",
+        action="store_true",
+        help="also print the HTML report to a print-ready audit_report.pdf beside it (owner-only), with headless "
+        "Chromium (install it with your package manager, e.g. apt-get install chromium, or set MEDPFL_CHROMIUM)",
     )
     parser.set_defaults(func=_run)
 
@@ -47,12 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _run(args: argparse.Namespace) -> int:
     from medpfl_app.errors import MedPFLError
     from medpfl_app.reports import build_report
+    from medpfl_app.reports.pdf import find_chromium, print_pdf
     from medpfl_app.reports.terminal import summary_text
 
+    if args.open_thumbnails is not None and args.no_thumbnails:
+        raise MedPFLError("--open-thumbnails and --no-thumbnails contradict each other", fix="pass one of them")
     if args.out is not None:
         check_report_folder(args.out)
+    if args.pdf:
+        find_chromium()  # before any work: a missing browser is one clear error naming how to install it
     try:
-        report = build_report(args.source, args.out, thumbnails_from=args.open_thumbnails)
+        report = build_report(args.source, args.out, thumbnails_from=args.open_thumbnails,
+                              stored_thumbnails=not args.no_thumbnails)
     except OSError as error:  # a folder that cannot be created or written, a ledger that cannot be read
         raise MedPFLError(
             f"could not read the ledger or write the report: {error.strerror or error} "
@@ -60,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
             fix="pass a readable ledger and an --out folder you can write to",
         ) from None
     print(summary_text(report))
+    if args.pdf:
+        print(f"PDF report: {print_pdf(report.paths.html)}")
     return 0
 
 
@@ -71,6 +94,7 @@ def check_report_folder(out: Path) -> None:
     """
     from medpfl_app.errors import MedPFLError
     from medpfl_app.reports import HTML_FILE
+    from medpfl_app.reports.pdf import PDF_FILE
 
     for place in (out, *out.parents):
         if place.exists() and not place.is_dir():
@@ -84,7 +108,8 @@ def check_report_folder(out: Path) -> None:
         if place.exists():
             break
     if out.is_dir():
-        blocking = [p for p in (out / HTML_FILE, *out.glob("report_round_*.json")) if p.exists() and not p.is_file()]
+        written = (out / HTML_FILE, out / PDF_FILE, *out.glob("report_round_*.json"))
+        blocking = [p for p in written if p.exists() and not p.is_file()]
         if blocking:
             raise MedPFLError(
                 f"--out {out} holds {blocking[0].name} that is not a file, so the report cannot be written there",

@@ -60,6 +60,21 @@ def text(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def value_words(value: Any) -> str:
+    """A JSON value in words: yes/no for booleans, ``1×32×32`` for a shape, ``%g`` for numbers."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return "×".join(f"{v:g}" for v in value) or "none"
+    if isinstance(value, list):
+        return ", ".join(value_words(v) for v in value) or "none"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(value.items())) or "none"
+    return "not recorded" if value is None else str(value)
+
+
 def mapping(value: Any) -> Mapping[str, Any]:
     """``value`` when it is a JSON object, else an empty one."""
     return value if isinstance(value, Mapping) else {}

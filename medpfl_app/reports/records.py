@@ -24,7 +24,9 @@ from typing import Any
 
 from medpfl_app.audit.verdict import LEVEL_MEANINGS, RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
-from medpfl_app.reports.fields import BOUNDS, checked, checked_integer, flag, fmt, mapping, text
+from medpfl_app.reports.fields import BOUNDS, checked, flag, fmt, mapping, text
+from medpfl_app.reports.legacy import derived_evidence
+from medpfl_app.reports.stages import Stage, total
 
 #: Every level, worst first (the order of `RiskLevel`).
 LEVELS: tuple[str, ...] = tuple(str(level) for level in RiskLevel)
@@ -40,86 +42,6 @@ _STATUS_LEVELS = {"not_audited": RiskLevel.NOT_AUDITED, "not_auditable": RiskLev
 def worse(a: RiskLevel, b: RiskLevel) -> RiskLevel:
     """The worse of two levels (earlier in `RiskLevel`)."""
     return a if LEVEL_RANK[str(a)] >= LEVEL_RANK[str(b)] else b
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the attack ladder the audit ran on an update (a ``ladder`` entry of a schema-2 record)."""
-
-    stage: str
-    attack: str | None
-    images: int | None
-    local_steps: int | None
-    update_mode: str | None
-    iterations: int | None
-    restarts: int | None
-    wall_time_s: float | None
-    stop_reason: str | None
-    whole_update: bool | None
-    convergence: str | None
-    initial_loss: float | None
-    final_loss: float | None
-    reduction: float | None
-
-    @classmethod
-    def from_json(cls, values: Any, problems: list[str] | None = None, *, where: str = "ladder") -> Stage:
-        """A stage from its JSON entry (wrong types become ``None``; out-of-range numbers too, noted in
-        ``problems`` as `medpfl_app.reports.fields.checked` does)."""
-        values = mapping(values)
-        conv = mapping(values.get("convergence"))
-
-        def count(name: str) -> int | None:
-            return checked_integer(values.get(name), name, problems, where=where)
-
-        def loss(name: str) -> float | None:
-            return checked(conv.get(name), name, problems, where=f"{where}.convergence")
-
-        return cls(
-            stage=text(values.get("stage")) or "unnamed stage",
-            attack=text(values.get("attack")),
-            images=count("images"),
-            local_steps=count("local_steps"),
-            update_mode=text(values.get("update_mode")),
-            iterations=count("iterations"),
-            restarts=count("restarts"),
-            wall_time_s=checked(values.get("wall_time_s"), "wall_time_s", problems, where=where),
-            stop_reason=text(values.get("stop_reason")),
-            whole_update=flag(values.get("whole_update")),
-            convergence=text(conv.get("status")),
-            initial_loss=loss("initial_loss"),
-            final_loss=loss("final_loss"),
-            reduction=loss("reduction"),
-        )
-
-    def problem_text(self) -> str:
-        """What was attacked: images × local steps, update mode, whole update or a reduced problem."""
-        parts = []
-        if self.images is not None:
-            parts.append(f"{self.images} image{'s' if self.images != 1 else ''}")
-        if self.local_steps is not None:
-            parts.append(f"{self.local_steps} local step{'s' if self.local_steps != 1 else ''}")
-        problem = " × ".join(parts) or "problem size not recorded"
-        if self.update_mode:
-            problem += f", {self.update_mode} update"
-        if self.whole_update is True:
-            problem += ", whole update"
-        elif self.whole_update is False:
-            problem += ", reduced problem (not the whole update)"
-        return problem
-
-    def describe(self) -> str:
-        """One line: stage, attack, problem, spent budget, matching loss start → end, convergence, stop reason."""
-        spent = (f"{fmt(self.iterations, 'd', '?')} iterations × {fmt(self.restarts, 'd', '?')} "
-                 f"restart{'s' if self.restarts != 1 else ''}, {fmt(self.wall_time_s, '.1f', '?')} s")
-        loss = f"matching loss {fmt(self.initial_loss)} → {fmt(self.final_loss)}"
-        return (f"{self.stage}: {self.attack or 'attack not recorded'} on {self.problem_text()}; {spent}; {loss}; "
-                f"{(self.convergence or 'convergence not recorded').replace('_', ' ')}; "
-                f"stopped: {self.stop_reason or 'not recorded'}")
-
-
-def _sum(values: Sequence[float | int | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) if present else None
 
 
 @dataclass(frozen=True)
@@ -330,9 +252,9 @@ def record_view(record: Mapping[str, Any], index: int) -> RecordView:
         stages=stages,
         ladder_recorded=isinstance(raw_ladder, list),
         ladder_complete=flag(record.get("ladder_complete")),
-        iterations=(_whole(_sum([s.iterations for s in stages])) if stages else _whole(spent("iterations"))),
-        restarts=_whole(_sum([s.restarts for s in stages])) if stages else _whole(spent("restarts")),
-        wall_time_s=_sum([s.wall_time_s for s in stages]) if stages else (
+        iterations=(_whole(total([s.iterations for s in stages])) if stages else _whole(spent("iterations"))),
+        restarts=_whole(total([s.restarts for s in stages])) if stages else _whole(spent("restarts")),
+        wall_time_s=total([s.wall_time_s for s in stages]) if stages else (
             wall if wall is not None else server("attack_wall_time_s")),
         time_limit_s=spent("time_limit_s"),
         time_budget_s=spent("time_budget_s"),
@@ -399,49 +321,8 @@ def _verdict_of(record: Mapping[str, Any], view: RecordView) -> tuple[RiskLevel,
     level = risk_level if risk_level is not None else _STATUS_LEVELS.get(view.status, RiskLevel.INCONCLUSIVE)
     if view.status in _STATUS_LEVELS and level not in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE):
         level = _STATUS_LEVELS[view.status]  # a record that says the attack did not run measured nothing
-    evidence, settle = _derived_evidence(view, level, risk)
+    evidence, settle = derived_evidence(view, level, risk)
     prefix = f"derived by the report from a {view.schema} record without a verdict"
     if unreadable:
         prefix += f" (its verdict is unreadable: {unreadable})"
     return level, f"{evidence} [{prefix}]", settle, False
-
-
-def _derived_evidence(view: RecordView, level: RiskLevel, risk: Any) -> tuple[str, str | None]:
-    if level in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE):
-        return f"{view.status.replace('_', ' ')}: {view.reason or 'no reason recorded'}", None
-    if view.status != "audited":
-        return (f"status {view.status!r} is not a known audit status", "re-render with the MedPFL version that wrote "
-                                                                         "the ledger")
-    attack = (f"attack {text(mapping(view.record.get('attack_budget')).get('attack')) or 'not recorded'}, "
-              f"{fmt(view.iterations, 'd', '?')} iterations, final matching loss "
-              f"{fmt(view.loss_end, missing='not recorded')}, stopped: {view.stop_reason or 'not recorded'}; "
-              "loss at the start and convergence not recorded")
-    if view.scores_status == "scored":
-        scores = ", ".join(filter(None, [
-            f"best SSIM {view.ssim_max:.2f}" if view.ssim_max is not None else None,
-            f"best PSNR {view.psnr_max:.1f} dB" if view.psnr_max is not None else None,
-            f"attack success {view.success_rate:.0%}" if view.success_rate is not None else None,
-            f"identifiability {view.identifiability_text()}" if view.identifiability is not None else None,
-        ])) or "no score values"
-        evidence = f"site scores: {scores}; {attack}"
-    else:
-        evidence = (f"site scores {view.scores_status or 'missing'}: {view.scores_reason or 'no reason recorded'}; "
-                    f"server indicators: {_indicators_text(view.record)}; {attack}")
-    if level == RiskLevel.INCONCLUSIVE:
-        why = "the record set no level" if risk == "unknown" else f"the record's risk {str(risk)[:40]!r} is unknown"
-        settle = ("the site's scores of this update (re-score or re-audit with the site reachable)"
-                  if view.scores_status != "scored" else "a re-audit that records the attack's convergence")
-        return f"{why}; {evidence}", settle
-    if level == RiskLevel.UNSCORED:
-        return evidence, "the site's scores of this update"
-    return f"level {level} as recorded; {evidence}", None
-
-
-def _indicators_text(record: Mapping[str, Any]) -> str:
-    indicators = mapping(record.get("server_indicators"))
-    return ", ".join(f"{k}={text(v)}" for k, v in sorted(indicators.items())) or "none recorded"
-
-
-def indicators_text(record: Mapping[str, Any]) -> str:
-    """The record's server-side indicators as ``key=value`` pairs."""
-    return _indicators_text(record)

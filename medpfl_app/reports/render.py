@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import os
 import time
@@ -16,18 +14,16 @@ from medpfl_app.atomic_io import write_atomic
 from medpfl_app.audit.ledger import LEDGER_FILE, find_ledgers
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
+from medpfl_app.reports.chains import site_chains
 from medpfl_app.reports.coverage import gap_label
 from medpfl_app.reports.fields import printable
-from medpfl_app.reports.model import (
-    RISK_MEANINGS,
-    RISK_ORDER,
-    AuditView,
-    build_view,
-    defense_chains,
-    defense_label,
-    params_text,
-    verdict,
-)
+from medpfl_app.reports.job import JobInfo, job_info
+from medpfl_app.reports.model import RISK_MEANINGS, RISK_ORDER, AuditView, build_view
+from medpfl_app.reports.plain import plain_verdict
+from medpfl_app.reports.plots import plots as build_plots
+from medpfl_app.reports.policy import risk_policy
+from medpfl_app.reports.privacy import BANDS_TEXT, FORMAL_SCOPE, EpsilonReading, epsilon_readings, grouped
+from medpfl_app.reports.round_json import REPORT_SCHEMA, round_report
 from medpfl_app.reports.sources import (
     ARRIVALS_FILE,
     Unreadable,
@@ -36,14 +32,20 @@ from medpfl_app.reports.sources import (
     read_ledger_records,
     unreadable_text,
 )
-from medpfl_app.reports.svg import Series, line_chart, site_colors
 from medpfl_app.reports.thumbnails import (
+    THUMBNAILS_DIR,
     ThumbnailSet,
     collect_thumbnails,
+    stored_any,
     thumbnail_rows,
 )
+from medpfl_app.reports.utility import Utility, assess_utility
+from medpfl_app.reports.verdict import verdict
+from medpfl_app.reports.yardstick import ASR_DEFINITION, policy_lines
 
-REPORT_SCHEMA = "medpfl.audit-report/2"
+__all__ = ["HTML_FILE", "REPORT_SCHEMA", "Report", "ReportPaths", "build_report", "render_html", "render_report",
+           "resolve_ledger"]
+
 HTML_FILE = "audit_report.html"
 
 
@@ -71,6 +73,10 @@ class Report:
     accuracy: Accuracy
     thumbnail_notes: tuple[str, ...]
     unreadable: tuple[Unreadable, ...] = ()
+    job: JobInfo | None = None
+    plain: str = ""
+    utility: Utility | None = None
+    epsilon: tuple[EpsilonReading, ...] = ()
 
 
 def resolve_ledger(source: str | os.PathLike[str]) -> Path:
@@ -110,6 +116,7 @@ def render_report(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     thumbnails_from: str | os.PathLike[str] | None = None,
+    stored_thumbnails: bool = True,
 ) -> ReportPaths:
     """Render ``report_round_<n>.json`` per round and ``audit_report.html`` from a job's audit ledger.
 
@@ -117,10 +124,12 @@ def render_report(
         source: A downloaded job folder, a simulator workspace or an ``audit_ledger.jsonl`` file. Model accuracy is
             read from a ``metrics/round_metrics.jsonl`` under the folder (or next to the ledger) when there is one.
         out_dir: Report folder; default: the ledger's folder, so a downloaded job carries its report.
-        thumbnails_from: Opt-in folder of server reconstructions (``<site>/round_<n>/*.png``; ``original_<i>.png``
+        thumbnails_from: Folder of server reconstructions (``<site>/round_<n>/*.png``; ``original_<i>.png``
             files are originals a site released for synthetic demo data, shown above ``recon_<i>.png``).
-            Reconstructions of real data are patient data: default ``None`` shows none. When given, downsized
-            copies are written owner-only (0600) and embedded, and the HTML itself is then written 0600 too.
+            Downsized copies are written owner-only (0600) and embedded; every report file is 0600.
+        stored_thumbnails: Without ``thumbnails_from``, show what the run itself stored beside the ledger
+            (``<ledger folder>/thumbnails``: only a job with ``store_reconstructions`` on writes it, meant for the
+            synthetic demo data; reconstructions of real data are patient data). ``False`` shows none.
 
     Returns:
         The paths read and written.
@@ -128,7 +137,7 @@ def render_report(
     Raises:
         MedPFLError: no ledger, several ledgers, or a bad thumbnail folder.
     """
-    return build_report(source, out_dir, thumbnails_from=thumbnails_from).paths
+    return build_report(source, out_dir, thumbnails_from=thumbnails_from, stored_thumbnails=stored_thumbnails).paths
 
 
 def build_report(
@@ -136,8 +145,14 @@ def build_report(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     thumbnails_from: str | os.PathLike[str] | None = None,
+    stored_thumbnails: bool = True,
 ) -> Report:
-    """`render_report`, also returning the content (for the terminal summary)."""
+    """`render_report`, also returning the content (for the terminal summary).
+
+    ``stored_thumbnails``: when no ``thumbnails_from`` is given, show the reconstructions the run itself stored beside
+    the ledger (``<ledger folder>/thumbnails``: only a job that turned ``store_reconstructions`` on writes them, for
+    synthetic demo data); ``False`` shows none.
+    """
     ledger = resolve_ledger(source)
     contents = read_ledger_records(ledger)
     arrivals_path = arrivals_beside(ledger)
@@ -147,15 +162,28 @@ def build_report(
     target = Path(out_dir) if out_dir is not None else ledger.parent
     target.mkdir(mode=0o700, parents=True, exist_ok=True)  # reports describe patients' leakage: owner-only
     summary = verdict(view, contents.skipped_lines)
+    if thumbnails_from is None and stored_thumbnails and stored_any(ledger.parent / THUMBNAILS_DIR):
+        thumbnails_from = ledger.parent / THUMBNAILS_DIR
     thumbs = collect_thumbnails(thumbnails_from, target) if thumbnails_from is not None else None
+    job = job_info(ledger, contents.records)
+    utility = assess_utility(accuracy, contents.records, ledger)
+    readings = tuple(epsilon_readings(view))
+    plain = plain_verdict(view, summary, job, readings, utility)
+    summary = {**summary, "plain": plain, "job": job.to_dict(),
+               "model_learned": utility.learned, "model_warnings": list(utility.warnings),
+               "epsilon_readings": [{"site": r.site, "epsilon": r.epsilon, "delta": r.delta, "level": r.level,
+                                     "band": r.band, "round": r.last_round} for r in readings]}
 
     round_paths = tuple(
         _write(target / f"report_round_{n}.json",
-               json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy), indent=2) + "\n")
+               json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy, job.to_dict()),
+                          indent=2) + "\n")
         for n in view.rounds
     )
+    content = ReportContent(job=job, plain=plain, utility=utility, epsilon=readings,
+                            thumbnails_why=_thumbnails_why(thumbnails_from, stored_thumbnails))
     html = render_html(view, summary, ledger=ledger, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                       thumbnails=thumbs, unreadable=contents.unreadable)
+                       thumbnails=thumbs, unreadable=contents.unreadable, content=content)
     html_path = _write(target / HTML_FILE, html)
     paths = ReportPaths(
         ledger=ledger,
@@ -167,7 +195,30 @@ def build_report(
         arrivals=arrivals_path,
     )
     return Report(paths=paths, view=view, verdict=summary, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                  thumbnail_notes=thumbs.ignored if thumbs else (), unreadable=contents.unreadable)
+                  thumbnail_notes=thumbs.ignored if thumbs else (), unreadable=contents.unreadable, job=job,
+                  plain=plain, utility=utility, epsilon=readings)
+
+
+def _thumbnails_why(thumbnails_from: object, stored_thumbnails: bool) -> str:
+    """Why no reconstruction is shown, in one line (used when none is)."""
+    if thumbnails_from is not None:
+        return "Not shown: the folder given holds no reconstruction this report could use."
+    if not stored_thumbnails:
+        return "Not shown: this report was rendered with reconstructions turned off (--no-thumbnails)."
+    return ("Not shown (default): this run stored no reconstructions. The audit stores them only when the job turns "
+            "on store_reconstructions, meant for synthetic demo data, because reconstructions of real data are "
+            "patient data.")
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What the page shows beyond the view and verdict: job, plain verdict, utility, ε readings, thumbnail note."""
+
+    job: JobInfo
+    plain: str
+    utility: Utility
+    epsilon: tuple[EpsilonReading, ...]
+    thumbnails_why: str
 
 
 def _write(path: Path, content: str) -> Path:
@@ -180,133 +231,6 @@ def _write(path: Path, content: str) -> Path:
     return write_atomic(path, write)
 
 
-def round_report(
-    view: AuditView, round_number: int, ledger: Path, skipped_lines: Sequence[int], accuracy: Accuracy
-) -> dict[str, Any]:
-    """The JSON report of one round: its records verbatim plus a summary (verdict, coverage, details, accuracy)."""
-    only = view.only_round(round_number)
-    cells = [view.cell(site, round_number) for site in view.sites]
-    return {
-        "schema": REPORT_SCHEMA,
-        "round": round_number,
-        "ledger": str(ledger),
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "summary": {
-            "verdict": verdict(only),
-            "coverage": only.coverage.to_dict(),
-            "sites": [
-                {
-                    "site": c.site,
-                    "status": c.status,
-                    "risk": c.risk,
-                    "evidence": c.evidence,
-                    "settle": c.settle,
-                    "reason": c.reason,
-                    "site_scores": c.scores_status,
-                    "ssim_max": c.ssim_max,
-                    "psnr_max": c.psnr_max,
-                    "attack_success_rate": c.success_rate,
-                    "identifiability": c.detail.identifiability,
-                    "identifiability_chance": c.detail.identifiability_chance,
-                    "identifiability_excess": c.detail.identifiability_excess,
-                    "identifiability_p_value": c.detail.identifiability_p_value,
-                    "epsilon": {"client_dp": c.epsilon_client, "dp_sgd": c.epsilon_sample, "delta": c.delta},
-                    "audit_config": c.config.tag if c.config else None,
-                    "records": c.record_count,
-                    "invalid_values": list(c.invalid),
-                }
-                for c in cells if c is not None
-            ],
-            "details": [d.to_dict() for d in only.details],
-            "sites_without_record": [s for s, c in zip(view.sites, cells, strict=True) if c is None],
-            "sites_lost": [s for s in view.sites if view.lost(s, round_number)],
-            "policy_actions": [dataclasses.asdict(a) for a in view.actions if a.round == round_number],
-            "audit_configs": [c.to_dict() for c in view.configs],
-            "yardstick": view.yardstick.to_dict(),
-            "model_accuracy": accuracy.aggregated.get(round_number),
-            "model_accuracy_metric": accuracy.metric,
-            "ledger_lines_unreadable": list(skipped_lines),
-            "ledger_lines_unreadable_text": unreadable_text(skipped_lines),
-            "risk_levels": RISK_MEANINGS,
-        },
-        "records": list(only.records),
-    }
-
-
-def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
-    """The risk thresholds behind the records' levels, and how the audit applies them.
-
-    Returns:
-        ``thresholds`` and their ``source``: the ``risk_policy`` the records carry when they all agree, else the
-        defaults of `medpfl_app.audit.risk` (labelled as such); ``doc``: that module's description of the levels
-        (empty when the module is not installed). ``None`` when neither records nor module say anything.
-    """
-    try:
-        module = importlib.import_module("medpfl_app.audit.risk")
-    except ImportError:
-        module = None
-    recorded = {json.dumps(r["risk_policy"], sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
-    defaults = getattr(module, "RiskPolicy", None)
-    if len(recorded) == 1:
-        thresholds, source = json.loads(recorded.pop()), "as recorded with every audit record"
-    elif defaults is not None and hasattr(defaults, "to_dict"):
-        thresholds = defaults().to_dict()
-        source = ("the policy's defaults (the records do not say which thresholds the job used)" if not recorded
-                  else "the policy's defaults (the records name different thresholds; each level is as recorded)")
-    elif module is None:
-        return None
-    else:
-        thresholds, source = {}, ""
-    doc = (module.__doc__ or "").replace("``", "").strip() if module is not None else ""
-    return {"doc": doc, "thresholds": thresholds, "source": source}
-
-
-def _plots(view: AuditView, accuracy: Accuracy) -> list[dict[str, Any]]:
-    colors = site_colors(view.sites)
-    rounds = sorted(set(view.rounds) | set(accuracy.aggregated))
-    measured = {site: [c for r in view.rounds if (c := view.cell(site, r)) is not None and c.scored]
-                for site in view.sites}
-
-    def leak(attr: str) -> list[Series]:
-        return [Series(site, colors[site], {c.round: v for c in measured[site] if (v := getattr(c, attr)) is not None})
-                for site in view.sites]
-
-    def tags(series_attr: str) -> list[str]:
-        used = {c.config.tag for cells in measured.values() for c in cells
-                if c.config is not None and getattr(c, series_attr) is not None}
-        return [c.tag for c in view.configs if c.tag in used]
-
-    epsilon: list[Series] = []
-    for site in view.sites:
-        cells = [c for r in view.rounds if (c := view.cell(site, r)) is not None]
-        client = {c.round: c.epsilon_client for c in cells if c.epsilon_client is not None}
-        sample = {c.round: c.epsilon_sample for c in cells if c.epsilon_sample is not None}
-        if client or not sample:
-            epsilon.append(Series(f"{site} client-level" if client else f"{site}: none", colors[site], client))
-        if sample:
-            epsilon.append(Series(f"{site} sample-level", colors[site], sample, dashed=True))
-    acc = [Series("global model", "#333333", dict(accuracy.aggregated))] if accuracy.aggregated else []
-    acc += [Series(site, colors.get(site, "#888888"), dict(values), dashed=True)
-            for site, values in sorted(accuracy.per_site.items())]
-    no_metrics = "no metrics/round_metrics.jsonl found" if not accuracy.path else "no accuracy metric in the file"
-    specs = [
-        ("ssim", "Reconstruction SSIM (worst image)", "SSIM", leak("ssim_max"), (0.0, 1.0), tags("ssim_max"),
-         "no site-scored SSIM"),
-        ("psnr", "Reconstruction PSNR (worst image)", "PSNR (dB)", leak("psnr_max"), None, tags("psnr_max"),
-         "no site-scored PSNR"),
-        ("success", "Attack success rate", "share of images", leak("success_rate"), (0.0, 1.0), tags("success_rate"),
-         "no site-scored success rate"),
-        ("epsilon", "Formal ε so far", "ε", epsilon, None, [], "no formal DP in any record: ε undefined"),
-        ("accuracy", "Model accuracy", accuracy.metric or "accuracy", acc, (0.0, 1.0), [], no_metrics),
-    ]
-    return [
-        {"key": key, "svg": line_chart(key=key, title=title, y_label=y_label, rounds=rounds, series=series,
-                                       y_range=y_range, empty_note=empty),
-         "configs": configs}
-        for key, title, y_label, series, y_range, configs, empty in specs
-    ]
-
-
 def render_html(
     view: AuditView,
     summary: Mapping[str, Any],
@@ -316,6 +240,7 @@ def render_html(
     accuracy: Accuracy,
     thumbnails: ThumbnailSet | None,
     unreadable: Sequence[Unreadable] = (),
+    content: ReportContent | None = None,
 ) -> str:
     """The self-contained HTML report (inline CSS and SVG; every record string auto-escaped by Jinja2 and its
     control characters escaped by `medpfl_app.reports.fields.printable`)."""
@@ -333,17 +258,17 @@ def render_html(
         undefined=jinja2.StrictUndefined,
         finalize=visible,
     )
-    plots = _plots(view, accuracy)
+    plots = build_plots(view, accuracy)
     for plot in plots:
         plot["svg"] = Markup(plot["svg"])  # built by svg.line_chart, which escapes every text itself
-    chains = {
-        site: [
-            {"rounds": rounds, "defenses": [(*defense_label(d), params_text(d)) for d in chain]}
-            for rounds, chain in entries
-        ]
-        for site, entries in defense_chains(view).items()
-    }
-    job_ids = sorted({str(r.get("job_id")) for r in view.records if r.get("job_id") is not None})
+    chains = site_chains({key: cell.record for key, cell in view.cells.items()})
+    if content is None:
+        job = job_info(ledger, view.records)
+        utility = assess_utility(accuracy, view.records, ledger)
+        readings = tuple(epsilon_readings(view))
+        content = ReportContent(job=job, plain=plain_verdict(view, summary, job, readings, utility),
+                                utility=utility, epsilon=readings, thumbnails_why=_thumbnails_why(None, True))
+    policy = risk_policy(view.records)
     return environment.get_template("audit_report.html.j2").render(
         view=view,
         verdict=summary,
@@ -357,11 +282,20 @@ def render_html(
         accuracy=accuracy,
         plots=plots,
         chains=chains,
-        job_ids=job_ids,
+        job=content.job,
+        plain=content.plain,
+        utility=content.utility,
+        epsilon_readings=content.epsilon,
+        weak_groups=grouped([r for r in content.epsilon if r.weak]),
+        formal_scope=FORMAL_SCOPE,
+        bands_text=BANDS_TEXT,
+        asr_definition=ASR_DEFINITION,
         risk_order=RISK_ORDER,
         risk_meanings=RISK_MEANINGS,
-        policy=risk_policy(view.records),
+        policy=policy,
+        policy_rows=policy_lines(policy["thresholds"]) if policy else [],
         thumbnails=thumbnails,
         thumbnail_rows=thumbnail_rows(thumbnails),
+        thumbnails_why=content.thumbnails_why,
         generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )

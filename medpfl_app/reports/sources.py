@@ -44,11 +44,15 @@ def append_arrival(path: str | os.PathLike[str], record: Mapping[str, Any]) -> N
         handle.write(arrival_line(record))
 
 
-def unreadable_text(lines: Sequence[int]) -> str:
-    """``"N unreadable line(s) (line numbers …)"``, or ``"no unreadable line"``."""
-    if not lines:
-        return "no unreadable line"
-    return f"{len(lines)} unreadable line{'s' if len(lines) != 1 else ''} (line numbers {', '.join(map(str, lines))})"
+def unreadable_text(lines: Sequence[int], file: str = "audit_ledger.jsonl") -> str:
+    """How many lines of ``file`` could not be read, and which: ``"1 line of audit_ledger.jsonl could not be read
+    and was skipped (line 10)"``, or ``"every line of audit_ledger.jsonl was read"``."""
+    count = len(lines)
+    if not count:
+        return f"every line of {file} was read"
+    numbers = ", ".join(map(str, lines))
+    return (f"{count} line{'s' if count != 1 else ''} of {file} could not be read and "
+            f"{'were' if count != 1 else 'was'} skipped (line{'s' if count != 1 else ''} {numbers})")
 
 
 @dataclass(frozen=True)

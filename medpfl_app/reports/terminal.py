@@ -59,7 +59,14 @@ def coverage_by_round(view: AuditView) -> str:
 def summary_text(report: Report) -> str:
     """The summary as text (no colour codes, so it can be logged or piped), every line made `printable`."""
     view = report.view
-    lines = ["Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):"]
+    lines = []
+    if report.job is not None:
+        job = report.job
+        lines.append(f"Job: {job.title}" + (f" — {job.description}" if job.description else "")
+                     + ("" if job.name and "meta.json" in job.source else f" (name from {job.source})"))
+    if report.plain:
+        lines.append("In plain words: " + report.plain)
+    lines.append("Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):")
     site_width = max([len("site")] + [len(printable(s)) for s in view.sites])
     cells = {(s, r): printable(_cell_text(view, s, r)) for s in view.sites for r in view.rounds}
     width = max([12] + [len(t) for t in cells.values()])

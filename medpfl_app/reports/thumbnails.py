@@ -1,11 +1,13 @@
-"""Reconstruction thumbnails: opt-in only, because reconstructions of real data are patient data.
+"""Reconstruction thumbnails: shown only when a job opted in or a folder is named, as they may be patient data.
 
 Ground truth never leaves a site, so the server normally shows only what its own attack reconstructed. The audit
 stores those images (when its policy lets it, `medpfl_app.audit.thumbnail_store`) as
 ``<folder>/<site>/round_<n>/recon_<i>.png``, plus ``original_<i>.png`` where a site released the matching original
 (synthetic demo data only). `collect_thumbnails` downsizes copies into the report folder with owner-only permissions
 (files 0600, folders 0700); other PNG names count as reconstructions. Nothing here runs unless the caller names the
-folder (``medpfl report --open-thumbnails FOLDER``, or the audit's own store at the end of an opted-in job).
+folder (``medpfl report --open-thumbnails FOLDER``), or the run itself stored them beside its ledger
+(``<ledger folder>/thumbnails``, written only by a job that turned ``store_reconstructions`` on, which is meant for
+the synthetic demo data); ``medpfl report --no-thumbnails`` shows none even then.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class ThumbnailSet:
 
     thumbnails: tuple[Thumbnail, ...]
     ignored: tuple[str, ...]
+
+
+def stored_any(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a folder holding at least one PNG (a run's own store of reconstructions)."""
+    path = Path(folder)
+    return path.is_dir() and any(p.is_file() for p in path.rglob("*.png"))
 
 
 def _owner_only(path: Path) -> None:
@@ -155,7 +163,8 @@ def thumbnail_rows(thumbnails: ThumbnailSet | None) -> list[dict]:
     """Per site and round: the originals (may be empty) above the reconstructions, paired by index.
 
     Returns:
-        ``[{"site", "round", "originals": [Thumbnail | None, ...], "reconstructions": [...]}]``: both lists have
+        ``[{"site", "round", "originals": [Thumbnail | None, ...], "reconstructions": [...], "pairs": [(original,
+        reconstruction), ...]}]``: both lists have
         one column per index, so an original sits above the reconstruction it was scored against; columns without
         an original hold None, and ``originals`` is empty when the site released none.
     """
@@ -175,5 +184,6 @@ def thumbnail_rows(thumbnails: ThumbnailSet | None) -> list[dict]:
             "round": round_number,
             "originals": [o for o, _ in columns] if has_originals else [],
             "reconstructions": [r for _, r in columns],
+            "pairs": columns,
         })
     return rows

@@ -12,10 +12,34 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medpfl_app.reports.configs import value_words
 from medpfl_app.reports.fields import checked, mapping, number, text
 from medpfl_app.reports.records import RecordView
 
 NOT_RECORDED = "not recorded in these records"
+#: What each risk-policy threshold means, in words (``{}`` takes the value); `medpfl_app.audit.risk.RiskPolicy`.
+POLICY_WORDS: dict[str, str] = {
+    "ssim_high": "high when the worst-image SSIM is at least {}",
+    "ssim_medium": "at least medium when the worst-image SSIM is at least {}",
+    "identifiability_high": ("high when identification exceeds chance by at least {} (with every label recovered "
+                             "and the excess significant)"),
+    "significance": "identification counts as above chance when its p-value is below {}",
+    "relative_leakage_medium": "at least medium when the leakage relative to an uninformed prior is at least {}",
+    "epsilon_caps_at_medium": "a formal ε at or below {} caps the level at medium",
+}
+#: How the attack success rate is defined (the site scores' ``attack_success_rate``).
+ASR_DEFINITION = ("attack success rate: the share of the round's images that the attack reconstructed with an SSIM at "
+                  "or above the success threshold")
+
+
+def policy_lines(thresholds: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The risk policy's thresholds as (name, meaning with its value) rows."""
+    rows = []
+    for name, value in thresholds.items():
+        shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else text(value)
+        words = POLICY_WORDS.get(name)
+        rows.append((name.replace("_", " "), words.format(shown) if words else f"{shown}"))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -82,7 +106,7 @@ def _ssim_words(ssim: Mapping[str, Any]) -> str:
     extra = {k: v for k, v in ssim.items()
              if k not in ("gaussian_kernel", "kernel_size", "sigma", "data_range", "implementation")}
     if extra:
-        words += "; " + ", ".join(f"{k}={text(v)}" for k, v in sorted(extra.items()))
+        words += "; " + ", ".join(f"{k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(extra.items()))
     return words
 
 
@@ -106,14 +130,16 @@ def _settings_lines(settings: Mapping[str, Any], views: Sequence[RecordView]) ->
          else NOT_RECORDED),
         ("SSIM:", _ssim_words(mapping(settings.get("ssim")))),
         ("PSNR:", (f"data range {psnr_range}" if psnr_range is not None else f"data range {NOT_RECORDED}")
-         + "".join(f", {k}={text(v)}" for k, v in sorted(psnr.items()) if k != "data_range") if psnr
+         + "".join(f", {k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(psnr.items()) if k != "data_range")
+         if psnr
          else NOT_RECORDED),
         ("identifiability:", ident if isinstance(ident, str) and ident else NOT_RECORDED),
         ("significance:", f"identification counts as above chance at significance level {significance}"
          if significance is not None else NOT_RECORDED),
     ]
     known = {"success_threshold_ssim", "ssim", "psnr", "identifiability", "significance"}
-    lines += [(f"{key}:", text(value) or "null") for key, value in sorted(settings.items()) if key not in known]
+    lines += [(f"{key.replace('_', ' ')}:", value_words(value)) for key, value in sorted(settings.items())
+              if key not in known]
     return tuple(lines)
 
 

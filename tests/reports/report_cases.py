@@ -175,3 +175,91 @@ def record2(site: str, round_number: int, level: str, evidence: str, *, settle: 
     )
     base.update(overrides)
     return base
+
+
+#: The representative run: what the settings and thresholds shown in its report must include (page text).
+REPRESENTATIVE_TEXTS = (
+    "SSIM ≥ 0.9",  # success threshold
+    "Gaussian window σ = 1.5, 11 px, data range 1",  # SSIM settings
+    "PSNR: data range 1",
+    "significance level 0.01",
+    "the share of the round's images that the attack reconstructed with an SSIM at or above the success threshold",
+    "high when the worst-image SSIM is at least 0.6",  # risk policy
+    "at least medium when the worst-image SSIM is at least 0.3",
+    "high when identification exceeds chance by at least 0.5",
+    "1 restart", "time budget 10 s per update", "at most 4 images attacked per update",  # attack budget
+    "iterations run",
+    "ε = 12.3 (client-level) at δ = 1e-05",
+    "very weak (little formal protection)",
+    "ε ≤ 1: strong; ε ≤ 3: moderate; ε ≤ 8: weak; ε > 8: very weak (little formal protection)",
+    "formal (ε, δ) guarantee only for the differential-privacy defenses",
+    "The model did not learn",
+)
+
+
+def _png(path: Path, value: int, size: int = 16) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (size, size), color=value).save(path)
+
+
+def write_representative_run(root: Path, *, rounds: int = 5, thumbnails: bool = True) -> Path:
+    """A simulator-like server run folder (``<root>/server/simulate_job``) as the audited demo job leaves it.
+
+    meta.json names the job ``fedavg_audit_demo``; the records say only ``simulate_job``. site-1 (batch size 1, no
+    defense) is low in round 0 and high after; site-2 and site-3 (batch size 8) are inconclusive: their ladders
+    stopped at the 10 s time limit. site-3 runs client DP whose ε reaches 12.3 at δ = 1e-5. The model does not
+    learn (accuracy at chance for 4 classes, validation loss up to 33.5). With ``thumbnails``, the run stored a
+    released demo original and its reconstruction for site-1 in round 1.
+    """
+    run = root / "server" / "simulate_job"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({
+        "name": "fedavg_audit_demo", "min_clients": 3,
+        "description": "Server-side audit of FedAvg on the synthetic demo data, no defense on site-1 and site-2."}))
+    sites = ("site-1", "site-2", "site-3")
+    write_arrivals(run / "medpfl", [(s, r) for r in range(rounds) for s in sites])
+    ledger = LedgerFile(run / "medpfl" / "audit_ledger.jsonl", schema=SCHEMA_2)
+    budget = {"attack": "gradinv", "restarts": 1, "time_budget_s": 10.0, "time_limit_s": 10.0, "max_images": 4}
+    for r in range(rounds):
+        for site in sites:
+            ledger.append(_representative_record(site, r, budget))
+    metrics = run / "metrics"
+    metrics.mkdir()
+    lines = [{"round": r, "aggregated_metrics": [{"name": "val_loss", "value": 1.4 + 8.0 * r},
+                                                 {"name": "accuracy", "value": 0.25}]} for r in range(rounds)]
+    (metrics / "round_metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if thumbnails:
+        _png(run / "medpfl" / "thumbnails" / "site-1" / "round_1" / "original_0.png", 200)
+        _png(run / "medpfl" / "thumbnails" / "site-1" / "round_1" / "recon_0.png", 180)
+    return run
+
+
+def _representative_record(site: str, round_number: int, budget: dict[str, Any]) -> dict[str, Any]:
+    threat = {**THREAT, "batch_size": 1 if site == "site-1" else 8, "local_steps": 1 if site == "site-1" else 2}
+    facts = {"batch_size": threat["batch_size"], "local_steps": threat["local_steps"], "learning_rate": 0.05,
+             "optimizer": "sgd", "num_train_images": 32}
+    common = {"job_id": "simulate_job", "threat_model": threat, "training_facts": facts,
+              "model": {"network": "lenet_sigmoid", "num_parameters": 10612, "num_classes": 4}}
+    if site == "site-1":
+        high = round_number > 0
+        level = "high" if high else "low"
+        evidence = ("the site measured a reconstruction close to a true image: best SSIM 0.97" if high else
+                    "ladder complete and matched; the site measured best SSIM 0.12")
+        return record2(site, round_number, level, evidence,
+                       site_scores=scores(0.97, 31.0, 1.0) if high else scores(0.12, 9.0, 0.0),
+                       attack_budget={**budget, "iterations": 120, "time_spent_s": 1.5}, **common)
+    ladder = [stage("screening", "improving", 0.9, 0.5, iterations=20, wall=10.0, stop="time_limit")]
+    extra: dict[str, Any] = {}
+    if site == "site-3":
+        epsilon = round(12.3 * (round_number + 1) / 5, 2)
+        extra = {"defenses": [CLIENT_DP], "epsilon": {"client_dp": epsilon, "dp_sgd": None, "delta": 1e-5}}
+    result = record2(site, round_number, "inconclusive",
+                     "the attack was still improving when its 10 s time limit ended",
+                     settle="raise time_limit_s in the audit plan to about 40 s (now 10 s)", ladder=ladder,
+                     site_scores=scores(0.05, 6.0, 0.0),
+                     attack_budget={**budget, "iterations": 20, "time_spent_s": 10.0, "stop_reason": "time_limit"},
+                     **common, **extra)
+    result["ladder_complete"] = False
+    return result

@@ -24,7 +24,7 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     assert hr.split()[1:4] == ["high", "0.85/24.0/-", "A1"]
     dp = next(line for line in lines if line.strip().startswith("site-dp"))
     assert "low 0.06/9.0/3 A2" in dp and "inconclusive (scores unavailable)" in dp
-    bad = next(line for line in lines if "alert" in line and "gap:" not in line)
+    bad = next(line for line in lines if "alert" in line and line.startswith("  <script>"))
     assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/- A2" in bad
     assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
     # an older run's ledger alone: coverage unknown, never "all measured"
@@ -33,12 +33,15 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
             "unknown.") in lines
     assert ("  by round: round 0: 3 recorded, 2 audited, 1 not audited; round 1: 3 recorded, 2 audited, 1 not "
             "auditable; round 2: 3 recorded, 3 audited") in lines
-    assert any(line.startswith("  audit ledger: 1 unreadable line (line numbers 10)") for line in lines)
+    assert any(line.startswith("  audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped "
+                               "(line 10)") for line in lines)
     assert any(line.startswith("Yardstick: metric settings not recorded by these records") for line in lines)
     a1 = next(line for line in lines if line.strip().startswith("A1:"))
-    assert "(1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, 1 stopped by the time limit)" in a1
-    assert "batch_size=1" in a1 and "declared=honest-but-curious server" in a1
-    assert any(line.startswith("Policy: site-hr round 2 excluded from aggregation (high privacy risk") for line in lines)
+    assert ("(1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations run, 1 stopped by the time "
+            "limit)") in a1
+    assert "batch size 1" in a1 and "threat model: honest-but-curious server: knows the architecture" in a1
+    assert any(line.startswith("Policy: site-hr round 2 excluded from aggregation (high privacy risk")
+               for line in lines)
     assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
     assert (tmp_path / "out" / "report_round_2.json").is_file()
     assert MALICIOUS_SITE in out  # printable text is kept as is; only control characters are replaced
@@ -79,7 +82,7 @@ def test_records_without_site_or_round_and_garbage_lines_are_reported(tmp_path: 
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Verdict: The ledger holds no usable audit record." in out
-    assert "audit ledger: 1 unreadable line (line numbers 2)" in out
+    assert "audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 2)" in out
     expected = "record 1: site None / round None unusable (not_audited: peer context had no site name)"
     assert expected in out
     html = (tmp_path / "audit_report.html").read_text()

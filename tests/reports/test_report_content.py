@@ -59,7 +59,8 @@ def test_round_json_holds_that_rounds_records_and_a_summary(job: Path, tmp_path:
     assert summary["verdict"]["scores"]["ssim_max"] == pytest.approx(0.85)  # round 0's, not the job's worst
     assert summary["model_accuracy"] == pytest.approx(0.3)
     assert summary["ledger_lines_unreadable"] == [10]
-    assert summary["ledger_lines_unreadable_text"] == "1 unreadable line (line numbers 10)"
+    assert summary["ledger_lines_unreadable_text"] == \
+        "1 line of audit_ledger.jsonl could not be read and was skipped (line 10)"
     statuses = {s["site"]: s["status"] for s in summary["sites"]}
     assert statuses[MALICIOUS_SITE] == "not_audited"
 
@@ -73,8 +74,8 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     text = verdict.group(0)
     assert "site-hr, round 1" in text and "SSIM 0.93" in text and "PSNR 29.5 dB" in text
     # Records differing only in what they measured (iterations, why they stopped) share one configuration.
-    assert ("attack invertinggradients (1 restart, ≤ 60 s, max_images=4; 180–300 iterations run, "
-            "1 stopped by the time limit)") in text
+    assert ("attack invertinggradients (1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations "
+            "run, 1 stopped by the time limit)") in text
     assert "threat model honest-but-curious server [A1], this record 180 iterations" in text
     # an older run's ledger without an arrivals file: coverage unknown, counted from the records only
     assert ("Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
@@ -156,17 +157,26 @@ def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job
     assert "audit queue full &lt;b&gt;bold&lt;/b&gt;" in gaps and "<b>bold</b>" not in html
     section = html[html.index('<section id="not-measured">'): html.index('<section id="risk-levels">')]
     assert "site-dp did not answer within 30 s" in section and "site scores unavailable" in section
-    assert "Audit ledger: 1 unreadable line (line numbers 10): line 10 not JSON (a truncated or corrupt line)" \
-        in section
+    assert ("Audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 10): line 10 not JSON "
+            "(a truncated or corrupt line)") in section
 
 
 def test_defense_chain_shows_each_stated_guarantee(job: Path, tmp_path: Path) -> None:
     """Each site's chain names every defense with its stated guarantee; an undefended site says so."""
     html = render_report(job, tmp_path / "out").html.read_text()
-    section = html[html.index('<section id="defenses">'): html.index('<section id="not-measured">')]
-    assert "client_dp" in section and "(ε, δ)-DP at client level" in section
-    assert "laplace_noise" in section and "heuristic (no formal guarantee)" in section
-    assert "no defense" in section  # site-hr
+    section = html[html.index('<section id="defenses">'):]
+    section = section[: section.index("</section>")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'<tr data-site="([^"]+)">(.*?)</tr>', section, re.DOTALL)}
+    assert "<b>client dp</b> (clipping norm 1, noise multiplier 1) — formal guarantee: <i>(ε, δ)-DP at client " \
+           "level</i>" in rows["site-dp"]
+    laplace = rows["&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"]
+    assert "<b>laplace noise</b> (Laplace scale b 0.001) — heuristic: <i>heuristic (no formal guarantee)</i>" in laplace
+    assert "<b>no defense</b>" in rows["site-hr"]
+    # one row per site: per-round fields do not split a site's setup; model, batch size and local steps are columns
+    assert len(rows) == 3
+    cells = re.findall(r'<td[^>]*>(.*?)</td>', rows["site-hr"], re.DOTALL)
+    assert cells[:4] == ["0–2", "small_cnn (1,000 parameters)", "1", "not recorded"]
+    assert "=" not in re.sub(r"<[^>]+>", "", section).replace("src=x onerror=", "")  # no key=value dump
 
 
 def test_every_string_from_the_ledger_is_escaped(job: Path, tmp_path: Path) -> None:
@@ -190,9 +200,11 @@ def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> 
     assert "site-dp client-level, round 2: 4.5" in epsilon[: epsilon.index("</figure>")]
     ssim = html[html.index('<figure class="plot" data-plot="ssim"'):]
     assert "configurations A1, A2" in ssim[: ssim.index("</figure>")]
-    configs = html[html.index('<ul class="compact" id="configs">'):]
-    configs = configs[: configs.index("</ul>")]
-    assert "<b>A1</b>: attack <b>invertinggradients</b>" in configs and "batch_size=1" in configs
+    configs = html[html.index('<table id="configs" class="configs">'):]
+    configs = configs[: configs.index("</table>")]
+    a1 = re.search(r'<tr data-tag="A1">(.*?)</tr>', configs, re.DOTALL).group(1)  # type: ignore[union-attr]
+    assert "<td>invertinggradients</td>" in a1 and "batch size 1" in a1 and "at most 4 images attacked" in a1
+    assert "=" not in re.sub(r"<[^>]+>", "", configs).replace("src=x onerror=", "")  # in words, no key=value dump
 
 
 def test_without_round_metrics_the_accuracy_plot_says_so(tmp_path: Path) -> None:
@@ -272,7 +284,8 @@ def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None
     html = render_report(ledger.path).html.read_text()
     table = html[html.index('<table id="thresholds">'):]
     table = table[: table.index("</table>")]
-    assert "<td>ssim_high</td><td>0.7</td>" in table and "<td>ssim_medium</td><td>0.35</td>" in table
+    assert "<td>ssim high</td><td>high when the worst-image SSIM is at least 0.7</td>" in table
+    assert "<td>ssim medium</td><td>at least medium when the worst-image SSIM is at least 0.35</td>" in table
     assert "as recorded with every audit record" in html
 
 
@@ -284,7 +297,7 @@ def test_a_level_from_server_indicators_alone_says_so(tmp_path: Path) -> None:
     ledger.append(record("b", 0, risk="low"))
     summary = json.loads(render_report(ledger.path).round_json[0].read_text())["summary"]["verdict"]
     assert summary["site"] == "a" and summary["risk"] == "medium"
-    assert "no site scores; level from server-side indicators: bn_statistics_exposed=false, labels_recovered=true" \
+    assert "no site scores; level from server-side indicators: bn statistics exposed: no; labels recovered: yes" \
         in summary["headline"]
     assert "worst image" not in summary["headline"]
 
@@ -299,11 +312,11 @@ def test_released_originals_are_shown_above_their_reconstructions(job: Path, tmp
     html = render_report(job, tmp_path / "out", thumbnails_from=recon).html.read_text()
     section = html[html.index('<section id="thumbnails">'):]
     rows = re.findall(r'<tr class="(originals|reconstructions)">(.*?)</tr>', section, flags=re.DOTALL)
-    # site-dp first (sorted): reconstructions only; then site-hr: originals row above reconstructions row.
-    assert [kind for kind, _ in rows] == ["reconstructions", "originals", "reconstructions"]
-    originals_cells = re.findall(r"<td>(.*?)</td>", rows[1][1], flags=re.DOTALL)
-    recon_cells = re.findall(r"<td>(.*?)</td>", rows[2][1], flags=re.DOTALL)
-    assert len(originals_cells) == len(recon_cells) == 2
-    assert originals_cells[0].strip() == "" and "original_1.png" in originals_cells[1]
-    assert "recon_0.png" in recon_cells[0] and "recon_1.png" in recon_cells[1]
+    # site-dp first (sorted): reconstructions only; then site-hr, whose pairs show originals above reconstructions.
+    assert [kind for kind, _ in rows] == ["reconstructions", "originals"]
+    pairs = re.findall(r'<figure class="pair">(.*?)</figure>', rows[1][1], flags=re.DOTALL)
+    assert len(pairs) == 2
+    assert "no original" in pairs[0] and "recon_0.png" in pairs[0]
+    assert pairs[1].index('alt="original original_1.png"') < pairs[1].index('alt="reconstruction recon_1.png"')
+    assert "original" not in rows[0][1].replace("reconstruction", "")
     assert "synthetic demo" in section

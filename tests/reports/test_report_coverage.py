@@ -62,7 +62,8 @@ def test_lost_updates_truncated_line_and_rounds_without_records(tmp_path: Path) 
     assert [(r["round"], r["received"], r["audited"], r["lost"]) for r in coverage["rounds"]] == [
         (0, 3, 3, 0), (1, 3, 1, 2), (2, 3, 0, 3)]
     assert coverage["total"]["received"] == 9 and coverage["total"]["lost"] == 5
-    assert coverage["unreadable_ledger_text"] == "1 unreadable line (line numbers 5)"
+    assert coverage["unreadable_ledger_text"] == \
+        "1 line of audit_ledger.jsonl could not be read and was skipped (line 5)"
     lost = [(g["site"], g["round"], g["count"]) for g in coverage["gaps"] if g["kind"] == "lost"]
     assert lost == [("site-b", 1, 1), ("site-c", 1, 1), ("site-a", 2, 1), ("site-b", 2, 1), ("site-c", 2, 1)]
     assert {g["cause"] for g in coverage["gaps"]} == {LOST_CAUSE}
@@ -79,7 +80,7 @@ def test_lost_updates_truncated_line_and_rounds_without_records(tmp_path: Path) 
     assert "Coverage: 9 received, 4 audited (0 high, 0 medium, 0 unscored, 0 inconclusive, 4 low), 0 not audited, " \
            "0 not auditable, 5 lost" in text
     assert f"2 site-b lost 1 {LOST_CAUSE}" in text  # the gaps table row: round, site, gap, updates, cause
-    assert "Audit ledger: 1 unreadable line (line numbers 5)" in text
+    assert "Audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 5)" in text
 
 
 def test_every_received_update_measured_low_is_low(tmp_path: Path) -> None:
@@ -140,7 +141,7 @@ def test_not_audited_not_auditable_failed_tasks_and_unmatched_records_are_named(
         (4, 2, 1, 1, 1)
     assert report.verdict["risk"] == "inconclusive"  # lows, but not every received update was measured
     text = _html_text(report.paths.html.read_text())
-    assert "Arrivals file: 2 unreadable line(s) (line numbers 5, 6)" in text
+    assert "Arrivals file: 2 lines of received_updates.jsonl could not be read and were skipped: line 5" in text
 
 
 def test_arrivals_alone_name_the_possible_crash(tmp_path: Path) -> None:

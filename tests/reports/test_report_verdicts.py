@@ -91,8 +91,10 @@ def test_the_yardstick_is_stated_in_words_from_the_records(tmp_path: Path) -> No
     """Attack, threat model, budget spent, success threshold, SSIM/PSNR settings, identifiability, significance."""
     report = build_report(_ledger(tmp_path).path, tmp_path / "out")
     section = _text(_section(report.paths.html.read_text(), "yardstick"))
-    assert "A1: attack gradinv (1 restart, time budget 240 s per update, max_images=4), threat model " \
-           "honest-but-curious server" in section
+    assert "A1: attack gradinv (threat model: honest-but-curious server) on 4 updates of site-a, site-b, site-c, " \
+           "site-d" in section
+    assert "Attack success rate: the share of the round's images that the attack reconstructed with an SSIM at or " \
+           "above the success threshold" in section
     assert "Budget spent: 1300 iterations and 6 restarts over 4 audited updates, 248.5 s of attack wall time; " \
            "time budget per update 240 s, 248.5 s spent in total" in section
     assert "success threshold: an image counts as reconstructed at SSIM ≥ 0.9" in section
