@@ -183,7 +183,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.record:
-        replace_section(HERE / "RESULTS.md", "FedAvg training pipeline (issue 2)", report)
+        replace_section(HERE / "RESULTS.md", "FedAvg training pipeline", report)
     return 0
 
 

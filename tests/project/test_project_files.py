@@ -20,19 +20,25 @@ def _readme_commands() -> list[str]:
 
 def test_readme_opens_with_the_demo_and_test_commands() -> None:
     demo, tests = _readme_commands()
-    assert demo.endswith("medpfl demo") and "constraints.txt torch==2.13.0" in demo
+    cpu_torch = "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu"
+    for command in (demo, tests):
+        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && "), "a venv first (PEP 668)"
+        assert cpu_torch in command and "-c constraints.txt" in command
+    assert demo.endswith("medpfl demo")
     assert tests.endswith("python -m pytest") and '".[test]"' in tests
 
 
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert _readme_commands()[1] in ci.splitlines()
-    assert (REPO / ".ci" / "run").stat().st_mode & 0o111, ".ci/run must be executable"
+    assert ".ci/fresh_machine" in ci.splitlines(), "CI runs the README's demo command on a fresh copy too"
+    for script in ("run", "fresh_machine"):
+        assert (REPO / ".ci" / script).stat().st_mode & 0o111, f".ci/{script} must be executable"
 
 
 def test_constraints_pin_the_cpu_torch_and_nvflare() -> None:
     pins = (REPO / "constraints.txt").read_text().split()
-    assert "torch==2.13.0" in pins and "nvflare==2.9.0" in pins
+    assert "torch==2.13.0+cpu" in pins and "nvflare==2.9.0" in pins
 
 
 def _all_subcommands(parser, prefix=()):
