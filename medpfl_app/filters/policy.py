@@ -175,8 +175,8 @@ def install_privacy_policy(
     """Validate a policy and write it atomically to ``<site_dir>/local/privacy.json``.
 
     An existing, different privacy.json is kept as ``privacy.json.<UTC time>.bak``. The site process reads the
-    policy at start: restart the site (e.g. ``nvflare poc stop`` / ``start``) for it to apply; ``show_scopes`` in the
-    admin console then lists the scopes.
+    policy at start: restart the site (e.g. ``medpfl poc stop`` / ``start``) for it to apply; ``show_scopes client``
+    in the admin console then lists the scopes.
 
     Args:
         site_dir: The site's workspace folder (the one holding ``startup/``), e.g.

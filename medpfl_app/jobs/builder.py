@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medpfl_app.errors import MedPFLError
+from medpfl_app.jobs.check import check_job_folder
 from medpfl_app.jobs.spec import JobSpec
 
 SITE_SCRIPT_NAME = "medpfl_site.py"
@@ -38,8 +39,8 @@ def site_script_path() -> Path:
 def export_job(spec: JobSpec, jobs_dir: str | Path) -> Path:
     """Write ``<jobs_dir>/<spec.name>/`` (meta.json, app/config, app/custom), replacing any previous version.
 
-    The folder is built next to its destination and moved into place, so a failed export never leaves a
-    half-written job behind.
+    The folder is built next to its destination, checked (`medpfl_app.jobs.check.check_job_folder`) and only then
+    moved into place, so a failed export or a bad parameter never leaves a half-written or undeployable job.
     """
     jobs_dir = Path(jobs_dir).resolve()
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ def export_job(spec: JobSpec, jobs_dir: str | Path) -> Path:
             _build_fed_job(spec).export_job(str(staging))
         exported = staging / spec.name
         _finish_job_folder(spec, exported)
+        check_job_folder(exported)  # a bad audit plan or count fails here, not at deployment in the server log
         if destination.exists():
             retired = staging / "previous"
             os.replace(destination, retired)

@@ -12,6 +12,7 @@ import pytest
 
 from medpfl_app.jobs.builder import export_job
 from medpfl_app.poc import system
+from medpfl_app.poc.submit import submit_and_wait
 from medpfl_app.poc.sites import configure_site_data, install_site_privacy
 
 from .conftest import SIM_SITES, received_updates, small_job
@@ -27,7 +28,7 @@ def poc_layout(tmp_path_factory: pytest.TempPathFactory):
         # `nvflare poc prepare` writes ~/.nvflare/config.conf: keep it out of the real home folder
         patch.setenv("HOME", str(root / "home"))
         patch.setenv(system.POC_WORKSPACE_ENV, str(root / "workspace"))
-        layout = system.prepare(root / "workspace", SIM_SITES)
+        layout = system.prepare(root / "workspace", SIM_SITES).layout
         try:
             configure_site_data(layout, demo=True, data_root=None)
             install_site_privacy(layout)  # scopes private (default) / strict, both client-level DP
@@ -40,7 +41,7 @@ def poc_layout(tmp_path_factory: pytest.TempPathFactory):
 def test_poc_job_completes_and_its_result_downloads(poc_layout, tmp_path: Path) -> None:
     """A job without defenses or scope completes; the sites' default scope still defended every update."""
     job = export_job(small_job("poc_fedavg"), tmp_path / "jobs")
-    outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
+    outcome = submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
     assert outcome.status == "FINISHED:COMPLETED"
     assert outcome.result_dir is not None and outcome.result_dir.is_dir()
     models = list(outcome.result_dir.rglob("FL_global_model.pt"))
@@ -70,7 +71,7 @@ def test_each_site_found_its_data_through_its_own_local_config(poc_layout) -> No
 def test_a_job_asking_for_the_strict_scope_gets_its_site_filters(poc_layout, tmp_path: Path) -> None:
     job = export_job(small_job("poc_strict", num_rounds=1, scope="strict"), tmp_path / "jobs")
     assert json.loads((job / "meta.json").read_text())["scope"] == "strict"
-    outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
+    outcome = submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
     assert outcome.status == "FINISHED:COMPLETED"
     records = [r for r in received_updates(outcome.result_dir) if r.get("data_kind")]
     assert sorted(r["site"] for r in records) == SIM_SITES
@@ -100,7 +101,7 @@ def test_an_audited_poc_job_downloads_with_its_ledger_and_html_report(poc_layout
 
     audited = replace(JOB_CATALOG["fedavg_audit"], name="poc_audit", num_rounds=1, min_clients=2)
     job = export_job(audited, tmp_path / "jobs")
-    outcome = system.submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
+    outcome = submit_and_wait(poc_layout, job, timeout_s=900, download_to=tmp_path / "download")
     assert outcome.status == "FINISHED:COMPLETED"
     ledgers = list(find_ledgers(outcome.result_dir))
     assert len(ledgers) == 1, f"expected one audit ledger in {outcome.result_dir}"
