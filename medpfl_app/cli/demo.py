@@ -93,7 +93,7 @@ def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:
     The metrics file is written from what sites report, so every line is made terminal-safe
     (`medpfl_app.reports.fields.printable`).
     """
-    from medpfl_app.reports.fields import printable
+    from medpfl_app.text import printable
 
     lines = ["global model validated by the sites at the start of each round (mean over sites)", "round  accuracy  auroc   val_loss  sites"]
     for record in records:

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedPFLError as error:
-        from medpfl_app.reports.fields import printable
+        from medpfl_app.text import printable
 
         print(f"medpfl {args.command}: error: {printable(str(error), newlines=True)}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ class MedPFLArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print ``prog: error: problem`` and its fix (the type's own, or a pointer to ``--help``), exit 2."""
-        from medpfl_app.reports.fields import printable  # the message may quote what was typed
+        from medpfl_app.text import printable  # the message may quote what was typed
 
         problem, _, fix = message.partition(FIX)
         fix = fix or f"see `{self.prog} --help` for the valid arguments and their defaults"

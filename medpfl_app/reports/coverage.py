@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medpfl_app.reports.records import AUDITED_LEVELS, LEVELS, RecordView
 from medpfl_app.reports.sources import ARRIVALS_FILE, Arrival, ArrivalsRead, Unreadable
+
+if TYPE_CHECKING:
+    from medpfl_app.reports.expected import PlanCoverage
+    from medpfl_app.reports.plan import JobPlan
 
 LOST_CAUSE = "received, no audit record: the server or its audit stopped before auditing it"
 FAILED_TASK_CAUSE = ("received a failed task result (return code {codes}), no audit record: the site sent no update "
@@ -155,6 +159,14 @@ class Coverage:
                         cells={k: v for k, v in self.cells.items() if k[1] == round_number},
                         gaps=tuple(g for g in self.gaps if g.round == round_number),
                         unreadable_arrivals=())
+
+    def against(self, plan: JobPlan | None) -> PlanCoverage:
+        """This coverage against the job's plan (expected sites, planned rounds, end status); see
+        `medpfl_app.reports.expected`. ``None``: nothing is known of the plan."""
+        from medpfl_app.reports.expected import against_plan  # it imports this module
+        from medpfl_app.reports.plan import JobPlan
+
+        return against_plan(self, plan if plan is not None else JobPlan(notes=("the job's files were not read",)))
 
     def text(self) -> str:
         """One sentence: the counts, the causes of loss, or why the coverage is unknown."""

@@ -5,18 +5,19 @@ Two kinds of defence live here, each in one place:
 * `checked` holds every numeric ledger field to its valid range (`BOUNDS`: SSIM in [-1, 1], shares and p-values in
   [0, 1], ε ≥ 0, counts ≥ 0, PSNR finite, …). A value outside becomes ``None`` plus a note, so the report shows it
   as invalid and never as a measurement.
-* `printable` escapes control characters in text printed on a terminal: ledger strings (site names, reasons,
-  evidence) are written by the audit from what sites send.
+* `printable` (`medpfl_app.text`, re-exported here) escapes control characters in text printed on a terminal:
+  ledger strings (site names, reasons, evidence) are written by the audit from what sites send.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from medpfl_app.text import printable
 
 #: How non-finite floats are spelled in plain JSON records (``allow_nan=False``), e.g. a matching loss of ``inf``.
 NON_FINITE = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "-inf": -math.inf, "-infinity": -math.inf,
@@ -188,43 +189,3 @@ def checked_integer(value: Any, name: str, problems: list[str] | None = None, *,
     """`checked` for a whole-number field (a count), as ``int``."""
     found = checked(value, name, problems, where=where)
     return int(found) if found is not None and math.isfinite(found) and found == int(found) else None
-
-
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(char: str) -> str:
-    if char in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[char]
-    code = ord(char)
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-def printable(value: object, *, newlines: bool = False) -> str:
-    """``value`` as text that is safe to print on a terminal: every control character escaped.
-
-    Every character `str.isprintable` rejects is written as its Python escape (``\\x1b``, ``\\r``, ``\\x00``,
-    ``\\x7f``, ``\\u202e``): C0 and C1 controls (ANSI escape sequences start with ESC or CSI), DEL, Unicode format
-    characters (bidi overrides and isolates, zero-width characters), line and paragraph separators, surrogates,
-    private-use and unassigned code points. Other spaces (no-break, thin) become a plain space. The escape is
-    visible, so a reader sees that the ledger held something unusual, and it changes nothing on the terminal.
-
-    Args:
-        value: Anything; non-strings are shown with ``str``.
-        newlines: Keep ``\\n`` (multi-line text MedPFL wrote itself, e.g. an error and its fix); by default it is
-            escaped as well, so that a ledger value can never begin a line of its own.
-    """
-    string = value if isinstance(value, str) else str(value)
-    if string.isprintable():
-        return string
-    out = []
-    for char in string:
-        if char.isprintable() or (newlines and char == "\n"):
-            out.append(char)
-        elif unicodedata.category(char) == "Zs":
-            out.append(" ")
-        else:
-            out.append(_escape(char))
-    return "".join(out)

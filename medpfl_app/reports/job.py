@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from medpfl_app.reports.plan import JobPlan, read_plan
 
 META_FILE = "meta.json"
 #: How many folders above the ledger's own are searched (``<run>/medpfl/ledger`` → ``<run>`` → download folder).
@@ -32,12 +34,14 @@ class JobInfo:
         description: What the job does, from its ``meta.json`` (``None``: not recorded).
         source: Where the name came from, in words.
         run_ids: The ``job_id`` values the records carry (the run, not the job, under the simulator).
+        plan: What the job planned (sites, rounds) and how it ended, from its meta.json and server config.
     """
 
     name: str | None
     description: str | None
     source: str
     run_ids: tuple[str, ...] = ()
+    plan: JobPlan = field(default_factory=JobPlan)
 
     @property
     def title(self) -> str:
@@ -46,7 +50,7 @@ class JobInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "source": self.source,
-                "run_ids": list(self.run_ids)}
+                "run_ids": list(self.run_ids), "plan": self.plan.to_dict()}
 
 
 def _read_meta(path: Path) -> Mapping[str, Any] | None:
@@ -72,17 +76,18 @@ def job_info(ledger: Path, records: Iterable[Mapping[str, Any]]) -> JobInfo:
     run_ids = tuple(sorted({str(r["job_id"]) for r in records if isinstance(r.get("job_id"), (str, int))
                             and not isinstance(r.get("job_id"), bool)}))
     found = find_meta(ledger)
+    plan = read_plan(ledger)
     if found is not None:
         path, meta = found
         description = meta.get("description") if isinstance(meta.get("description"), str) else None
         return JobInfo(name=meta["name"], description=description or None,
-                       source=f"the job's {META_FILE} ({path})", run_ids=run_ids)
+                       source=f"the job's {META_FILE} ({path})", run_ids=run_ids, plan=plan)
     named = [r for r in run_ids if r != SIMULATOR_RUN_NAME]
     if named:
         return JobInfo(name=", ".join(named), description=None, source=(
             f"the records' job id (no {META_FILE} above the ledger; under NVFlare this is the run's id, which may not "
-            "be the job's name)"), run_ids=run_ids)
+            "be the job's name)"), run_ids=run_ids, plan=plan)
     why = (f"the records name only the simulator's run folder ({SIMULATOR_RUN_NAME})" if run_ids
            else "the records carry no job id")
     return JobInfo(name=None, description=None, source=f"not recorded: no {META_FILE} above the ledger and {why}",
-                   run_ids=run_ids)
+                   run_ids=run_ids, plan=plan)

@@ -1,6 +1,7 @@
 """The verdict as one paragraph a reader understands without help: per site, what the audit found, in words.
 
 Built from the view's cells (the worst record per site and round), their evidence and what would settle them, the
+coverage against the job's plan (how it ended, expected sites that sent nothing, rounds that never ran), the
 formal ε readings and the model's utility. No ``key=value`` text: numbers are named ("worst-image SSIM 0.97"), and
 what would settle an inconclusive site is the audit's own hint, quoted once per group of sites it applies to.
 """
@@ -169,8 +170,11 @@ def plain_verdict(view: AuditView, summary: Mapping[str, Any], job: JobInfo, rea
                   utility: Utility) -> str:
     """The paragraph shown first: rounds and sites, findings per site, gaps, formal ε and model utility."""
     rounds, sites = len(view.rounds), len(view.sites)
+    # the plan's sentences (end status, expected sites that sent nothing, rounds that never ran) name what left no
+    # trace in the ledger or the arrivals file; an unrecorded end status is said in the coverage section only
+    plan = view.coverage.against(job.plan).sentences(with_unknown_status=False)
     if not view.cells:
-        return _sentence(str(summary.get("headline", "The ledger holds no usable audit record")))
+        return " ".join([_sentence(str(summary.get("headline", "The ledger holds no usable audit record"))), *plan])
     level = str(summary.get("risk", "none")).replace("_", " ").upper()
     opening = (f"Overall {level}. In {rounds} round{'s' if rounds != 1 else ''} of the job {job.title} with {sites} "
                f"site{'s' if sites != 1 else ''}, ")
@@ -178,5 +182,5 @@ def plain_verdict(view: AuditView, summary: Mapping[str, Any], job: JobInfo, rea
     first = findings[0] if findings else "no update was measured."
     text = opening + (first[0].lower() + first[1:] if first.startswith("The ") else first)
     has_defenses = any(cell.defenses for cell in view.cells.values())
-    rest = [*findings[1:], _gaps(view), _privacy(readings, has_defenses), _utility(utility)]
+    rest = [*findings[1:], _gaps(view), *plan, _privacy(readings, has_defenses), _utility(utility)]
     return " ".join([text, *[s for s in rest if s]])

@@ -16,7 +16,7 @@ from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
 from medpfl_app.reports.chains import site_chains
 from medpfl_app.reports.coverage import gap_label
-from medpfl_app.reports.fields import printable
+from medpfl_app.text import printable
 from medpfl_app.reports.job import JobInfo, job_info
 from medpfl_app.reports.model import RISK_MEANINGS, RISK_ORDER, AuditView, build_view
 from medpfl_app.reports.plain import plain_verdict
@@ -170,6 +170,7 @@ def build_report(
     readings = tuple(epsilon_readings(view))
     plain = plain_verdict(view, summary, job, readings, utility)
     summary = {**summary, "plain": plain, "job": job.to_dict(),
+               "plan_coverage": view.coverage.against(job.plan).to_dict(),
                "model_learned": utility.learned, "model_warnings": list(utility.warnings),
                "epsilon_readings": [{"site": r.site, "epsilon": r.epsilon, "delta": r.delta, "level": r.level,
                                      "band": r.band, "round": r.last_round} for r in readings]}

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape as _xml_escape
 
-from medpfl_app.reports.fields import printable
+from medpfl_app.text import printable
 
 #: Colour-blind-safe palette (Okabe-Ito), cycled over sites.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")

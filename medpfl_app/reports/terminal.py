@@ -9,10 +9,10 @@ start a line of its own.
 from __future__ import annotations
 
 from medpfl_app.reports.coverage import gap_label
-from medpfl_app.reports.fields import printable
 from medpfl_app.reports.model import AuditView, Cell
 from medpfl_app.reports.render import Report
 from medpfl_app.reports.sources import unreadable_text
+from medpfl_app.text import printable
 
 #: Gaps printed one per line; the rest are counted (all of them are in the HTML and the round JSON).
 MAX_GAP_LINES = 12
@@ -85,6 +85,8 @@ def summary_text(report: Report) -> str:
         lines.append("  would settle it: " + printable(str(verdict["settle"])))
     lines.append("  " + printable(view.coverage.text()))
     lines.append("  by round: " + printable(coverage_by_round(view)))
+    planned = view.coverage.against(report.job.plan if report.job is not None else None)
+    lines.extend("  against the plan: " + printable(sentence) for sentence in planned.sentences())
     gaps = view.coverage.gaps
     for gap in gaps[:MAX_GAP_LINES]:
         lines.append(f"  gap: {printable(gap.site)} round {gap.round}: {gap_label(gap.kind)}"
