@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "install-privacy",
         help="install the site privacy policy (privacy.json scopes) into every POC site",
         description=(
-            "Validate a privacy.json (default: poc_workspace/templates/privacy/privacy.json with the client-level "
-            "DP scopes private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope "
+            "Validate a privacy.json (default: the template shipped as medpfl_app/filters/templates/privacy.json, "
+            "with the client-level DP scopes private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope "
             "filters run before any job filter and no job can disable them. Sites read the policy at start: run "
             "this before `medpfl poc start` (or restart the system). `show_scopes client` in the admin console "
             "lists the scopes."

@@ -13,6 +13,7 @@ none): two ledgers would split the site's budget.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import json
 import logging
 import os
@@ -27,10 +28,10 @@ from medpfl_app.errors import MedPFLError
 
 logger = logging.getLogger("medpfl.privacy")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The client-level DP filter: a scope with it releases only (ε, δ)-DP updates charged to the site's ledger.
 DP_FILTER_PATH = "medpfl_app.filters.client_dp.ClientDPFilter"
-TEMPLATES = {"default": REPO_ROOT / "poc_workspace" / "templates" / "privacy" / "privacy.json"}
+#: Named policies shipped inside the package (package data, so they exist in any installation, not only a checkout).
+TEMPLATES = {"default": importlib.resources.files("medpfl_app.filters") / "templates" / "privacy.json"}
 _SCOPE_KEYS = {"name", "properties", "task_data_filters", "task_result_filters"}
 _FILTER_KEYS = {"path", "args", "direction"}
 _DIRECTIONS = {"in", "out", "inout"}
@@ -163,7 +164,7 @@ def _check_with_nvflare(text: str) -> None:
             create_privacy_manager(Workspace(scratch, "medpfl-check"), names_only=False)
         except Exception as error:
             raise MedPFLError(f"NVFlare rejects the privacy policy: {error}",
-                              fix="compare with poc_workspace/templates/privacy/privacy.json") from None
+                              fix="compare with medpfl_app/filters/templates/privacy.json") from None
 
 
 def install_privacy_policy(

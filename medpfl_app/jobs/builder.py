@@ -1,12 +1,14 @@
 """Turn a `JobSpec` into a ready-to-submit NVFlare job folder with NVFlare's own FedJob exporter.
 
-The job ships only ``custom/medpfl_site.py``; ``medpfl_app`` is declared an app package (installed at every site
-and on the server), so the exporter does not copy it into the job.
+The job ships only the site entry script (package data ``medpfl_app/jobs/site_script/medpfl_site.py``, written to
+``app/custom/medpfl_site.py``); ``medpfl_app`` is declared an app package (installed at every site and on the
+server), so the exporter does not copy it into the job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -22,16 +24,13 @@ SITE_SCRIPT_NAME = "medpfl_site.py"
 TRAIN_TASK = "train"
 
 
-def repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def site_script_path() -> Path:
-    script = repository_root() / "custom" / SITE_SCRIPT_NAME
+    """The site entry script every job ships, from the installed package (a checkout or a wheel alike)."""
+    script = Path(str(importlib.resources.files("medpfl_app.jobs") / "site_script" / SITE_SCRIPT_NAME))
     if not script.is_file():
         raise MedPFLError(
-            f"the site entry script {script} is missing",
-            fix="run job generation from a MedPFL checkout installed with `pip install -e .`",
+            f"the site entry script {script} is missing from the installed medpfl_app package",
+            fix="reinstall MedPFL (`pip install .` from a checkout); the script is package data of medpfl_app.jobs",
         )
     return script
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import medpfl_app
 from medpfl_app.errors import MedPFLError
 from medpfl_app.poc.job_store import abandon_phantom_jobs, job_store_root
 from medpfl_app.poc.keep import (
@@ -34,11 +35,15 @@ DEFAULT_PORTS = (8002,)
 
 
 def default_poc_workspace() -> Path:
-    """``poc_workspace/`` of this checkout, unless NVFLARE_POC_WORKSPACE says otherwise."""
+    """Where POC mode lives: NVFLARE_POC_WORKSPACE if set, else ``poc_workspace/`` of the MedPFL checkout this
+    package runs from (an editable install), else ``./poc_workspace`` (an installed wheel has no checkout)."""
     configured = os.environ.get(POC_WORKSPACE_ENV)
     if configured:
         return Path(configured).resolve()
-    return Path(__file__).resolve().parents[2] / "poc_workspace"
+    checkout = Path(medpfl_app.__file__).resolve().parents[1]
+    if (checkout / "setup.cfg").is_file() and (checkout / "poc_workspace").is_dir():
+        return checkout / "poc_workspace"
+    return Path.cwd() / "poc_workspace"
 
 
 @dataclass(frozen=True)

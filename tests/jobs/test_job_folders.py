@@ -11,7 +11,7 @@ import pytest
 
 from medpfl_app.errors import MedPFLError
 from medpfl_app.jobs import JOB_CATALOG, JobSpec, TrainingSpec
-from medpfl_app.jobs.builder import export_job
+from medpfl_app.jobs.builder import export_job, site_script_path
 from medpfl_app.jobs.catalog_io import export_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def test_every_job_is_a_complete_nvflare_folder() -> None:
         executor = client["executors"][0]["executor"]
         assert executor["args"]["params_transfer_type"] == "DIFF"
         assert executor["args"]["task_script_path"] == "medpfl_site.py"
-        assert filecmp.cmp(job / "app" / "custom" / "medpfl_site.py", REPO / "custom" / "medpfl_site.py")
+        assert filecmp.cmp(job / "app" / "custom" / "medpfl_site.py", site_script_path())
         # medpfl_app is an installed app package: the job must not ship a partial copy that would shadow it
         assert not (job / "app" / "custom" / "medpfl_app").exists()
         for config in (job / "app" / "config").glob("*.json"):
