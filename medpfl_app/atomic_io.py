@@ -11,7 +11,7 @@ from typing import Any
 
 
 def write_atomic(
-    path: str | Path, write: Callable[[Path], None], *, suffix: str = "", durable: bool = False
+    path: str | Path, write: Callable[[Path], object], *, suffix: str = "", durable: bool = False
 ) -> Path:
     """Write ``path`` by calling ``write(temp_path)`` on a sibling temp file and renaming it into place.
 

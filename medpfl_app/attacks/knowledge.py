@@ -118,9 +118,9 @@ def _validate(k: AttackerKnowledge) -> None:
             "the update is empty: there is nothing to attack",
             fix="pass the site's update as a non-empty dict of parameter name -> array",
         )
-    for label, value in (("batch_size", k.batch_size), ("local_steps", k.local_steps), ("num_classes", k.num_classes)):
-        if int(value) < 1:
-            raise MedPFLError(f"{label} must be a positive integer, got {value!r}", fix=f"declare a positive {label}")
+    for label, count in (("batch_size", k.batch_size), ("local_steps", k.local_steps), ("num_classes", k.num_classes)):
+        if int(count) < 1:
+            raise MedPFLError(f"{label} must be a positive integer, got {count!r}", fix=f"declare a positive {label}")
     if k.num_images is not None and k.num_images < 1:
         raise MedPFLError(f"num_images must be positive, got {k.num_images}", fix="declare num_train_images >= 1")
     if k.learning_rate is not None and not (np.isfinite(k.learning_rate) and k.learning_rate > 0):

@@ -7,13 +7,14 @@ objective and the matching term per restart; the engine (`medpfl_app.attacks.eng
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 from medpfl_app.attacks.knowledge import AttackerKnowledge
 from medpfl_app.attacks.matching_config import MatchingConfig
-from medpfl_app.attacks.victim import Victim
+from medpfl_app.attacks.victim import UpdateMode, Victim
 
 
 def total_variation(images: torch.Tensor, *, per_restart: bool = False) -> torch.Tensor:
@@ -22,7 +23,10 @@ def total_variation(images: torch.Tensor, *, per_restart: bool = False) -> torch
     With ``per_restart`` the leading axis indexes restarts and one value per restart is returned.
     """
     dims = tuple(range(1, images.ndim)) if per_restart else tuple(range(images.ndim))
-    return sum(images.diff(dim=d).abs().mean(dim=dims) for d in (images.ndim - 2, images.ndim - 1))  # type: ignore[return-value]
+    # sum() starts at 0, so its static type includes int; both terms are tensors.
+    return cast(
+        torch.Tensor, sum(images.diff(dim=d).abs().mean(dim=dims) for d in (images.ndim - 2, images.ndim - 1))
+    )
 
 
 def _per_restart_sum(values: torch.Tensor) -> torch.Tensor:
@@ -48,12 +52,13 @@ def matching_loss(
     """
     tgt_sq = target_sq_norm(target) if target_sq is None else target_sq
     if objective == "l2":
-        distance = sum(_per_restart_sum((simulated[n] - t).pow(2)) for n, t in target.items())
-        return distance / max(tgt_sq, 1e-30)  # type: ignore[return-value]
-    dot = sum(_per_restart_sum(simulated[n] * t) for n, t in target.items())
-    sim_norm = sum(_per_restart_sum(simulated[n].pow(2)) for n in target)
+        # sum() starts at 0, so its static type includes int; target is never empty, so these are tensors.
+        distance = cast(torch.Tensor, sum(_per_restart_sum((simulated[n] - t).pow(2)) for n, t in target.items()))
+        return distance / max(tgt_sq, 1e-30)
+    dot = cast(torch.Tensor, sum(_per_restart_sum(simulated[n] * t) for n, t in target.items()))
+    sim_norm = cast(torch.Tensor, sum(_per_restart_sum(simulated[n].pow(2)) for n in target))
     tgt_norm = math.sqrt(tgt_sq)
-    return 1 - dot / (torch.sqrt(sim_norm) * tgt_norm + 1e-12)  # type: ignore[operator]
+    return 1 - dot / (torch.sqrt(sim_norm) * tgt_norm + 1e-12)
 
 
 def target_sq_norm(target: dict[str, torch.Tensor]) -> float:
@@ -87,7 +92,7 @@ class MatchingObjective:
         knowledge: AttackerKnowledge,
         config: MatchingConfig,
         *,
-        mode: str,
+        mode: UpdateMode,
         target: dict[str, torch.Tensor],
         labels: torch.Tensor,
         observed_bn: dict[str, torch.Tensor],

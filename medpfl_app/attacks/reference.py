@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +51,15 @@ def reference_gradinv(
             optimizer.zero_grad()
             loss = F.cross_entropy(model(x), labels)
             grads = torch.autograd.grad(loss, params, create_graph=True)
-            dot = sum((g * t).sum() for g, t in zip(grads, target))
-            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            # sum() starts at 0, so its static type includes int; the model has parameters, so these are tensors.
+            dot = cast(torch.Tensor, sum((g * t).sum() for g, t in zip(grads, target)))
+            norm = torch.sqrt(cast(torch.Tensor, sum(g.pow(2).sum() for g in grads)))
             match = 1 - dot / (norm * target_norm + 1e-12)
             if float(match.detach()) < float(best_losses[r]):
                 best_losses[r] = float(match.detach())
                 best_images[r] = x.detach()
             (match + config.tv * total_variation(x)).backward()
+            assert x.grad is not None  # x requires grad and took part in the loss, so backward() filled it
             x.grad.sign_()
             optimizer.step()
             scheduler.step()
@@ -66,10 +69,10 @@ def reference_gradinv(
             x_final = x.detach().clone()
         x_final.requires_grad_(True)
         loss = F.cross_entropy(model(x_final), labels)
-        grads = torch.autograd.grad(loss, params)
-        dot = sum(float((g * t).sum()) for g, t in zip(grads, target))
-        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-        final = 1 - dot / (norm * target_norm + 1e-12)
+        final_grads = torch.autograd.grad(loss, params)
+        final_dot = sum(float((g * t).sum()) for g, t in zip(final_grads, target))
+        final_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in final_grads))
+        final = 1 - final_dot / (final_norm * target_norm + 1e-12)
         if final < float(best_losses[r]):
             best_losses[r] = final
             best_images[r] = x_final.detach()

@@ -17,7 +17,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +98,9 @@ class Victim:
                     )
                 prefix = f"{name}." if name else ""
                 self.bn_layers[prefix] = float(bn.momentum)
-                self.bn_initial[prefix + "running_mean"] = bn.running_mean.detach().clone()
-                self.bn_initial[prefix + "running_var"] = bn.running_var.detach().clone()
+                # Optional in torch's typing (None with track_running_stats=False, which fails here as before).
+                self.bn_initial[prefix + "running_mean"] = cast(torch.Tensor, bn.running_mean).detach().clone()
+                self.bn_initial[prefix + "running_var"] = cast(torch.Tensor, bn.running_var).detach().clone()
                 batch_norm = BatchStatisticsNorm(bn)
                 batch_norm.register_forward_pre_hook(self._capture)
                 parent, _, child = name.rpartition(".")

@@ -17,11 +17,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from medpfl_app.data.headers import ImageFormat
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 #: Lowest acceptable Pearson correlation between the model input and the best-matching rendered plane.
 MIN_PIXEL_AGREEMENT = 0.8
@@ -64,7 +67,8 @@ def render_planes(
     if fmt is ImageFormat.NIFTI:
         import nibabel as nib
 
-        values = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+        # nib.load is typed as any file-based image; every NIfTI image class is a SpatialImage
+        values = np.asarray(cast("SpatialImage", nib.load(path)).dataobj, dtype=np.float64)
         if values.ndim == 4 and volume_index is not None and volume_index < values.shape[3]:
             values = values[..., volume_index]
         return _volume_planes(values, slice_axis, slice_index)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medpfl_app.data.agreement import pixel_agreement, render_planes
-from medpfl_app.data.check_report import DataCheckReport
+from medpfl_app.data.check_report import DataCheckReport as DataCheckReport  # re-exported (medpfl_app.data)
 from medpfl_app.data.config import DataConfig
 from medpfl_app.data.datalist import SiteData, load_site_data
 from medpfl_app.data.findings import class_findings, duplicate_findings
@@ -215,7 +215,8 @@ class _LastDecoded:
 def _describe(values: np.ndarray) -> StoredPixels:
     """Range, NaN/Inf count and content hash of stored pixel values."""
     digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
-    digest.update(values.view(np.uint8).reshape(-1) if values.size else b"")
+    # An ndarray is a buffer; NumPy's stubs declare __buffer__ only for Python >= 3.12.
+    digest.update(values.view(np.uint8).reshape(-1) if values.size else b"")  # type: ignore[arg-type]
     if values.dtype.kind not in "biuf":
         return StoredPixels(None, None, 0, digest.hexdigest())
     kept = values[np.isfinite(values)] if values.dtype.kind == "f" else values

@@ -71,7 +71,7 @@ class DataCheckReport:
 
     def format(self, *, all_rows: bool = False, strict: bool = False) -> str:
         """The human-readable report: heading, per-file table, findings, class counts and the verdict line."""
-        from medpfl_app.reports.fields import printable  # file names are chosen by whoever wrote the data
+        from medpfl_app.text import printable  # file names are chosen by whoever wrote the data
 
         where = f"[{self.site}] " if self.site else ""
         lines = [

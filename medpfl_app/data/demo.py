@@ -82,10 +82,10 @@ def generate_demo_dataset(
     from tqdm.auto import tqdm
 
     names = _site_names(num_sites, site_names)
-    for label, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
+    for setting, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise MedPFLError(
-                f"{label} must be an integer >= {minimum}, got {value!r}", fix=f"set {label} >= {minimum}"
+                f"{setting} must be an integer >= {minimum}, got {value!r}", fix=f"set {setting} >= {minimum}"
             )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise MedPFLError(f"seed must be a non-negative integer, got {seed!r}", fix="pass e.g. seed=0")
@@ -113,7 +113,7 @@ def generate_demo_dataset(
 
     for site_number, (site, part) in enumerate(zip(names, parts)):
         site_dir = root / site
-        training = []
+        training: list[dict[str, str | int]] = []  # datalist entries: image path and label
         for index in part:
             label = int(pool[index])
             relative = f"images/train_{index:05d}.nii.gz"
@@ -121,7 +121,7 @@ def generate_demo_dataset(
             write_image(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=image_size))
             training.append({"image": relative, "label": label})
         train_counts = np.bincount(pool[part], minlength=num_classes)
-        validation = []
+        validation: list[dict[str, str | int]] = []  # datalist entries: image path and label
         for number, label in enumerate(_validation_labels(train_counts, val_per_site, partition)):
             relative = f"images/val_{number:05d}.nii.gz"
             pixel_rng = np.random.default_rng([seed, _VALIDATION_STREAM, site_number, number])

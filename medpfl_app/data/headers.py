@@ -16,10 +16,14 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from medpfl_app.data.datalist import image_suffix
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: NumPy dtype of the values PIL stores per mode; modes not listed are shown by name only.
@@ -119,7 +123,8 @@ def read_stored_pixels(path: str | Path, fmt: ImageFormat) -> np.ndarray:
     if fmt is ImageFormat.NIFTI:
         import nibabel as nib
 
-        return np.asarray(nib.load(path).dataobj)
+        # nib.load is typed as any file-based image; every NIfTI image class is a SpatialImage
+        return np.asarray(cast("SpatialImage", nib.load(path)).dataobj)
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -182,7 +187,9 @@ def _dicom_dtype(dataset: object) -> str | None:
 def _nifti_header(path: Path, slice_axis: int) -> HeaderFacts:
     import nibabel as nib
 
-    image = nib.load(path)  # lazy: reads the header, maps or streams the data only on access
+    # Lazy: reads the header, maps or streams the data only on access. Typed as any file-based image by nibabel;
+    # every NIfTI image class is a SpatialImage.
+    image = cast("SpatialImage", nib.load(path))
     shape = tuple(int(size) for size in image.header.get_data_shape())
     if not shape or any(size < 1 for size in shape):
         raise ValueError(f"the NIfTI header declares an empty image of shape {shape}")

@@ -37,8 +37,8 @@ def load_pil_pixels(path: str | Path, *, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             with Image.open(path) as image:
                 _check_header(image, path, max_pixels)
-                image = ImageOps.exif_transpose(image) or image
-                return _to_array(image, path)
+                upright = ImageOps.exif_transpose(image) or image
+                return _to_array(upright, path)
     except MedPFLError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -55,9 +55,10 @@ def _check_header(image: Image.Image, path: str | Path, max_pixels: int) -> None
             fix="downsample or crop the image before use, or raise the data setting max_megapixels if the size is "
             "genuine and the site has the memory",
         )
-    if getattr(image, "n_frames", 1) > 1:
+    frames = getattr(image, "n_frames", 1)  # PIL defines n_frames only on formats that can hold several frames
+    if frames > 1:
         raise MedPFLError(
-            f"image {path} is animated ({image.n_frames} frames)",
+            f"image {path} is animated ({frames} frames)",
             fix="save the frame to use as a still PNG, or export the sequence as a DICOM or NIfTI volume",
         )
     if image.mode not in _GRAY_MODES + _RGB_MODES:

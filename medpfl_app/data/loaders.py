@@ -50,7 +50,7 @@ def build_dataset(
             item.setdefault(INDEX_KEY, position)
     transform = build_transforms(config, train=train, site=site)
     if config.cache_rate > 0:
-        dataset: Dataset = CacheDataset(
+        cache = CacheDataset(
             data,
             transform=transform,
             cache_rate=config.cache_rate,
@@ -58,7 +58,8 @@ def build_dataset(
             progress=progress,
             copy_cache=False,  # nothing after the cache mutates items, so copying each access is waste
         )
-        cached = dataset.cache_num
+        dataset: Dataset = cache
+        cached = cache.cache_num
     else:
         dataset = Dataset(data, transform=transform)
         cached = 0

@@ -97,7 +97,8 @@ def _canonical_pixels(image: nib.Nifti1Image) -> np.ndarray:
     """Voxels in closest canonical orientation: ``as_closest_canonical`` for 3-D images; a 2-D image is reoriented
     as the one-slice volume its 4×4 affine describes (the same flips/permutation), then squeezed back to 2-D."""
     if len(image.shape) == 3:
-        return nib.as_closest_canonical(image).get_fdata(dtype=np.float32)
-    orientation = nib.io_orientation(image.affine)
-    pixels = nib.apply_orientation(image.get_fdata(dtype=np.float32)[..., None], orientation)
+        canonical: np.ndarray = nib.as_closest_canonical(image).get_fdata(dtype=np.float32)
+        return canonical
+    orientation: np.ndarray = nib.io_orientation(image.affine)
+    pixels: np.ndarray = nib.apply_orientation(image.get_fdata(dtype=np.float32)[..., None], orientation)
     return np.squeeze(pixels, axis=int(orientation[2, 0]))

@@ -102,8 +102,11 @@ def _draw_head(size: int, rng: np.random.Generator) -> _Head:
 
 
 def _smooth_field(size: int, rng: np.random.Generator, sigma_fraction: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=sigma_fraction * size, mode="reflect")
-    return field / (np.abs(field).max() + 1e-12)
+    field: np.ndarray = ndimage.gaussian_filter(
+        rng.standard_normal((size, size)), sigma=sigma_fraction * size, mode="reflect"
+    )
+    normalised: np.ndarray = field / (np.abs(field).max() + 1e-12)
+    return normalised
 
 
 def _brain_tissue(head: _Head, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -210,4 +213,5 @@ def _finish(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarra
     imaginary = sigma * rng.standard_normal(image.shape)
     image = np.sqrt(real**2 + imaginary**2)
     low, high = image.min(), image.max()
-    return ((image - low) / (high - low)).astype(np.float32)
+    finished: np.ndarray = ((image - low) / (high - low)).astype(np.float32)
+    return finished

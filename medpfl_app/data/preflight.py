@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from medpfl_app.data.headers import HeaderFacts, ImageFormat
 
@@ -146,6 +146,24 @@ class FileCheck:
         return "; ".join(self.fixes)
 
 
+class _FileFacts(TypedDict, total=False):
+    """The optional `FileCheck` fields `file_row` fills from whatever was learnt about the file."""
+
+    shape: tuple[int, ...] | None
+    frames: int
+    dtype: str | None
+    photometric: str | None
+    transfer_syntax: str | None
+    tiny: bool
+    resize_factor: float | None
+    far_from_input_size: bool
+    intensity_min: float | None
+    intensity_max: float | None
+    nonfinite: bool
+    digest: str | None
+    pixel_agreement: float | None
+
+
 def file_row(
     path: str,
     split: str,
@@ -162,7 +180,7 @@ def file_row(
 ) -> FileCheck:
     """Assemble one `FileCheck` row from what was learnt about the file."""
     worst = max((issue.status for issue in issues), key=lambda status: status.severity, default=CheckStatus.OK)
-    facts = {}
+    facts: _FileFacts = {}
     if header is not None:
         short = min(header.in_plane)
         facts = {
@@ -173,10 +191,10 @@ def file_row(
             "far_from_input_size": far_from_input_size,
         }
     if stored is not None:
-        facts.update(
-            intensity_min=stored.minimum, intensity_max=stored.maximum, nonfinite=stored.nonfinite > 0,
-            digest=stored.digest,
-        )
+        facts.update({
+            "intensity_min": stored.minimum, "intensity_max": stored.maximum, "nonfinite": stored.nonfinite > 0,
+            "digest": stored.digest,
+        })
     constant = (stored is not None and stored.constant) or (loaded is not None and loaded.blank)
     if loaded is not None and loaded.agreement is not None:
         facts["pixel_agreement"] = round(loaded.agreement, 4)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from medpfl_app.atomic_io import write_atomic, write_json_atomic
 from medpfl_app.data.datalist import DATALIST_NAME
 from medpfl_app.data.partition import partition_indices
 from medpfl_app.errors import MedPFLError
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 MANIFEST_NAME = "manifest.json"
 #: ``"dataset"`` of every sample ``manifest.json``; it states ``"synthetic": false`` (these are scanner images).
@@ -83,7 +86,8 @@ class RealImageSource:
         else:
             import nibabel as nib
 
-            volume = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+            # nib.load is typed as any file-based image; every NIfTI image class is a SpatialImage
+            volume = np.asarray(cast("SpatialImage", nib.load(path)).dataobj, dtype=np.float64)
             volume = volume.reshape(*volume.shape[:3], -1)[..., 0]  # first time point / b-value of 4-D files
         volume = np.clip(volume, 0.0, None) / max(float(volume.max()), 1e-12)
         return [volume[:, :, index] for index in range(volume.shape[2])]

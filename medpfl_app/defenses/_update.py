@@ -103,7 +103,8 @@ def to_float64(value: Array) -> np.ndarray:
     """A float64 NumPy copy of a float array/tensor (bfloat16 has no NumPy type, hence the float32 hop)."""
     if is_tensor(value):
         torch = _torch()
-        return value.detach().to("cpu", dtype=torch.float64).numpy().copy()
+        copied: np.ndarray = value.detach().to("cpu", dtype=torch.float64).numpy().copy()
+        return copied
     return np.array(value, dtype=np.float64, copy=True)
 
 

@@ -263,9 +263,10 @@ def read_state(path: Path) -> dict[str, Any] | None:
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        state: dict[str, Any] = json.loads(text)  # ledger files hold the object this module wrote
     except ValueError as error:
         raise _unreadable(path, error) from None
+    return state
 
 
 def _unreadable(path: Path, error: Exception) -> MedPFLError:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
@@ -128,8 +129,8 @@ class DPSGDSession:
     """
 
     module: nn.Module
-    optimizer: torch.optim.Optimizer
-    data_loader: DataLoader
+    optimizer: DPOptimizer  # a torch Optimizer that also owns the noise ``generator``
+    data_loader: DataLoader[Any]
     privacy_engine: PrivacyEngine
     config: DPSGDConfig
     compatibility: CompatibilityReport
@@ -156,7 +157,7 @@ class DPSGDSession:
 def make_private(
     module: nn.Module,
     optimizer: torch.optim.Optimizer | OptimizerFactory,
-    data_loader: DataLoader,
+    data_loader: DataLoader[Any],
     config: DPSGDConfig,
     *,
     criterion: nn.Module | None = None,

@@ -93,7 +93,8 @@ class SignQuantization(Defense):
             if x.size == 0:
                 return x
             if not self.stochastic:
-                return np.sign(x) * float(np.mean(np.abs(x)))
+                scaled: np.ndarray = np.sign(x) * float(np.mean(np.abs(x)))
+                return scaled
             scale = float(np.max(np.abs(x)))
             if scale == 0:
                 return x

@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 import torch
 
@@ -14,6 +15,8 @@ from medpfl_app.errors import MedPFLError
 from medpfl_app.metrics.image import check_image_pair, ssim
 
 DEFAULT_SUCCESS_SSIM = 0.9  # the seed paper's ASR threshold
+
+LpipsBackbone: TypeAlias = Literal["alex", "vgg", "squeeze"]  # the backbones torchmetrics' LPIPS offers
 
 
 def attack_success_rate(ssim_values: torch.Tensor, *, threshold: float = DEFAULT_SUCCESS_SSIM) -> float:
@@ -431,7 +434,7 @@ def identifiability(
     )
 
 
-def lpips_backbone_path(net_type: str = "alex") -> str | None:
+def lpips_backbone_path(net_type: LpipsBackbone = "alex") -> str | None:
     """Where LPIPS's backbone weights would sit locally, or None when they are absent (they are never downloaded)."""
     try:
         import torchvision  # noqa: F401  # torchmetrics' LPIPS builds its backbone from torchvision
@@ -443,7 +446,7 @@ def lpips_backbone_path(net_type: str = "alex") -> str | None:
 
 
 def lpips(
-    reconstructions: torch.Tensor, originals: torch.Tensor, *, net_type: str = "alex"
+    reconstructions: torch.Tensor, originals: torch.Tensor, *, net_type: LpipsBackbone = "alex"
 ) -> torch.Tensor | None:
     """LPIPS per image (lower is better) when the backbone weights are already on disk; None (skipped) otherwise."""
     check_image_pair(reconstructions, originals)

@@ -28,16 +28,17 @@ class ImageLeakage(Metric):
     metric_name: ClassVar[str] = ""
     is_differentiable = False
     full_state_update = False
+    values: list[torch.Tensor]  # registered by add_state; Metric's __getattr__ would type it Tensor | Module
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.spec = METRICS.get(self.metric_name)
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
-    def update(self, reconstructions: torch.Tensor, originals: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, reconstructions: torch.Tensor, originals: torch.Tensor) -> None:
         self.values.append(self.spec.fn(reconstructions, originals))
 
-    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def compute(self) -> dict[str, torch.Tensor]:
         values = dim_zero_cat(self.values)
         worst = values.max() if self.spec.higher_is_better else values.min()
         return {"mean": values.mean(), "worst": worst}

@@ -59,4 +59,5 @@ class GlobalNetwork(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        logits: torch.Tensor = self.net(images)
+        return logits

@@ -88,11 +88,12 @@ class ImageClassifier(pl.LightningModule):
         self.val_auroc = MulticlassAUROC(num_classes=num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        logits: torch.Tensor = self.net(images)
+        return logits
 
     def enable_dp_sgd(
-        self, train_loader: DataLoader, config: DPSGDConfig, ledger: SampleLevelLedger | None = None
-    ) -> DataLoader:
+        self, train_loader: DataLoader[Any], config: DPSGDConfig, ledger: SampleLevelLedger | None = None
+    ) -> DataLoader[Any]:
         """Attach Opacus (per-sample clipping, Gaussian noise, accountant) once for the whole job.
 
         Args:
@@ -144,14 +145,14 @@ class ImageClassifier(pl.LightningModule):
                                   "accountant assumes")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
+        logits: torch.Tensor = self(batch["image"])
         labels = batch["label"]
         if len(labels) == 0:
             # Poisson sampling (DP-SGD) can draw an empty batch. The step must still happen (noise only: the
             # accountant counts it, and skipping it would reveal the batch was empty), but a mean over nothing is
             # NaN, so backpropagate an exact zero through the graph instead and log nothing.
             return logits.sum() * 0.0
-        loss = self.loss(logits, labels)
+        loss: torch.Tensor = self.loss(logits, labels)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
@@ -181,7 +182,7 @@ class ImageClassifier(pl.LightningModule):
         return torch.optim.Adam(params, lr=self.learning_rate)
 
 
-def _prime_empty_batch_structure(dp_loader: DataLoader, train_loader: DataLoader) -> None:
+def _prime_empty_batch_structure(dp_loader: DataLoader[Any], train_loader: DataLoader[Any]) -> None:
     """Give Opacus' empty-batch collator the batch structure before the first batch is drawn.
 
     Opacus builds an empty batch from the first non-empty one; if the very first Poisson draw is empty it falls back

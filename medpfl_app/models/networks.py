@@ -53,7 +53,8 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(images)), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.pool(self.features(images)), 1))
+        return logits
 
 
 @NETWORKS.register("lenet_sigmoid")
@@ -78,7 +79,8 @@ class SigmoidLeNet(nn.Module):
         self.classifier = nn.Linear(12 * side * side, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(images), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.features(images), 1))
+        return logits
 
 
 def _require_min_size(network: str, image_size: int, minimum: int) -> None:
