@@ -80,8 +80,9 @@ def _honest_round(seed: int = 0):
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=32, seed=0, dp_sgd=False)
     image = torch.from_numpy(generate_phantoms([seed % 4], seed=seed, image_size=32))[:, None]
-    site = simulate_site_update(net, image, torch.tensor([seed % 4]), kind=UpdateKind.WEIGHT_DIFF,
-                                learning_rate=0.05, batch_size=1)
+    site = simulate_site_update(
+        net, image, torch.tensor([seed % 4]), kind=UpdateKind.WEIGHT_DIFF, learning_rate=0.05, batch_size=1
+    )
     weights = {f"net.{k}": v.numpy() for k, v in site.global_weights.items()}
     update = {f"net.{k}": v.numpy() for k, v in site.update.items()}
     meta = {**site.meta, **MODEL, "state_dict_prefix": "net.", "num_train_images": 32}
@@ -152,27 +153,43 @@ def budget_rows(root: Path) -> list[tuple[str, str, float]]:
         started = time.perf_counter()
         outcome = _release(site, **args)
         seconds = time.perf_counter() - started
-        rows.append((name, outcome.replace(str(site), "<site workspace>").replace(str(root), "<elsewhere>")[:170],
-                     seconds))
+        rows.append(
+            (name, outcome.replace(str(site), "<site workspace>").replace(str(root), "<elsewhere>")[:170], seconds)
+        )
 
     def two_releases(site: Path) -> None:
         _release(site)
         _release(site)
 
-    attempt("job points the ledger elsewhere (ledger_path)", _budget_site(root / "s1"), lambda site: None,
-            ledger_path=str(root / "fresh.json"))
-    attempt("ledger deleted after 2 releases", _budget_site(root / "s2"),
-            lambda site: (two_releases(site), (site / ledger).unlink()))
+    attempt(
+        "job points the ledger elsewhere (ledger_path)",
+        _budget_site(root / "s1"),
+        lambda site: None,
+        ledger_path=str(root / "fresh.json"),
+    )
+    attempt(
+        "ledger deleted after 2 releases",
+        _budget_site(root / "s2"),
+        lambda site: (two_releases(site), (site / ledger).unlink()),
+    )
     backups: dict[str, str] = {}
-    attempt("ledger rolled back to an older copy", _budget_site(root / "s3"),
-            lambda site: (_release(site), backups.update(old=(site / ledger).read_text()), _release(site),
-                          (site / ledger).write_text(backups["old"])))
+    attempt(
+        "ledger rolled back to an older copy",
+        _budget_site(root / "s3"),
+        lambda site: (
+            _release(site),
+            backups.update(old=(site / ledger).read_text()),
+            _release(site),
+            (site / ledger).write_text(backups["old"]),
+        ),
+    )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
     args = parser.parse_args()
 
@@ -200,9 +217,19 @@ def main() -> int:
             bad = next(r for r in records if r["site"] == "site-1")
             good = next(r for r in records if r["site"] == "site-2")
             reached = from_shareable(out).data
-            workflow = ("emptied (not aggregated)" if reached == {} else "unchanged" if reached is data else "changed")
-            rows.append((name, bad["status"], str(bad.get("reason") or bad["risk"])[:110], workflow, process_ms,
-                         seconds, good["status"], good["risk"]))
+            workflow = "emptied (not aggregated)" if reached == {} else "unchanged" if reached is data else "changed"
+            rows.append(
+                (
+                    name,
+                    bad["status"],
+                    str(bad.get("reason") or bad["risk"])[:110],
+                    workflow,
+                    process_ms,
+                    seconds,
+                    good["status"],
+                    good["risk"],
+                )
+            )
             print(rows[-1], flush=True)
         audit.handle_event(EventType.END_RUN, _ctx(engine, "site-1"))
     with tempfile.TemporaryDirectory(prefix="medpfl-bench-budget-") as tmp:
@@ -224,8 +251,10 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for name, status, reason, workflow, process_ms, seconds, good_status, good_risk in rows:
-        lines.append(f"| {name} | {status} | {reason} | {workflow} | {process_ms:.1f} | {seconds:.1f} | "
-                     f"{good_status}, {good_risk} |")
+        lines.append(
+            f"| {name} | {status} | {reason} | {workflow} | {process_ms:.1f} | {seconds:.1f} | "
+            f"{good_status}, {good_risk} |"
+        )
     lines += [
         "",
         "Privacy budget (client-level DP ledger at a site, `ClientDPFilter` installed by a job; same command):",

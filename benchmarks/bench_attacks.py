@@ -38,9 +38,9 @@ def _measure(variant: str, size: int, restarts: int, iterations: int, threads: i
 
     from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
     from medpfl_app.attacks.engine import _initial_images
-    from medpfl_app.experiments.grid import load_demo_images
     from medpfl_app.attacks.reference import reference_gradinv
     from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.experiments.grid import load_demo_images
     from medpfl_app.metrics import psnr
     from medpfl_app.models import build_network
 
@@ -50,7 +50,12 @@ def _measure(variant: str, size: int, restarts: int, iterations: int, threads: i
     model = build_network("small_cnn", in_channels=1, num_classes=4, image_size=size)
     site = simulate_site_update(model, images, labels, kind=UpdateKind.GRADIENT)
     knowledge = knowledge_from_update(
-        model, site.global_weights, site.update, site.meta, image_shape=(1, size, size), kind=UpdateKind.GRADIENT,
+        model,
+        site.global_weights,
+        site.update,
+        site.meta,
+        image_shape=(1, size, size),
+        kind=UpdateKind.GRADIENT,
         labels=labels,
     )
     attack = build_attack("gradinv", iterations=iterations, restarts=restarts, batched=variant == "engine_batched")
@@ -75,20 +80,22 @@ def _measure(variant: str, size: int, restarts: int, iterations: int, threads: i
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put({
-        "variant": variant,
-        "image_size": size,
-        "restarts": restarts,
-        "iterations": iterations,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "iterations_per_s": restarts * iterations / wall,
-        "restarts_per_s": restarts / wall,
-        "psnr_db": float(psnr(recon[None] if recon.ndim == 3 else recon, images)[0]),
-        "best_matching_loss": float(losses.min()),
-        "peak_rss_above_baseline_mb": (peak_kb - baseline_kb) / 1024,
-        "peak_rss_mb": peak_kb / 1024,
-    })
+    queue.put(
+        {
+            "variant": variant,
+            "image_size": size,
+            "restarts": restarts,
+            "iterations": iterations,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "iterations_per_s": restarts * iterations / wall,
+            "restarts_per_s": restarts / wall,
+            "psnr_db": float(psnr(recon[None] if recon.ndim == 3 else recon, images)[0]),
+            "best_matching_loss": float(losses.min()),
+            "peak_rss_above_baseline_mb": (peak_kb - baseline_kb) / 1024,
+            "peak_rss_mb": peak_kb / 1024,
+        }
+    )
 
 
 def _result_of(proc: mp.process.BaseProcess, queue: mp.Queue, what: str) -> dict:
@@ -130,7 +137,7 @@ def run(sizes: list[int], restarts: int, iterations: int, threads: int, repeats:
                     flush=True,
                 )
     rows = []
-    for (size, variant), runs in samples.items():
+    for runs in samples.values():
         walls = sorted(r["wall_s"] for r in runs)
         median = walls[len(walls) // 2]
         cpus = sorted(r["cpu_s"] for r in runs)
@@ -188,10 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
-        machine = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-                   "threads": args.threads, "load_avg_at_end": os.getloadavg()}
-        tmp.write_text(json.dumps({"rows": rows, "table": table, "machine": machine,
-                                   "wall_s": time.perf_counter() - started}, indent=1))
+        machine = {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "load_avg_at_end": os.getloadavg(),
+        }
+        tmp.write_text(
+            json.dumps(
+                {"rows": rows, "table": table, "machine": machine, "wall_s": time.perf_counter() - started}, indent=1
+            )
+        )
         os.replace(tmp, args.out)
     return 0
 

@@ -68,8 +68,11 @@ def backlog_per_round(records: list[dict], boundaries: list[datetime]) -> list[i
     """
     backlog = []
     for round_number, boundary in enumerate(boundaries):
-        written = [datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%SZ") for r in records
-                   if isinstance(r.get("round"), int) and r["round"] <= round_number and r.get("time")]
+        written = [
+            datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%SZ")
+            for r in records
+            if isinstance(r.get("round"), int) and r["round"] <= round_number and r.get("time")
+        ]
         backlog.append(sum(1 for stamp in written if stamp > boundary.replace(microsecond=0)))
     return backlog
 
@@ -149,8 +152,13 @@ def main() -> int:
 
     audited = replace(JOB_CATALOG["fedavg_audit"], num_rounds=args.rounds, min_clients=args.sites)
     plain = replace(
-        audited, name="fedavg_audit_off", server_result_filters=(RECEIVED_UPDATE_RECORDER,), server_data_filters=(),
-        client_components=(), end_run_readiness_timeout=None, client_end_run_readiness_timeout=None,
+        audited,
+        name="fedavg_audit_off",
+        server_result_filters=(RECEIVED_UPDATE_RECORDER,),
+        server_data_filters=(),
+        client_components=(),
+        end_run_readiness_timeout=None,
+        client_end_run_readiness_timeout=None,
     )
     results: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
     audits: list[dict] = []
@@ -162,8 +170,13 @@ def main() -> int:
             for label in ("on", "off"):
                 workspace = root / f"ws-{label}-{repeat}"
                 with TreeMemorySampler() as memory:
-                    result = run_simulation(jobs[label], workspace, sites=list(data.site_datalists), timeout_s=900,
-                                            env={"MEDPFL_DATA_ROOT": str(data.root)})
+                    result = run_simulation(
+                        jobs[label],
+                        workspace,
+                        sites=list(data.site_datalists),
+                        timeout_s=900,
+                        env={"MEDPFL_DATA_ROOT": str(data.root)},
+                    )
                 train = training_seconds(result.log_file)
                 row = results[label]
                 row.setdefault("wall", []).append(result.wall_seconds)
@@ -172,12 +185,21 @@ def main() -> int:
                 if label == "on":
                     records = [r for p in find_ledgers(result.server_run_dir) for r in read_ledger(p).records]
                     busy = sum(float((r.get("attack_budget") or {}).get("audit_wall_time_s") or 0) for r in records)
-                    audits.append({"count": len(records), "busy_s": busy, "train_s": train or float("nan"),
-                                   "scored": sum(1 for r in records if (r.get("site_scores") or {}).get("status") == "scored"),
-                                   "backlog": backlog_per_round(records, round_boundaries(result.log_file)),
-                                   "levels": sorted(str(r.get("risk")) for r in records)})
-                print(f"{label} #{repeat}: wall {result.wall_seconds:.1f} s, training {train:.1f} s, "
-                      f"peak RSS {memory.peak_bytes / 2**20:.0f} MiB", flush=True)
+                    audits.append(
+                        {
+                            "count": len(records),
+                            "busy_s": busy,
+                            "train_s": train or float("nan"),
+                            "scored": sum(1 for r in records if (r.get("site_scores") or {}).get("status") == "scored"),
+                            "backlog": backlog_per_round(records, round_boundaries(result.log_file)),
+                            "levels": sorted(str(r.get("risk")) for r in records),
+                        }
+                    )
+                print(
+                    f"{label} #{repeat}: wall {result.wall_seconds:.1f} s, training {train:.1f} s, "
+                    f"peak RSS {memory.peak_bytes / 2**20:.0f} MiB",
+                    flush=True,
+                )
     process_times = sorted(filter_process_times())
 
     def med(label: str, key: str) -> float:
@@ -192,37 +214,41 @@ def main() -> int:
     from medpfl_app.audit.plan import AuditPlan
 
     plan = AuditPlan()
-    backlogs = "; ".join(f"run {i + 1}: " + ", ".join(f"round {r}: {n}" for r, n in enumerate(a["backlog"]))
-                         for i, a in enumerate(audits))
+    backlogs = "; ".join(
+        f"run {i + 1}: " + ", ".join(f"round {r}: {n}" for r, n in enumerate(a["backlog"]))
+        for i, a in enumerate(audits)
+    )
     levels = ", ".join(f"{level} {audits[-1]['levels'].count(level)}" for level in sorted(set(audits[-1]["levels"])))
     p50 = process_times[len(process_times) // 2] * 1000
     p95 = process_times[int(len(process_times) * 0.95)] * 1000
-    body = "\n".join([
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {len(__import__('os').sched_getaffinity(0))} "
-        f"CPU cores: the audited demo job `fedavg_audit` ({args.sites} sites, {args.rounds} rounds, sigmoid LeNet at "
-        "32 px, SGD; site-1 one image and one local step per round) with the audit on versus the same job without the "
-        "audit filter, weights cache and site scorer, NVFlare simulator, alternating runs, medians of "
-        f"{args.repeats}. Audit per update: the default `AuditPlan` — screening probe of {plan.screening_iterations} "
-        f"iterations, then the {plan.attack} ladder on the whole update ({plan.iterations} iterations × "
-        f"{plan.restarts} restart, {plan.escalations} escalations ×{plan.escalation_factor}), {plan.time_limit_s:g} s per "
-        "update, stages that cannot fit skipped — in a separate worker process at nice 10 with one torch thread. "
-        f"Command: `python benchmarks/bench_audit.py --rounds {args.rounds} --repeats {args.repeats} --record`.",
-        "",
-        "| audit | total wall time (s) | training time (s) | per round (s) | peak RSS of simulator tree (MiB) |",
-        "|---|---|---|---|---|",
-        f"| off | {med('off', 'wall'):.1f} | {med('off', 'train'):.1f} | {med('off', 'train') / args.rounds:.1f} | "
-        f"{med('off', 'rss'):.0f} |",
-        f"| on | {med('on', 'wall'):.1f} | {med('on', 'train'):.1f} | {med('on', 'train') / args.rounds:.1f} | "
-        f"{med('on', 'rss'):.0f} |",
-        "",
-        f"**Ratio on / off: total {ratio_wall:.2f} (target ≤ 1.25), training (and per round) {ratio_train:.2f}** "
-        f"(target ≤ 1.10). Audit backlog when each round ended (updates not yet in the ledger): {backlogs}. "
-        f"Levels in the last audited run: {levels}. "
-        f"Audits per run: {count:.0f} ({scored:.0f} scored at the sites); throughput {per_busy_min:.1f} audits per "
-        f"minute of attack-thread time, {per_train_min:.1f} per minute of training. Audit memory: peak RSS on − off "
-        f"= {med('on', 'rss') - med('off', 'rss'):.0f} MiB. `AuditFilter.process()` with the attack thread busy: "
-        f"median {p50:.2f} ms, 95th percentile {p95:.2f} ms over {len(process_times)} calls (LeNet-32 update).",
-    ])
+    body = "\n".join(
+        [
+            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {len(__import__('os').sched_getaffinity(0))} "
+            f"CPU cores: the audited demo job `fedavg_audit` ({args.sites} sites, {args.rounds} rounds, sigmoid LeNet at "
+            "32 px, SGD; site-1 one image and one local step per round) with the audit on versus the same job without the "
+            "audit filter, weights cache and site scorer, NVFlare simulator, alternating runs, medians of "
+            f"{args.repeats}. Audit per update: the default `AuditPlan` — screening probe of {plan.screening_iterations} "
+            f"iterations, then the {plan.attack} ladder on the whole update ({plan.iterations} iterations × "
+            f"{plan.restarts} restart, {plan.escalations} escalations ×{plan.escalation_factor}), {plan.time_limit_s:g} s per "
+            "update, stages that cannot fit skipped — in a separate worker process at nice 10 with one torch thread. "
+            f"Command: `python benchmarks/bench_audit.py --rounds {args.rounds} --repeats {args.repeats} --record`.",
+            "",
+            "| audit | total wall time (s) | training time (s) | per round (s) | peak RSS of simulator tree (MiB) |",
+            "|---|---|---|---|---|",
+            f"| off | {med('off', 'wall'):.1f} | {med('off', 'train'):.1f} | {med('off', 'train') / args.rounds:.1f} | "
+            f"{med('off', 'rss'):.0f} |",
+            f"| on | {med('on', 'wall'):.1f} | {med('on', 'train'):.1f} | {med('on', 'train') / args.rounds:.1f} | "
+            f"{med('on', 'rss'):.0f} |",
+            "",
+            f"**Ratio on / off: total {ratio_wall:.2f} (target ≤ 1.25), training (and per round) {ratio_train:.2f}** "
+            f"(target ≤ 1.10). Audit backlog when each round ended (updates not yet in the ledger): {backlogs}. "
+            f"Levels in the last audited run: {levels}. "
+            f"Audits per run: {count:.0f} ({scored:.0f} scored at the sites); throughput {per_busy_min:.1f} audits per "
+            f"minute of attack-thread time, {per_train_min:.1f} per minute of training. Audit memory: peak RSS on − off "
+            f"= {med('on', 'rss') - med('off', 'rss'):.0f} MiB. `AuditFilter.process()` with the attack thread busy: "
+            f"median {p50:.2f} ms, 95th percentile {p95:.2f} ms over {len(process_times)} calls (LeNet-32 update).",
+        ]
+    )
     print(body)
     if args.record:
         replace_section(HERE / "RESULTS.md", SECTION, body)

@@ -37,8 +37,9 @@ SECTION = "Verdict calibration"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--reference-factor", type=int, default=10, help="reference iterations / base iterations")
     parser.add_argument("--reference-restarts", type=int, default=4, help="reference restarts")
     parser.add_argument("--reference-limit", type=float, default=600.0, help="reference seconds per case")
@@ -58,19 +59,26 @@ def main() -> int:
         plan = replace(AuditPlan(), **dict(case.plan))
         audit = run_case(case, plan)
         reference_plan = replace(
-            AuditPlan(), iterations=AuditPlan().iterations * args.reference_factor,
-            restarts=args.reference_restarts, escalations=0, screening_iterations=0, time_limit_s=args.reference_limit,
+            AuditPlan(),
+            iterations=AuditPlan().iterations * args.reference_factor,
+            restarts=args.reference_restarts,
+            escalations=0,
+            screening_iterations=0,
+            time_limit_s=args.reference_limit,
         )
         reference = run_case(case, reference_plan)
         ref_ssim = reference.scores.get("ssim_max")
         if audit.verdict.level is RiskLevel.LOW and ref_ssim is not None and ref_ssim >= 0.9:
             violations.append(case.name)
         rows.append((case, audit, reference))
-        print(f"{case.name}: audit {audit.verdict.level} (SSIM {_f(audit.scores.get('ssim_max'))}, "
-              f"{audit.outcome.attack_budget.get('iterations')} it., {audit.outcome.attack_budget.get('time_spent_s')} s)"
-              f" | reference SSIM {_f(ref_ssim)} ({reference.outcome.server_indicators.get('attack_convergence')}, "
-              f"{reference.outcome.attack_budget.get('iterations')} it., "
-              f"{reference.outcome.attack_budget.get('time_spent_s')} s)", flush=True)
+        print(
+            f"{case.name}: audit {audit.verdict.level} (SSIM {_f(audit.scores.get('ssim_max'))}, "
+            f"{audit.outcome.attack_budget.get('iterations')} it., {audit.outcome.attack_budget.get('time_spent_s')} s)"
+            f" | reference SSIM {_f(ref_ssim)} ({reference.outcome.server_indicators.get('attack_convergence')}, "
+            f"{reference.outcome.attack_budget.get('iterations')} it., "
+            f"{reference.outcome.attack_budget.get('time_spent_s')} s)",
+            flush=True,
+        )
     body = _table(rows, args, time.time() - started, violations)
     print(body)
     if args.record:
@@ -115,8 +123,11 @@ def _table(rows, args, seconds: float, violations: list[str]) -> str:
             f"{r_budget.get('iterations')} / {r_budget.get('time_spent_s')} | "
             f"{reference.outcome.server_indicators.get('attack_convergence', 'not attacked')} |"
         )
-    lines += ["", "Audit said `low` where the reference reached SSIM ≥ 0.9: "
-              + (", ".join(violations) if violations else "never.")]
+    lines += [
+        "",
+        "Audit said `low` where the reference reached SSIM ≥ 0.9: "
+        + (", ".join(violations) if violations else "never."),
+    ]
     return "\n".join(lines)
 
 

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(
-    path: str | Path, write: Callable[[Path], object], *, suffix: str = "", durable: bool = False
-) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], object], *, suffix: str = "", durable: bool = False) -> Path:
     """Write ``path`` by calling ``write(temp_path)`` on a sibling temp file and renaming it into place.
 
     Args:

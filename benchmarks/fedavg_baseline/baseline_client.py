@@ -6,10 +6,10 @@ Same network, data loading, optimizer, learning rate, local epochs and exchange 
 import argparse
 import os
 
+import nvflare.client as flare
 import torch
 from baseline_net import BaselineNet
 
-import nvflare.client as flare
 from medpfl_app.data import DataConfig, build_dataloaders, load_site_data
 
 

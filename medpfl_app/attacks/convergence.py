@@ -115,8 +115,10 @@ class ConvergenceEvidence:
 
     def describe(self) -> str:
         """One phrase for reports: status with the loss from start to end."""
-        return (f"{self.status} after {self.iterations} iterations (matching loss {self.initial_loss:.3g} → "
-                f"{self.final_loss:.3g})")
+        return (
+            f"{self.status} after {self.iterations} iterations (matching loss {self.initial_loss:.3g} → "
+            f"{self.final_loss:.3g})"
+        )
 
 
 def assess_convergence(
@@ -144,8 +146,9 @@ def assess_convergence(
     finite = [float(v) for v in losses if math.isfinite(float(v))]
     if not finite:
         if diverged:
-            return ConvergenceEvidence(Convergence.DIVERGED, math.inf, math.inf, max(len(losses) - 1, 0), 1.0, 0.0,
-                                       float(moved))
+            return ConvergenceEvidence(
+                Convergence.DIVERGED, math.inf, math.inf, max(len(losses) - 1, 0), 1.0, 0.0, float(moved)
+            )
         raise MedPFLError("no matching loss recorded", fix="run the attack for at least one iteration")
     initial, final = finite[0], min(finite)
     iterations = max(len(losses) - 1, 0)

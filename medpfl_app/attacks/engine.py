@@ -177,7 +177,9 @@ class _ScaledClosure:
         if self.scale is None:
             first = total.detach()
             usable = torch.isfinite(first) & (first > 0)
-            self.scale = torch.where(usable, 1 / torch.where(usable, first, torch.ones_like(first)), torch.ones_like(first))
+            self.scale = torch.where(
+                usable, 1 / torch.where(usable, first, torch.ones_like(first)), torch.ones_like(first)
+            )
             self.initial_match.copy_(match.detach())
         loss = (total * self.scale).sum()
         if torch.isfinite(loss):
@@ -227,7 +229,10 @@ def _build_optimizer(
     if config.optimizer == "lbfgs":
         # Tolerances are left to torch's defaults so that a converged step ends early; every evaluation is counted.
         optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-            variables, lr=config.lr, max_iter=config.lbfgs_max_iter, history_size=100,
+            variables,
+            lr=config.lr,
+            max_iter=config.lbfgs_max_iter,
+            history_size=100,
             line_search_fn=None if config.line_search == "none" else config.line_search,
         )
     else:
@@ -328,7 +333,12 @@ def run_matching(
     initial_images = images.detach().clone()
     labels, soft_labels, labels_source = _attack_labels(knowledge, config, victim, mode, generator)
     objective = MatchingObjective(
-        victim, knowledge, config, mode=mode, labels=labels, observed_bn=observed_bn,
+        victim,
+        knowledge,
+        config,
+        mode=mode,
+        labels=labels,
+        observed_bn=observed_bn,
         target=select_layers(target_update(knowledge, mode), config.top_layers),
     )
     best = _BestIterate.start(images, soft_labels)

@@ -22,7 +22,7 @@ from medpfl_app.errors import MedPFLError
 Optimizer = Literal["sgd", "adam"]
 
 
-class UpdateKind(str, enum.Enum):
+class UpdateKind(str, enum.Enum):  # noqa: UP042 -- a StrEnum would change str(member), which callers print
     """How the shared update relates to the client's training."""
 
     GRADIENT = "gradient"  # one gradient of the mean loss on one batch (FedSGD)
@@ -169,7 +169,9 @@ def _validate(k: AttackerKnowledge) -> None:
         if not torch.isfinite(value).all():
             raise MedPFLError(f"BN buffer {name!r} contains NaN or Inf", fix="drop the corrupt update")
     if k.labels is not None and (
-        k.labels.ndim != 1 or k.labels.numel() != (k.num_images or k.batch_size) or k.labels.min() < 0
+        k.labels.ndim != 1
+        or k.labels.numel() != (k.num_images or k.batch_size)
+        or k.labels.min() < 0
         or k.labels.max() >= k.num_classes
     ):
         raise MedPFLError(
@@ -211,7 +213,7 @@ def strip_prefix(
     renamed: dict[str, Any] = {}
     ignored: list[str] = []
     for key, value in state.items():
-        bare = key[len(prefix):] if key.startswith(prefix) else None
+        bare = key[len(prefix) :] if key.startswith(prefix) else None
         if bare is None or (bare not in model_keys and not prefix):
             ignored.append(key)
         elif bare not in model_keys:

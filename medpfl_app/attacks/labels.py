@@ -65,7 +65,9 @@ def recover_labels(
         Long tensor of ``num_images`` class indices, ascending.
     """
     if weight_grad.ndim != 2:
-        raise MedPFLError(f"last-layer gradient must be 2-D (K, F), got {tuple(weight_grad.shape)}", fix="pass a linear layer")
+        raise MedPFLError(
+            f"last-layer gradient must be 2-D (K, F), got {tuple(weight_grad.shape)}", fix="pass a linear layer"
+        )
     if num_images < 1:
         raise MedPFLError(f"num_images must be positive, got {num_images}", fix="declare the batch size")
     num_classes = weight_grad.shape[0]

@@ -94,18 +94,22 @@ class MatchingConfig:
         for name in ("iterations", "restarts", "lbfgs_max_iter"):
             value = getattr(self, name)
             if not is_whole(value) or value < 1:
-                raise MedPFLError(f"attack {name} must be a whole number >= 1, got {value!r}",
-                                  fix=f"give the attack a positive budget (e.g. {name}=1)")
+                raise MedPFLError(
+                    f"attack {name} must be a whole number >= 1, got {value!r}",
+                    fix=f"give the attack a positive budget (e.g. {name}=1)",
+                )
         if self.top_layers is not None and (not is_whole(self.top_layers) or self.top_layers < 1):
             raise MedPFLError(
                 f"top_layers must be a whole number >= 1 or None, got {self.top_layers!r}",
                 fix="match the k update tensors with the largest norm with top_layers=k (k >= 1), or all with none",
             )
         if not is_whole(self.seed) or not 0 <= self.seed <= max_seed:
-            raise MedPFLError(f"attack seed must be a whole number in [0, 2**63 - 1], got {self.seed!r}",
-                              fix="set e.g. seed=0")
-        if self.time_limit_s is not None and not (is_number(self.time_limit_s) and self.time_limit_s > 0
-                                                  and math.isfinite(self.time_limit_s)):
+            raise MedPFLError(
+                f"attack seed must be a whole number in [0, 2**63 - 1], got {self.seed!r}", fix="set e.g. seed=0"
+            )
+        if self.time_limit_s is not None and not (
+            is_number(self.time_limit_s) and self.time_limit_s > 0 and math.isfinite(self.time_limit_s)
+        ):
             raise MedPFLError(
                 f"time_limit_s must be a positive, finite number of seconds, got {self.time_limit_s!r}",
                 fix="set e.g. time_limit_s=60, or None for no limit",

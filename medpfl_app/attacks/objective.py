@@ -24,9 +24,7 @@ def total_variation(images: torch.Tensor, *, per_restart: bool = False) -> torch
     """
     dims = tuple(range(1, images.ndim)) if per_restart else tuple(range(images.ndim))
     # sum() starts at 0, so its static type includes int; both terms are tensors.
-    return cast(
-        torch.Tensor, sum(images.diff(dim=d).abs().mean(dim=dims) for d in (images.ndim - 2, images.ndim - 1))
-    )
+    return cast(torch.Tensor, sum(images.diff(dim=d).abs().mean(dim=dims) for d in (images.ndim - 2, images.ndim - 1)))
 
 
 def _per_restart_sum(values: torch.Tensor) -> torch.Tensor:
@@ -106,8 +104,7 @@ class MatchingObjective:
         if self.config.batched:
             return self._evaluate(images, soft)
         pairs = [
-            self._evaluate(images[r : r + 1], None if soft is None else soft[r : r + 1])
-            for r in range(images.shape[0])
+            self._evaluate(images[r : r + 1], None if soft is None else soft[r : r + 1]) for r in range(images.shape[0])
         ]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 

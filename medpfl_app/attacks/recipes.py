@@ -86,15 +86,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             elif kind == "float":
                 out[key] = float(text)
                 if not math.isfinite(out[key]):
-                    raise MedPFLError(f"--set {pair}: {text!r} is not a finite number",
-                                      fix=f"give {key} a finite float (not nan or inf)"
-                                      + (" or none" if "None" in declared else ""))
+                    raise MedPFLError(
+                        f"--set {pair}: {text!r} is not a finite number",
+                        fix=f"give {key} a finite float (not nan or inf)" + (" or none" if "None" in declared else ""),
+                    )
             else:
                 out[key] = text
         except ValueError:
             expected = "true/false" if kind == "bool" else kind
-            raise MedPFLError(f"--set {pair}: {text!r} is not a valid {expected}",
-                              fix=f"give {key} a {expected} value" + (" or none" if "None" in declared else "")) from None
+            raise MedPFLError(
+                f"--set {pair}: {text!r} is not a valid {expected}",
+                fix=f"give {key} a {expected} value" + (" or none" if "None" in declared else ""),
+            ) from None
     return out
 
 
@@ -109,7 +112,16 @@ class DLG(Attack):
 
     name = "dlg"
     summary = "image + soft label jointly, L2 gradient matching, L-BFGS"
-    defaults = MatchingConfig(iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="randn", labels="optimize", stop_loss=1e-6)
+    defaults = MatchingConfig(
+        iterations=300,
+        lbfgs_max_iter=20,
+        optimizer="lbfgs",
+        lr=1.0,
+        objective="l2",
+        init="randn",
+        labels="optimize",
+        stop_loss=1e-6,
+    )
 
 
 @ATTACKS.register("idlg")
@@ -124,7 +136,9 @@ class IDLG(Attack):
 
     name = "idlg"
     summary = "analytic label, then image-only L2 gradient matching, L-BFGS"
-    defaults = MatchingConfig(iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="rand", stop_loss=1e-6)
+    defaults = MatchingConfig(
+        iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="rand", stop_loss=1e-6
+    )
 
 
 @ATTACKS.register("cpl")
@@ -133,7 +147,9 @@ class CPL(Attack):
 
     name = "cpl"
     summary = "analytic label, 2x2-tiled random init, L2 gradient matching, L-BFGS"
-    defaults = MatchingConfig(iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="patterned", stop_loss=1e-6)
+    defaults = MatchingConfig(
+        iterations=300, lbfgs_max_iter=20, optimizer="lbfgs", lr=1.0, objective="l2", init="patterned", stop_loss=1e-6
+    )
 
 
 @ATTACKS.register("gradinv")
@@ -143,8 +159,16 @@ class InvertingGradients(Attack):
     name = "gradinv"
     summary = "cosine matching, signed Adam with step decay, [0,1] box, TV prior, best of R restarts"
     defaults = MatchingConfig(
-        iterations=1000, restarts=4, optimizer="adam", lr=0.1, objective="cosine", signed=True, lr_decay=True,
-        tv=1e-4, box=True, init="rand",
+        iterations=1000,
+        restarts=4,
+        optimizer="adam",
+        lr=0.1,
+        objective="cosine",
+        signed=True,
+        lr_decay=True,
+        tv=1e-4,
+        box=True,
+        init="rand",
     )
 
 
@@ -191,8 +215,18 @@ class BNStatisticsPrior(_NeedsBN):
     name = "bn_prior"
     summary = "cosine update matching + BN batch-statistics matching from shared running buffers + TV"
     defaults = MatchingConfig(
-        iterations=1000, restarts=4, optimizer="adam", lr=0.1, objective="cosine", signed=True, lr_decay=True,
-        tv=1e-4, l2=0.0, bn=0.1, box=True, init="rand",
+        iterations=1000,
+        restarts=4,
+        optimizer="adam",
+        lr=0.1,
+        objective="cosine",
+        signed=True,
+        lr_decay=True,
+        tv=1e-4,
+        l2=0.0,
+        bn=0.1,
+        box=True,
+        init="rand",
     )
 
 

@@ -90,7 +90,11 @@ class AttackResult:
         }
 
     def save(
-        self, out_dir: str | os.PathLike[str], *, originals: torch.Tensor | None = None, metrics: Mapping[str, Any] | None = None
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        originals: torch.Tensor | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ) -> tuple[Path, Path]:
         """Write ``result.json`` and ``reconstructions.png`` (originals above reconstructions) atomically."""
         out = Path(out_dir)

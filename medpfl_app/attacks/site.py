@@ -91,5 +91,7 @@ def simulate_site_update(
         for k in after
         if k in params or (include_buffers and ("running" in k or "num_batches_tracked" in k))
     }
-    meta.update(local_steps=local_steps, learning_rate=learning_rate, optimizer=optimizer, bn_buffers_included=include_buffers)
+    meta.update(
+        local_steps=local_steps, learning_rate=learning_rate, optimizer=optimizer, bn_buffers_included=include_buffers
+    )
     return SiteUpdate(before, update, meta, kind)

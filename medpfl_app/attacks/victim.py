@@ -265,7 +265,13 @@ class Victim:
 
 
 def _adam_step(
-    params: Params, gradient: Params, m: Params, v: Params, step: int, lr: float, betas: tuple[float, float] = (0.9, 0.999)
+    params: Params,
+    gradient: Params,
+    m: Params,
+    v: Params,
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> Params:
     out = {}
     for n in params:

@@ -90,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--realistic-iterations", type=positive_int, default=150, help="Adam iterations in realistic cells"
     )
     grid.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1 suits small, shared CPUs)")
-    grid.add_argument("--quick", action="store_true", help="a tiny grid with toy budgets (smoke test, well under a minute)")
+    grid.add_argument(
+        "--quick", action="store_true", help="a tiny grid with toy budgets (smoke test, well under a minute)"
+    )
     grid.add_argument(
         "--paper-budget",
         action="store_true",
@@ -115,8 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise MedPFLError("--out is required", fix="pass --out FOLDER for the results")
     if args.out.exists() and not args.out.is_dir():
-        raise MedPFLError(f"--out {args.out} is an existing file, not a folder (it is never overwritten)",
-                          fix="pass --out a new or existing folder for the results")
+        raise MedPFLError(
+            f"--out {args.out} is an existing file, not a folder (it is never overwritten)",
+            fix="pass --out a new or existing folder for the results",
+        )
     if args.grid and args.overrides:
         raise MedPFLError(
             "--set changes one attack's recipe and does not apply to --grid (its budgets are the grid's)",
@@ -143,14 +147,30 @@ def _run_grid(args: argparse.Namespace) -> int:
     )
     if args.paper_budget:
         config = dataclasses.replace(
-            config, lbfgs_steps=300, gradinv_iterations=1000, gradinv_restarts=4, noised_images=5, dlg_images=5,
-            noised_lbfgs_steps=50, realistic_iterations=400, realistic_restarts=2,
+            config,
+            lbfgs_steps=300,
+            gradinv_iterations=1000,
+            gradinv_restarts=4,
+            noised_images=5,
+            dlg_images=5,
+            noised_lbfgs_steps=50,
+            realistic_iterations=400,
+            realistic_restarts=2,
         )
     if args.quick:
         config = dataclasses.replace(
-            config, seed_images=2, noised_images=1, dlg_images=1, noise_scales=(0.01,), lbfgs_steps=10,
-            noised_lbfgs_steps=2, gradinv_iterations=20, gradinv_restarts=2, realistic_batches=(4,),
-            realistic_iterations=5, realistic_restarts=1,
+            config,
+            seed_images=2,
+            noised_images=1,
+            dlg_images=1,
+            noise_scales=(0.01,),
+            lbfgs_steps=10,
+            noised_lbfgs_steps=2,
+            gradinv_iterations=20,
+            gradinv_restarts=2,
+            realistic_batches=(4,),
+            realistic_iterations=5,
+            realistic_restarts=1,
         )
     table = timed_grid(config, args.out, datalist=args.datalist, progress=True)
     print(table.read_text())
@@ -162,10 +182,9 @@ def _run_single(args: argparse.Namespace) -> int:
     import torch
 
     from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-    from medpfl_app.experiments.grid import _noisy, load_demo_images
     from medpfl_app.attacks.recipes import parse_overrides
     from medpfl_app.attacks.site import init_uniform_, simulate_site_update
-    from medpfl_app.errors import MedPFLError
+    from medpfl_app.experiments.grid import _noisy, load_demo_images
     from medpfl_app.metrics import evaluate_reconstruction
     from medpfl_app.models import build_network
 
@@ -188,13 +207,24 @@ def _run_single(args: argparse.Namespace) -> int:
         init_uniform_(model, seed=args.seed)  # the DLG / seed-paper initialisation
     kind = UpdateKind(args.update)
     site = simulate_site_update(
-        model, x, y, kind=kind, local_steps=args.local_steps, learning_rate=args.local_lr,
+        model,
+        x,
+        y,
+        kind=kind,
+        local_steps=args.local_steps,
+        learning_rate=args.local_lr,
         bn_train_mode=not args.bn_eval,
     )
     update = _noisy(site.update, args.noise_b, seed=args.seed + 1000)
     knowledge = knowledge_from_update(
-        model, site.global_weights, update, site.meta, image_shape=tuple(x.shape[1:]), kind=kind,
-        labels=y if args.labels_known else None, bn_train_mode=not args.bn_eval,
+        model,
+        site.global_weights,
+        update,
+        site.meta,
+        image_shape=tuple(x.shape[1:]),
+        kind=kind,
+        labels=y if args.labels_known else None,
+        bn_train_mode=not args.bn_eval,
     )
     result = attack.run(knowledge, progress=True)
     report = evaluate_reconstruction(result.reconstructions, x, recovered_labels=result.labels, true_labels=y)
@@ -272,8 +302,7 @@ def optimisation_lines(result: AttackResult) -> list[str]:
         lines.append("convergence: not assessed")
         return lines
     lines.append(
-        f"convergence: {evidence.status} ({evidence.status.meaning}; images moved {evidence.moved:.3g}, "
-        "relative L2)"
+        f"convergence: {evidence.status} ({evidence.status.meaning}; images moved {evidence.moved:.3g}, relative L2)"
     )
     if evidence.status is Convergence.NO_PROGRESS:
         lines.append(

@@ -68,9 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "<workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly as the training job finds it."
         ),
     )
-    check.add_argument(
-        "source", type=Path, nargs="?", default=None, help="datalist JSON file or class-per-folder root"
-    )
+    check.add_argument("source", type=Path, nargs="?", default=None, help="datalist JSON file or class-per-folder root")
     check.add_argument("--site", default=None, help="site name (e.g. site-1); required without SOURCE")
     check.add_argument(
         "--workspace", type=Path, default=None, help="the site's NVFlare workspace (holds local/); without SOURCE"
@@ -82,14 +80,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--in-channels", type=positive_int, default=None, help="model input channels (default: the site's)"
     )
     check.add_argument(
-        "--all", action="store_true", dest="all_rows",
+        "--all",
+        action="store_true",
+        dest="all_rows",
         help="list every file; by default, above 20 files only the files with errors or warnings are listed",
     )
     check.add_argument(
         "--strict", action="store_true", help="exit 1 on warnings too (default: only errors make the exit status 1)"
     )
     check.add_argument(
-        "--json", type=Path, default=None, metavar="PATH",
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
         help="also write every file's facts and the findings as JSON to PATH, atomically (default: not written)",
     )
     check.set_defaults(func=_run_check)

@@ -24,25 +24,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "would be patient data)."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("medpfl_runs/demo"),
-                        help="run folder for the demo's data/, jobs/ and simulation/")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the data/, jobs/ and simulation/ folders of an earlier run in --out "
-                        "(default: off, an existing non-empty --out is refused)")
-    parser.add_argument("--data", type=Path, default=None, metavar="PATH",
-                        help="your own images instead of the phantoms: a folder with one sub-folder per site (each a "
-                        "class-per-folder tree or holding datalist.json), or one datalist JSON / class-per-folder "
-                        "tree split across --sites sites (default: none, the generated phantoms)")
-    parser.add_argument("--sites", type=positive_int, default=None,
-                        help="number of sites (default: 3, or one per site folder of --data)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("medpfl_runs/demo"),
+        help="run folder for the demo's data/, jobs/ and simulation/",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the data/, jobs/ and simulation/ folders of an earlier run in --out "
+        "(default: off, an existing non-empty --out is refused)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="your own images instead of the phantoms: a folder with one sub-folder per site (each a "
+        "class-per-folder tree or holding datalist.json), or one datalist JSON / class-per-folder "
+        "tree split across --sites sites (default: none, the generated phantoms)",
+    )
+    parser.add_argument(
+        "--sites",
+        type=positive_int,
+        default=None,
+        help="number of sites (default: 3, or one per site folder of --data)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=5, help="FedAvg rounds")
-    parser.add_argument("--seed", type=seed, default=0,
-                        help="seed of the phantoms, the model and of splitting --data across sites")
-    parser.add_argument("--timeout", type=positive_float, default=1800.0,
-                        help="hard deadline of the simulation in seconds (a finite number > 0)")
-    parser.add_argument("--job", default=None,
-                        help=f"catalog job to run (default: {_DEMO_JOB}; e.g. fedavg_audit_client_dp, "
-                        "fedavg_small_cnn)")
+    parser.add_argument(
+        "--seed", type=seed, default=0, help="seed of the phantoms, the model and of splitting --data across sites"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=1800.0,
+        help="hard deadline of the simulation in seconds (a finite number > 0)",
+    )
+    parser.add_argument(
+        "--job",
+        default=None,
+        help=f"catalog job to run (default: {_DEMO_JOB}; e.g. fedavg_audit_client_dp, fedavg_small_cnn)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -50,8 +73,16 @@ def _run(args: argparse.Namespace) -> int:
     from medpfl_app.jobs.demo import DEMO_JOB, check_run_folder, run_demo
 
     check_run_folder(args.out, force=args.force, data=args.data)
-    outcome = run_demo(args.out, num_sites=args.sites, num_rounds=args.rounds, seed=args.seed, timeout_s=args.timeout,
-                       job=args.job or DEMO_JOB, data=args.data, force=args.force)
+    outcome = run_demo(
+        args.out,
+        num_sites=args.sites,
+        num_rounds=args.rounds,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        job=args.job or DEMO_JOB,
+        data=args.data,
+        force=args.force,
+    )
     simulation = outcome.simulation
     print(format_round_table(simulation.round_metrics))
     if outcome.network == "lenet_sigmoid":
@@ -95,7 +126,10 @@ def format_round_table(records: tuple[dict, ...] | list[dict]) -> str:
     """
     from medpfl_app.text import printable
 
-    lines = ["global model validated by the sites at the start of each round (mean over sites)", "round  accuracy  auroc   val_loss  sites"]
+    lines = [
+        "global model validated by the sites at the start of each round (mean over sites)",
+        "round  accuracy  auroc   val_loss  sites",
+    ]
     for record in records:
         metrics = {m.get("name"): m.get("value") for m in record.get("aggregated_metrics", []) if isinstance(m, dict)}
         lines.append(

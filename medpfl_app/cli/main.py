@@ -67,8 +67,9 @@ class DefaultsHelpFormatter(HelpFormatter):
         return f"{help_text} (default: %(default)s)".lstrip()
 
 
-def parsers_of(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[
-        tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def parsers_of(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """Every parser of the tree under ``parser`` with its command path (``()`` for the top), depth first."""
     yield path, parser
     for action in parser._actions:

@@ -47,8 +47,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
-        unstated = action.default is None or action.default is False or action.default == [] or (
-            action.default == argparse.SUPPRESS)
+        unstated = (
+            action.default is None
+            or action.default is False
+            or action.default == []
+            or (action.default == argparse.SUPPRESS)
+        )
         if "default" in help_text.lower() or unstated:
             return help_text
         return super()._get_help_string(action)
@@ -126,4 +130,3 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = f"int_at_least_{minimum}"
     return parse
-

@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     prepare.add_argument("--sites", type=positive_int, default=3, help="number of sites site-1..site-N")
-    prepare.add_argument("--force", action="store_true",
-                         help="replace a workspace that holds site state (DP ledgers are still kept)")
+    prepare.add_argument(
+        "--force", action="store_true", help="replace a workspace that holds site state (DP ledgers are still kept)"
+    )
     prepare.set_defaults(func=_prepare)
 
     configure = actions.add_parser(
@@ -66,8 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privacy.set_defaults(func=_install_privacy)
 
     start = actions.add_parser("start", help="start server and sites and wait until all sites are connected")
-    start.add_argument("--timeout", type=positive_float, default=300.0,
-                       help="seconds to wait for every site to connect (a finite number > 0)")
+    start.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=300.0,
+        help="seconds to wait for every site to connect (a finite number > 0)",
+    )
     start.set_defaults(func=_start)
 
     submit = actions.add_parser(
@@ -80,8 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     submit.add_argument("job", type=Path, help="job folder, e.g. jobs/fedavg_small_cnn")
-    submit.add_argument("--timeout", type=positive_float, default=1800.0,
-                        help="seconds to wait for the job to finish (a finite number > 0)")
+    submit.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=1800.0,
+        help="seconds to wait for the job to finish (a finite number > 0)",
+    )
     submit.add_argument("--download", type=Path, default=Path("medpfl_runs/poc_results"), help="result folder")
     submit.set_defaults(func=_submit)
 
@@ -99,11 +108,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = actions.add_parser("run", help="prepare, configure demo data, start, submit JOB, download, stop")
     run.add_argument("job", type=Path, nargs="?", default=Path("jobs/fedavg_small_cnn"))
     run.add_argument("--sites", type=positive_int, default=3, help="number of sites site-1..site-N")
-    run.add_argument("--timeout", type=positive_float, default=1800.0,
-                     help="seconds to wait for the job to finish (a finite number > 0)")
+    run.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=1800.0,
+        help="seconds to wait for the job to finish (a finite number > 0)",
+    )
     run.add_argument("--download", type=Path, default=Path("medpfl_runs/poc_results"))
-    run.add_argument("--force", action="store_true",
-                     help="re-prepare a workspace that holds site state (DP ledgers are still kept)")
+    run.add_argument(
+        "--force", action="store_true", help="re-prepare a workspace that holds site state (DP ledgers are still kept)"
+    )
     run.set_defaults(func=_run)
 
 
@@ -154,8 +168,10 @@ def _install_privacy(args: argparse.Namespace) -> int:
     for site, path in install_site_privacy(layout, args.template, default_scope=args.default_scope).items():
         print(f"{site}: {path}")
     if find_poc_processes(layout.prod_dir):
-        print("the POC system is running and its sites read privacy.json only when they start: run "
-              "`medpfl poc stop`, then `medpfl poc start`, for the policy to apply")
+        print(
+            "the POC system is running and its sites read privacy.json only when they start: run "
+            "`medpfl poc stop`, then `medpfl poc start`, for the policy to apply"
+        )
     return 0
 
 
@@ -182,11 +198,15 @@ def _report_outcome(layout, outcome, timeout_s: float) -> int:
 
     print(f"job {outcome.job_id}: {outcome.status}")
     for site in outcome.lost_sites:
-        print(f"{site} restarted during the job and did not rejoin it (NVFlare 2.9 does not bring a restarted site "
-              "back into a running job): the job was aborted instead of waiting for it forever")
+        print(
+            f"{site} restarted during the job and did not rejoin it (NVFlare 2.9 does not bring a restarted site "
+            "back into a running job): the job was aborted instead of waiting for it forever"
+        )
     if outcome.status == "RUNNING":
-        print(f"the job did not finish within {timeout_s:.0f} s and is still running; abort it in the admin console "
-              f"with `abort_job {outcome.job_id}`, or wait and download it later")
+        print(
+            f"the job did not finish within {timeout_s:.0f} s and is still running; abort it in the admin console "
+            f"with `abort_job {outcome.job_id}`, or wait and download it later"
+        )
     if outcome.reasons:
         print("from the server's log:")
         for line in outcome.reasons:

@@ -40,13 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "after the reset. Run it while no job is running at the site."
         ),
     )
-    reset.add_argument("--site-workspace", type=Path, required=True,
-                       help="the site's NVFlare workspace (holds startup/ and local/)")
-    reset.add_argument("--kind", choices=KINDS, required=True,
-                       help="which ledger: client_dp (ClientDPFilter) or dp_sgd (Opacus DP-SGD in training)")
+    reset.add_argument(
+        "--site-workspace", type=Path, required=True, help="the site's NVFlare workspace (holds startup/ and local/)"
+    )
+    reset.add_argument(
+        "--kind",
+        choices=KINDS,
+        required=True,
+        help="which ledger: client_dp (ClientDPFilter) or dp_sgd (Opacus DP-SGD in training)",
+    )
     reset.add_argument("--reason", required=True, help="why the budget is reset (kept in the reset log)")
-    reset.add_argument("--operator", default=None,
-                       help="who resets it (kept in the reset log); default: the user running the command")
+    reset.add_argument(
+        "--operator", default=None, help="who resets it (kept in the reset log); default: the user running the command"
+    )
     reset.set_defaults(func=_reset_ledger)
 
 

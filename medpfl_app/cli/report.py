@@ -72,8 +72,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.pdf:
         find_chromium()  # before any work: a missing browser is one clear error naming how to install it
     try:
-        report = build_report(args.source, args.out, thumbnails_from=args.open_thumbnails,
-                              stored_thumbnails=not args.no_thumbnails)
+        report = build_report(
+            args.source, args.out, thumbnails_from=args.open_thumbnails, stored_thumbnails=not args.no_thumbnails
+        )
     except OSError as error:  # a folder that cannot be created or written, a ledger that cannot be read
         raise MedPFLError(
             f"could not read the ledger or write the report: {error.strerror or error} "
@@ -98,8 +99,11 @@ def check_report_folder(out: Path) -> None:
 
     for place in (out, *out.parents):
         if place.exists() and not place.is_dir():
-            why = ("it is an existing file, and the report never overwrites a file" if place == out
-                   else f"{place} above it is an existing file")
+            why = (
+                "it is an existing file, and the report never overwrites a file"
+                if place == out
+                else f"{place} above it is an existing file"
+            )
             raise MedPFLError(
                 f"--out {out} is not a folder: {why}",
                 fix="pass --out a folder (new or existing) for audit_report.html and report_round_<n>.json, or "

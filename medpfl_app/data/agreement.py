@@ -178,6 +178,9 @@ def _volume_planes(values: np.ndarray, slice_axis: int, slice_index: int | None)
             planes.append(np.take(values, index, axis=axis))
         return planes
     if values.ndim == 4:
-        return [plane for t in range(min(values.shape[3], MAX_CANDIDATE_FRAMES))
-                for plane in _volume_planes(values[..., t], slice_axis, slice_index)]
+        return [
+            plane
+            for t in range(min(values.shape[3], MAX_CANDIDATE_FRAMES))
+            for plane in _volume_planes(values[..., t], slice_axis, slice_index)
+        ]
     return []

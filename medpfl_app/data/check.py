@@ -156,7 +156,10 @@ def _load_description(source: str | Path, *, site: str | None) -> SiteData:
 
 
 def _check_file(
-    item: Mapping[str, Any], split: str, transform: Callable[[dict[str, Any]], Any], config: DataConfig,
+    item: Mapping[str, Any],
+    split: str,
+    transform: Callable[[dict[str, Any]], Any],
+    config: DataConfig,
     decoded: _LastDecoded,
 ) -> tuple[FileCheck, tuple[int, ...] | None]:
     """One item's row, and the model input shape when the transforms produced one."""
@@ -171,16 +174,26 @@ def _check_file(
         return file_row(path, split, label, **named, issues=[problem]), None
     too_large = size_guard(header, path, limit=pixel_limit(config))
     if too_large is not None:
-        return file_row(path, split, label, **named, header=header, issues=[too_large],
-                        image_size=config.image_size), None
+        return file_row(
+            path, split, label, **named, header=header, issues=[too_large], image_size=config.image_size
+        ), None
     stored = decoded.stored(path, header.format, frame)
     loaded = _load(transform, dict(item), path)
     if loaded.error is None and not loaded.blank and stored is not None and not stored.nonfinite:
         loaded = _compare_with_file(loaded, path, header.format, config, frame)
     issues = assess_file(header, stored, loaded, config, path)
-    row = file_row(path, split, label, **named, header=header, stored=stored, loaded=loaded, issues=issues,
-                   image_size=config.image_size,
-                   far_from_input_size=far_from_input_size(header.in_plane, config.image_size))
+    row = file_row(
+        path,
+        split,
+        label,
+        **named,
+        header=header,
+        stored=stored,
+        loaded=loaded,
+        issues=issues,
+        image_size=config.image_size,
+        far_from_input_size=far_from_input_size(header.in_plane, config.image_size),
+    )
     return row, loaded.shape
 
 
@@ -235,21 +248,23 @@ def _load(transform: Callable[[dict[str, Any]], Any], item: dict[str, Any], path
         named = error.problem if path in error.problem else f"{path}: {error.problem}"
         return Loaded(error=Issue(CheckStatus.ERROR, named, error.fix))
     except Exception as error:  # a loader bug or a library's raw exception: still one row, never a traceback
-        return Loaded(error=Issue(
-            CheckStatus.ERROR, f"the training pipeline cannot load {path}: {_cause(error)}", READ_FIX
-        ))
+        return Loaded(
+            error=Issue(CheckStatus.ERROR, f"the training pipeline cannot load {path}: {_cause(error)}", READ_FIX)
+        )
     blank = bool(model_input.max() == model_input.min())
     return Loaded(shape=tuple(int(size) for size in model_input.shape), blank=blank, model_input=model_input)
 
 
-def _compare_with_file(
-    loaded: Loaded, path: str, fmt: ImageFormat, config: DataConfig, frame: int | None
-) -> Loaded:
+def _compare_with_file(loaded: Loaded, path: str, fmt: ImageFormat, config: DataConfig, frame: int | None) -> Loaded:
     """Add how well the model input matches the picture rendered here from the file (`pixel_agreement`)."""
     try:
         planes = render_planes(
-            path, fmt, slice_axis=config.slice_axis, slice_index=config.slice_index,
-            volume_index=getattr(config, "volume_index", None), frame=frame,
+            path,
+            fmt,
+            slice_axis=config.slice_axis,
+            slice_index=config.slice_index,
+            volume_index=getattr(config, "volume_index", None),
+            frame=frame,
         )
         agreement = pixel_agreement(loaded.model_input, planes)
     except Exception:  # a file this check cannot render itself is judged by the loader's outcome alone

@@ -149,8 +149,13 @@ class DataCheckReport:
         if row.nonfinite:
             value_range += " +NaN/Inf"
         return (
-            self.sample_name(row), row.format or "?", shape, row.dtype or "?", row.photometric or "-",
-            value_range, row.status.upper(),
+            self.sample_name(row),
+            row.format or "?",
+            shape,
+            row.dtype or "?",
+            row.photometric or "-",
+            value_range,
+            row.status.upper(),
         )
 
     def _class_table(self) -> list[str]:

@@ -15,9 +15,7 @@ SPLIT_FOLDERS = ("training", "validation")
 VALIDATION_FRACTION = 0.2
 
 
-def scan_class_folders(
-    root: Path, *, site: str | None = None
-) -> tuple[list[Sample], list[Sample], tuple[str, ...]]:
+def scan_class_folders(root: Path, *, site: str | None = None) -> tuple[list[Sample], list[Sample], tuple[str, ...]]:
     """List the files of a class-per-folder tree as ``(training, validation, class_names)``.
 
     ``root/<class>/<file>`` is split per class 80/20 (`VALIDATION_FRACTION`, fixed seed);

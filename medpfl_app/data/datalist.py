@@ -153,7 +153,7 @@ def _load_datalist(path: Path, *, site: str | None, num_classes: int | None) -> 
         entries = content.get(split, [])
         if not isinstance(entries, list):
             raise MedPFLError(
-                f"datalist {path}: '{split}' must be a list of {{\"image\": ..., \"label\": ...}} items",
+                f'datalist {path}: \'{split}\' must be a list of {{"image": ..., "label": ...}} items',
                 fix=f"write the datalist as {_EXAMPLE_DATALIST}",
                 site=site,
             )

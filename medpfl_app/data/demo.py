@@ -143,9 +143,7 @@ def generate_demo_dataset(
         "dirichlet_alpha": dirichlet_alpha if partition == "dirichlet" else None,
         "image_size": image_size,
         "classes": list(PHANTOM_CLASSES),
-        "sites": {
-            site: {"datalist": f"{site}/{DATALIST_NAME}", "label_counts": label_counts[site]} for site in names
-        },
+        "sites": {site: {"datalist": f"{site}/{DATALIST_NAME}", "label_counts": label_counts[site]} for site in names},
     }
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return DemoDataset(root=root, site_datalists=site_datalists, class_names=PHANTOM_CLASSES, label_counts=label_counts)

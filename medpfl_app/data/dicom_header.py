@@ -22,6 +22,7 @@ CORRUPT_FIX = (
     "`medpfl data check <datalist>` lists every unreadable file"
 )
 
+
 def read_dicom_header(path: str | Path) -> Dataset:
     """Read a DICOM file's elements without its pixel data, refusing a file that is not DICOM."""
     return read_dicom(path, stop_before_pixels=True)
@@ -67,7 +68,7 @@ def dicom_frame_count(path: str | Path, header: Dataset | None = None) -> int:
         raise MedPFLError(
             f"DICOM file {path} has an invalid Number of Frames {header.get('NumberOfFrames')!r}", fix=CORRUPT_FIX
         )
-    if (frames > 1 and frames * _min_frame_bytes(header, path) > Path(path).stat().st_size):
+    if frames > 1 and frames * _min_frame_bytes(header, path) > Path(path).stat().st_size:
         raise MedPFLError(
             f"DICOM file {path} claims {frames} frames, which its {Path(path).stat().st_size} bytes cannot hold",
             fix="the header is corrupt or the file truncated: re-export it from the scanner or PACS",

@@ -72,8 +72,7 @@ def _check_one_series(folder: str | Path, files: list[Path], headers: list[Datas
     series = {str(header.get("SeriesInstanceUID", "")) for header in headers}
     if len(series) > 1:
         raise MedPFLError(
-            f"DICOM series folder {folder} mixes {len(series)} series "
-            f"(SeriesInstanceUID {', '.join(sorted(series))})",
+            f"DICOM series folder {folder} mixes {len(series)} series (SeriesInstanceUID {', '.join(sorted(series))})",
             fix=_SERIES_FIX,
         )
     for path, header in zip(files, headers):
@@ -82,9 +81,7 @@ def _check_one_series(folder: str | Path, files: list[Path], headers: list[Datas
                 f"DICOM series folder {folder}: {path.name} is a multi-frame file",
                 fix="list multi-frame files as datalist items of their own (each frame becomes a sample)",
             )
-    shapes = {
-        (header.get("Rows"), header.get("Columns"), header.get("SamplesPerPixel", 1)) for header in headers
-    }
+    shapes = {(header.get("Rows"), header.get("Columns"), header.get("SamplesPerPixel", 1)) for header in headers}
     if len(shapes) > 1:
         raise MedPFLError(
             f"DICOM series folder {folder} has slices of different sizes (rows, columns, samples): "

@@ -63,8 +63,9 @@ def duplicate_findings(
         by_sample.setdefault((row.path, row.frame), []).append(row)
     for listed in by_sample.values():
         if len(listed) > 1:
-            findings.append(_duplicate(FindingKind.DUPLICATE_FILE, listed, name,
-                                       f"{name(listed[0])} is listed {len(listed)} times"))
+            findings.append(
+                _duplicate(FindingKind.DUPLICATE_FILE, listed, name, f"{name(listed[0])} is listed {len(listed)} times")
+            )
     by_digest: dict[str, list[FileCheck]] = {}
     for listed in by_sample.values():
         if listed[0].digest is not None:
@@ -73,8 +74,11 @@ def duplicate_findings(
         if len(same) > 1:
             samples = _enumerate(name(row) for row in same)
             every = [entry for row in same for entry in by_sample[(row.path, row.frame)]]
-            findings.append(_duplicate(FindingKind.DUPLICATE_PIXELS, every, name,
-                                       f"{len(same)} images hold identical pixels: {samples}"))
+            findings.append(
+                _duplicate(
+                    FindingKind.DUPLICATE_PIXELS, every, name, f"{len(same)} images hold identical pixels: {samples}"
+                )
+            )
     return findings
 
 
@@ -92,7 +96,9 @@ def _duplicate(
     if len(labels) > 1:
         entries = _enumerate(f"{name(row)} as {row.split} label {row.label}" for row in listed)
         return SiteFinding(
-            kind, CheckStatus.ERROR, f"{what}, with conflicting labels ({entries})",
+            kind,
+            CheckStatus.ERROR,
+            f"{what}, with conflicting labels ({entries})",
             "keep one copy with its correct label and delete the others (the model cannot learn two answers for "
             "one image)",
             paths,
@@ -100,8 +106,11 @@ def _duplicate(
     splits = sorted({row.split for row in listed})
     leak = "; it is in both training and validation, which inflates validation scores" if len(splits) > 1 else ""
     return SiteFinding(
-        kind, CheckStatus.WARNING, f"{what}, all with label {labels[0]}{leak}",
-        "keep one copy (a duplicate weighs double in training)", paths,
+        kind,
+        CheckStatus.WARNING,
+        f"{what}, all with label {labels[0]}{leak}",
+        "keep one copy (a duplicate weighs double in training)",
+        paths,
     )
 
 
@@ -110,18 +119,24 @@ def class_findings(class_names: Sequence[str], training_counts: Sequence[int]) -
     present = [name for name, count in zip(class_names, training_counts) if count > 0]
     findings = []
     if len(present) == 1:
-        findings.append(SiteFinding(
-            FindingKind.SINGLE_CLASS, CheckStatus.WARNING,
-            f"every training image is of class {present[0]!r}: the site's local model learns one constant answer",
-            "add images of the other classes if the site has them; otherwise expect this site's updates to pull the "
-            "global model towards that class",
-        ))
+        findings.append(
+            SiteFinding(
+                FindingKind.SINGLE_CLASS,
+                CheckStatus.WARNING,
+                f"every training image is of class {present[0]!r}: the site's local model learns one constant answer",
+                "add images of the other classes if the site has them; otherwise expect this site's updates to pull the "
+                "global model towards that class",
+            )
+        )
     small = [f"{name} ({count})" for name, count in zip(class_names, training_counts) if count < MIN_IMAGES_PER_CLASS]
     if small and len(present) > 1:
-        findings.append(SiteFinding(
-            FindingKind.SMALL_CLASS, CheckStatus.WARNING,
-            f"class(es) with fewer than {MIN_IMAGES_PER_CLASS} training images: {', '.join(small)}",
-            "add training images of those classes, or check the labels (a class with 0 images may be misspelt or "
-            "mislabelled)",
-        ))
+        findings.append(
+            SiteFinding(
+                FindingKind.SMALL_CLASS,
+                CheckStatus.WARNING,
+                f"class(es) with fewer than {MIN_IMAGES_PER_CLASS} training images: {', '.join(small)}",
+                "add training images of those classes, or check the labels (a class with 0 images may be misspelt or "
+                "mislabelled)",
+            )
+        )
     return findings

@@ -27,9 +27,21 @@ if TYPE_CHECKING:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: NumPy dtype of the values PIL stores per mode; modes not listed are shown by name only.
-_PIL_DTYPES = {"1": "bool", "L": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": "uint8", "CMYK": "uint8",
-               "YCbCr": "uint8", "LA": "uint8", "PA": "uint8", "I;16": "uint16", "I;16B": "uint16", "I": "int32",
-               "F": "float32"}
+_PIL_DTYPES = {
+    "1": "bool",
+    "L": "uint8",
+    "P": "uint8",
+    "RGB": "uint8",
+    "RGBA": "uint8",
+    "CMYK": "uint8",
+    "YCbCr": "uint8",
+    "LA": "uint8",
+    "PA": "uint8",
+    "I;16": "uint16",
+    "I;16B": "uint16",
+    "I": "int32",
+    "F": "float32",
+}
 
 
 class ImageFormat(StrEnum):
@@ -42,8 +54,14 @@ class ImageFormat(StrEnum):
     JPEG = "jpeg"
 
 
-_FORMAT_BY_SUFFIX = {".nii": ImageFormat.NIFTI, ".nii.gz": ImageFormat.NIFTI, ".dcm": ImageFormat.DICOM,
-                     ".png": ImageFormat.PNG, ".jpg": ImageFormat.JPEG, ".jpeg": ImageFormat.JPEG}
+_FORMAT_BY_SUFFIX = {
+    ".nii": ImageFormat.NIFTI,
+    ".nii.gz": ImageFormat.NIFTI,
+    ".dcm": ImageFormat.DICOM,
+    ".png": ImageFormat.PNG,
+    ".jpg": ImageFormat.JPEG,
+    ".jpeg": ImageFormat.JPEG,
+}
 
 
 @dataclass(frozen=True)
@@ -161,13 +179,19 @@ def _dicom_header(path: Path) -> HeaderFacts:
 
 def _series_header(folder: Path) -> HeaderFacts:
     """A folder of single-frame slices: the first slice's header, times the number of ``.dcm`` files."""
-    files = sorted(entry for entry in folder.iterdir()
-                   if entry.is_file() and entry.name.lower().endswith(".dcm") and not entry.name.startswith("."))
+    files = sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.is_file() and entry.name.lower().endswith(".dcm") and not entry.name.startswith(".")
+    )
     if not files:
         raise ValueError(f"the folder {folder} holds no .dcm files (a DICOM series folder needs its slices)")
     first = _dicom_header(files[0])
     return dataclasses.replace(
-        first, format=ImageFormat.DICOM_SERIES, shape=(len(files), *first.shape), frames=1,
+        first,
+        format=ImageFormat.DICOM_SERIES,
+        shape=(len(files), *first.shape),
+        frames=1,
         pixels=first.pixels * len(files),
     )
 

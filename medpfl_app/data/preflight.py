@@ -184,23 +184,36 @@ def file_row(
     if header is not None:
         short = min(header.in_plane)
         facts = {
-            "shape": header.shape, "frames": header.frames, "dtype": header.dtype,
-            "photometric": header.photometric, "transfer_syntax": header.transfer_syntax,
+            "shape": header.shape,
+            "frames": header.frames,
+            "dtype": header.dtype,
+            "photometric": header.photometric,
+            "transfer_syntax": header.transfer_syntax,
             "tiny": short < MIN_IMAGE_SIDE,
             "resize_factor": (round(image_size / short, 3) if image_size and short else None),
             "far_from_input_size": far_from_input_size,
         }
     if stored is not None:
-        facts.update({
-            "intensity_min": stored.minimum, "intensity_max": stored.maximum, "nonfinite": stored.nonfinite > 0,
-            "digest": stored.digest,
-        })
+        facts.update(
+            {
+                "intensity_min": stored.minimum,
+                "intensity_max": stored.maximum,
+                "nonfinite": stored.nonfinite > 0,
+                "digest": stored.digest,
+            }
+        )
     constant = (stored is not None and stored.constant) or (loaded is not None and loaded.blank)
     if loaded is not None and loaded.agreement is not None:
         facts["pixel_agreement"] = round(loaded.agreement, 4)
     return FileCheck(
-        path=path, split=split, label=label, format=(str(fmt) if fmt is not None else None), frame=frame,
+        path=path,
+        split=split,
+        label=label,
+        format=(str(fmt) if fmt is not None else None),
+        frame=frame,
         constant=constant,
-        status=worst, problems=tuple(issue.message for issue in issues),
-        fixes=tuple(dict.fromkeys(issue.fix for issue in issues)), **facts,
+        status=worst,
+        problems=tuple(issue.message for issue in issues),
+        fixes=tuple(dict.fromkeys(issue.fix for issue in issues)),
+        **facts,
     )

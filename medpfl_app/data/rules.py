@@ -80,24 +80,28 @@ def assess_file(
     short, long = min(header.in_plane), max(header.in_plane)
     if short < MIN_IMAGE_SIDE:
         if loaded.error is None:  # a loader error already names the size
-            issues.append(Issue(
-                CheckStatus.ERROR,
-                f"{path} is a {header.in_plane[0]}×{header.in_plane[1]}-pixel image; under {MIN_IMAGE_SIDE} pixels "
-                "a side it holds no anatomy to learn from",
-                "re-export the full-resolution image (a thumbnail or a 1-pixel placeholder was exported), or remove "
-                "it",
-            ))
+            issues.append(
+                Issue(
+                    CheckStatus.ERROR,
+                    f"{path} is a {header.in_plane[0]}×{header.in_plane[1]}-pixel image; under {MIN_IMAGE_SIDE} pixels "
+                    "a side it holds no anatomy to learn from",
+                    "re-export the full-resolution image (a thumbnail or a 1-pixel placeholder was exported), or remove "
+                    "it",
+                )
+            )
     else:
         issues += _picture_issues(header, stored, loaded, path)
         issues += _resize_issues(short, long, config.image_size, path)
     if header.format is ImageFormat.NIFTI and header.frames > 1 and loaded.error is None:
         index = getattr(config, "volume_index", None)
-        issues.append(Issue(
-            CheckStatus.WARNING,
-            f"{path} holds {header.frames} volumes ({'×'.join(map(str, header.shape))}); the model is trained on "
-            f"one 2-D slice of {'one volume' if index is None else f'volume {index}'} and the others are ignored",
-            "store each volume (time point, echo) that is a separate sample as its own file",
-        ))
+        issues.append(
+            Issue(
+                CheckStatus.WARNING,
+                f"{path} holds {header.frames} volumes ({'×'.join(map(str, header.shape))}); the model is trained on "
+                f"one 2-D slice of {'one volume' if index is None else f'volume {index}'} and the others are ignored",
+                "store each volume (time point, echo) that is a separate sample as its own file",
+            )
+        )
     if loaded.error is not None:
         issues = [issue for issue in issues if issue.status is CheckStatus.ERROR]
     return sorted(issues, key=lambda issue: -issue.status.severity)
@@ -106,30 +110,38 @@ def assess_file(
 def _picture_issues(header: HeaderFacts, stored: StoredPixels | None, loaded: Loaded, path: str) -> list[Issue]:
     """A blank file, a blank model input, or a model input that does not show the file's picture."""
     if stored is not None and stored.constant:
-        return [Issue(
-            CheckStatus.ERROR,
-            f"{path} is blank: every stored pixel is {stored.minimum:g}",
-            "re-export the image (the export wrote no pixel data), or remove it",
-        )]
+        return [
+            Issue(
+                CheckStatus.ERROR,
+                f"{path} is blank: every stored pixel is {stored.minimum:g}",
+                "re-export the image (the export wrote no pixel data), or remove it",
+            )
+        ]
     if loaded.blank:
         volume = header.format is ImageFormat.DICOM_SERIES or (
-            header.format is ImageFormat.NIFTI and len(header.shape) >= 3 and min(header.shape[:3]) > 1)
-        return [Issue(
-            CheckStatus.ERROR,
-            f"{path}: the 2-D image the model gets is blank (one value everywhere), although the file is not",
-            "choose slice_axis / slice_index so that the slice cut from the volume shows anatomy, or remove the file"
-            if volume else _CONVERT_FIX,
-        )]
+            header.format is ImageFormat.NIFTI and len(header.shape) >= 3 and min(header.shape[:3]) > 1
+        )
+        return [
+            Issue(
+                CheckStatus.ERROR,
+                f"{path}: the 2-D image the model gets is blank (one value everywhere), although the file is not",
+                "choose slice_axis / slice_index so that the slice cut from the volume shows anatomy, or remove the file"
+                if volume
+                else _CONVERT_FIX,
+            )
+        ]
     if loaded.agreement is not None and loaded.agreement < MIN_PIXEL_AGREEMENT:
         kind = header.photometric or str(header.format)
-        return [Issue(
-            CheckStatus.ERROR,
-            f"{path}: the image the model gets does not show the picture stored in the file (best correlation "
-            f"{loaded.agreement:.2f}, below {MIN_PIXEL_AGREEMENT}); the loader misreads this {kind} file (frames "
-            "stacked into one strip, colour planes or palette indices read as gray levels, or MONOCHROME1 left "
-            "inverted)",
-            _CONVERT_FIX,
-        )]
+        return [
+            Issue(
+                CheckStatus.ERROR,
+                f"{path}: the image the model gets does not show the picture stored in the file (best correlation "
+                f"{loaded.agreement:.2f}, below {MIN_PIXEL_AGREEMENT}); the loader misreads this {kind} file (frames "
+                "stacked into one strip, colour planes or palette indices read as gray levels, or MONOCHROME1 left "
+                "inverted)",
+                _CONVERT_FIX,
+            )
+        ]
     return []
 
 
@@ -142,17 +154,21 @@ def far_from_input_size(in_plane: tuple[int, int], image_size: int) -> bool:
 def _resize_issues(short: int, long: int, image_size: int, path: str) -> list[Issue]:
     issues = []
     if image_size / short > MAX_UPSCALE:
-        issues.append(Issue(
-            CheckStatus.WARNING,
-            f"{path} is enlarged {image_size / short:.1f}× (shorter side {short} px → image_size {image_size}); "
-            "the model sees interpolation, not detail",
-            f"use a smaller image_size (≤ {int(short * MAX_UPSCALE)}) or higher-resolution images",
-        ))
+        issues.append(
+            Issue(
+                CheckStatus.WARNING,
+                f"{path} is enlarged {image_size / short:.1f}× (shorter side {short} px → image_size {image_size}); "
+                "the model sees interpolation, not detail",
+                f"use a smaller image_size (≤ {int(short * MAX_UPSCALE)}) or higher-resolution images",
+            )
+        )
     if long / image_size > MAX_DOWNSCALE:
-        issues.append(Issue(
-            CheckStatus.WARNING,
-            f"{path} is shrunk {long / image_size:.1f}× (longer side {long} px → image_size {image_size}); fine "
-            "structure is lost",
-            f"use a larger image_size (≥ {-(-long // int(MAX_DOWNSCALE))}) or crop to the region of interest",
-        ))
+        issues.append(
+            Issue(
+                CheckStatus.WARNING,
+                f"{path} is shrunk {long / image_size:.1f}× (longer side {long} px → image_size {image_size}); fine "
+                "structure is lost",
+                f"use a larger image_size (≥ {-(-long // int(MAX_DOWNSCALE))}) or crop to the region of interest",
+            )
+        )
     return issues

@@ -96,17 +96,28 @@ class RealImageSource:
 #: The sources, in label order.
 SAMPLE_SOURCES: tuple[RealImageSource, ...] = (
     RealImageSource(
-        "t1_coronal", "dipy", "data/files/t1_coronal_slice.npy",
-        "T1-weighted coronal brain slice, 256x256 (dipy test data)", window=96, stride=16,
+        "t1_coronal",
+        "dipy",
+        "data/files/t1_coronal_slice.npy",
+        "T1-weighted coronal brain slice, 256x256 (dipy test data)",
+        window=96,
+        stride=16,
     ),
     RealImageSource(
-        "dwi_b0_axial", "dipy", "data/files/S0_10slices.nii.gz",
-        "b=0 diffusion-weighted axial brain slices, 128x128x10 (dipy test data)", window=64, stride=16,
+        "dwi_b0_axial",
+        "dipy",
+        "data/files/S0_10slices.nii.gz",
+        "b=0 diffusion-weighted axial brain slices, 128x128x10 (dipy test data)",
+        window=64,
+        stride=16,
     ),
     RealImageSource(
-        "epi_axial", "nibabel", "tests/data/example4d.nii.gz",
+        "epi_axial",
+        "nibabel",
+        "tests/data/example4d.nii.gz",
         "functional gradient-echo EPI axial brain slices, 128x96x24, first time point (nibabel test data)",
-        window=64, stride=16,
+        window=64,
+        stride=16,
     ),
 )
 SAMPLE_CLASSES: tuple[str, ...] = tuple(source.class_name for source in SAMPLE_SOURCES)
@@ -246,9 +257,7 @@ def _check_arguments(num_sites: int, validation_fraction: float, formats: Sequen
     if isinstance(num_sites, bool) or not isinstance(num_sites, int) or num_sites < 1:
         raise MedPFLError(f"num_sites must be a positive integer, got {num_sites!r}", fix="pass e.g. num_sites=3")
     if not 0.0 <= validation_fraction < 1.0:
-        raise MedPFLError(
-            f"validation_fraction must be in [0, 1), got {validation_fraction!r}", fix="pass e.g. 0.25"
-        )
+        raise MedPFLError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}", fix="pass e.g. 0.25")
     unknown = [name for name in formats if name not in _SUFFIX]
     if not formats or unknown:
         raise MedPFLError(f"unknown image format(s) {unknown or formats!r}", fix=f"use some of {', '.join(_SUFFIX)}")

@@ -52,7 +52,9 @@ def make_rng(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
-        raise MedPFLError(f"seed must be a non-negative integer or None, got {seed!r}", fix="pass seed=None or an int >= 0")
+        raise MedPFLError(
+            f"seed must be a non-negative integer or None, got {seed!r}", fix="pass seed=None or an int >= 0"
+        )
     return np.random.default_rng(seed)
 
 

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.defenses._update import is_positive_number, require
 from medpfl_app.atomic_io import write_json_atomic
+from medpfl_app.defenses._update import is_positive_number, require
 from medpfl_app.errors import MedPFLError
 
 LEDGER_FORMAT = "medpfl-dp-ledger/1"
@@ -77,8 +77,11 @@ class DPCost:
 
 def check_delta(delta: object) -> float:
     ok = isinstance(delta, int | float) and not isinstance(delta, bool)
-    require(ok and 0 < delta < 1, f"delta must be in (0, 1), got {delta!r}",  # type: ignore[operator]
-            "set delta well below 1/number-of-sites (e.g. 1e-5)")
+    require(
+        ok and 0 < delta < 1,
+        f"delta must be in (0, 1), got {delta!r}",  # type: ignore[operator]
+        "set delta well below 1/number-of-sites (e.g. 1e-5)",
+    )
     return float(delta)  # type: ignore[arg-type]
 
 
@@ -113,8 +116,11 @@ class SiteAccountant:
         return list(self._rdp.history)
 
     def step(self, *, noise_multiplier: float, sample_rate: float = SITE_SAMPLE_RATE) -> None:
-        require(is_positive_number(noise_multiplier), f"noise_multiplier must be > 0, got {noise_multiplier!r}",
-                "set a positive noise_multiplier")
+        require(
+            is_positive_number(noise_multiplier),
+            f"noise_multiplier must be > 0, got {noise_multiplier!r}",
+            "set a positive noise_multiplier",
+        )
         self._rdp.step(noise_multiplier=float(noise_multiplier), sample_rate=float(sample_rate))
 
     def get_epsilon(self, delta: float) -> float:
@@ -151,9 +157,11 @@ def check_format(state: Any) -> None:
         MedPFLError: Not a JSON object of format `LEDGER_FORMAT`.
     """
     if not isinstance(state, dict) or state.get("format") != LEDGER_FORMAT:
-        raise MedPFLError(f"not a MedPFL DP ledger (expected format {LEDGER_FORMAT!r})",
-                          fix="restore the site's ledger from a backup, or have the site admin run "
-                          "`medpfl privacy reset-ledger` (recorded); never point a site at another file")
+        raise MedPFLError(
+            f"not a MedPFL DP ledger (expected format {LEDGER_FORMAT!r})",
+            fix="restore the site's ledger from a backup, or have the site admin run "
+            "`medpfl privacy reset-ledger` (recorded); never point a site at another file",
+        )
 
 
 def validated_history(state: Any, mechanism: str) -> list[tuple[float, float, int]]:
@@ -175,12 +183,20 @@ def validated_history(state: Any, mechanism: str) -> list[tuple[float, float, in
         )
     history = state.get("history")
     valid = isinstance(history, list) and all(
-        isinstance(e, list | tuple) and len(e) == 3 and is_positive_number(e[0]) and 0 < float(e[1]) <= 1
-        and isinstance(e[2], int) and e[2] > 0 for e in history)
+        isinstance(e, list | tuple)
+        and len(e) == 3
+        and is_positive_number(e[0])
+        and 0 < float(e[1]) <= 1
+        and isinstance(e[2], int)
+        and e[2] > 0
+        for e in history
+    )
     if not valid:
-        raise MedPFLError("the ledger history is malformed",
-                          fix="restore the ledger file from a backup, or have the site admin run "
-                          "`medpfl privacy reset-ledger` (recorded)")
+        raise MedPFLError(
+            "the ledger history is malformed",
+            fix="restore the ledger file from a backup, or have the site admin run "
+            "`medpfl privacy reset-ledger` (recorded)",
+        )
     return [(float(z), float(q), int(n)) for z, q, n in history]
 
 
@@ -290,10 +306,18 @@ def ledger_identity(state: dict[str, Any] | None, kind: str | None) -> dict[str,
     """The identity fields of a ledger (kind, id, creation time, resets), new ones for a new or legacy ledger."""
     state = state or {}
     if isinstance(state.get("ledger_id"), str) and state["ledger_id"]:
-        return {"kind": state.get("kind", kind), "ledger_id": state["ledger_id"], "created": state.get("created"),
-                "resets": list(state.get("resets") or [])}
-    return {"kind": kind, "ledger_id": uuid.uuid4().hex, "created": time.time(),
-            "resets": list(state.get("resets") or [])}
+        return {
+            "kind": state.get("kind", kind),
+            "ledger_id": state["ledger_id"],
+            "created": state.get("created"),
+            "resets": list(state.get("resets") or []),
+        }
+    return {
+        "kind": kind,
+        "ledger_id": uuid.uuid4().hex,
+        "created": time.time(),
+        "resets": list(state.get("resets") or []),
+    }
 
 
 # --- anchors: the site's second record of each ledger ------------------------------------------------------------
@@ -333,9 +357,14 @@ class LedgerAnchor:
             record = json.loads(text)
         except ValueError as error:
             raise self._unreadable(error) from None
-        if not (isinstance(record, dict) and record.get("format") == ANCHOR_FORMAT and record.get("kind") == self.kind
-                and isinstance(record.get("path"), str) and isinstance(record.get("ledger_id"), str)
-                and isinstance(record.get("steps"), int)):
+        if not (
+            isinstance(record, dict)
+            and record.get("format") == ANCHOR_FORMAT
+            and record.get("kind") == self.kind
+            and isinstance(record.get("path"), str)
+            and isinstance(record.get("ledger_id"), str)
+            and isinstance(record.get("steps"), int)
+        ):
             raise self._unreadable(ValueError(f"not a {ANCHOR_FORMAT} record of a {self.kind} ledger"))
         return record
 
@@ -357,12 +386,16 @@ class LedgerAnchor:
         record = self.check_location(ledger_path)
         kind = (state or {}).get("kind")
         if kind is not None and kind != self.kind:
-            raise MedPFLError(f"{ledger_path} is a {kind} ledger, not the site's {self.kind} ledger",
-                              fix="restore the site's own ledger file; ledgers of different kinds are not exchangeable")
+            raise MedPFLError(
+                f"{ledger_path} is a {kind} ledger, not the site's {self.kind} ledger",
+                fix="restore the site's own ledger file; ledgers of different kinds are not exchangeable",
+            )
         if record is None:
             return
-        fix = ("restore the ledger file from a backup (it must hold at least the recorded steps), or have the site "
-               f"admin run `medpfl privacy reset-ledger --kind {self.kind} --reason TEXT` (recorded)")
+        fix = (
+            "restore the ledger file from a backup (it must hold at least the recorded steps), or have the site "
+            f"admin run `medpfl privacy reset-ledger --kind {self.kind} --reason TEXT` (recorded)"
+        )
         if state is None:
             raise MedPFLError(
                 f"the site's {self.kind} ledger {ledger_path} is missing (or empty), but the site recorded "
@@ -414,22 +447,25 @@ class LedgerAnchor:
                     raise
                 current = None
             if current is not None and current["ledger_id"] != state["ledger_id"] and not replace:
-                raise MedPFLError(f"the anchor {self.path} names ledger {current['ledger_id']!r}, not "
-                                  f"{state['ledger_id']!r}", fix="have the site admin run `medpfl privacy "
-                                  "reset-ledger` (recorded)")
+                raise MedPFLError(
+                    f"the anchor {self.path} names ledger {current['ledger_id']!r}, not {state['ledger_id']!r}",
+                    fix="have the site admin run `medpfl privacy reset-ledger` (recorded)",
+                )
             steps = steps_of(state)
             if current is not None and current["ledger_id"] == state["ledger_id"]:
                 steps = max(steps, int(current["steps"]))  # a concurrent writer may have anchored more already
-            lock.commit({
-                "format": ANCHOR_FORMAT,
-                "kind": self.kind,
-                "path": str(ledger_path.resolve()),
-                "ledger_id": state["ledger_id"],
-                "created": state.get("created"),
-                "steps": steps,
-                "resets": len(state.get("resets") or []),
-                "updated": time.time(),
-            })
+            lock.commit(
+                {
+                    "format": ANCHOR_FORMAT,
+                    "kind": self.kind,
+                    "path": str(ledger_path.resolve()),
+                    "ledger_id": state["ledger_id"],
+                    "created": state.get("created"),
+                    "steps": steps,
+                    "resets": len(state.get("resets") or []),
+                    "updated": time.time(),
+                }
+            )
 
 
 def _same_file(anchored: Path, path: Path) -> bool:
@@ -456,13 +492,22 @@ class PrivacyLedger:
 
     kind = "client_dp"
 
-    def __init__(self, path: str | os.PathLike[str], *, delta: float, epsilon_max: float | None = None,
-                 anchor: LedgerAnchor | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        delta: float,
+        epsilon_max: float | None = None,
+        anchor: LedgerAnchor | None = None,
+    ) -> None:
         self.path = Path(path)
         self.delta = check_delta(delta)
         if epsilon_max is not None:
-            require(is_positive_number(epsilon_max), f"epsilon_max must be > 0, got {epsilon_max!r}",
-                    "set epsilon_max to a positive budget, or leave it unset for no budget")
+            require(
+                is_positive_number(epsilon_max),
+                f"epsilon_max must be > 0, got {epsilon_max!r}",
+                "set epsilon_max to a positive budget, or leave it unset for no budget",
+            )
         self.epsilon_max = None if epsilon_max is None else float(epsilon_max)
         self.anchor = anchor
 
@@ -513,20 +558,27 @@ class PrivacyLedger:
                 )
             epsilon_round = epsilon_per_release(noise_multiplier, self.delta)
             accountant.step(noise_multiplier=noise_multiplier)
-            accountant.releases.append({
-                **(context or {}),
-                "noise_multiplier": float(noise_multiplier),
-                "epsilon_round": epsilon_round,
-                "epsilon_total": epsilon_total,
-                "delta": self.delta,
-                "time": time.time(),
-            })
+            accountant.releases.append(
+                {
+                    **(context or {}),
+                    "noise_multiplier": float(noise_multiplier),
+                    "epsilon_round": epsilon_round,
+                    "epsilon_total": epsilon_total,
+                    "delta": self.delta,
+                    "time": time.time(),
+                }
+            )
             new_state = {"format": LEDGER_FORMAT, **ledger_identity(state, self.kind), **accountant.state_dict()}
             lock.commit(new_state)
             if self.anchor is not None:
                 self.anchor.advance(new_state, self.path)
-        return DPCost(epsilon_round=epsilon_round, epsilon_total=epsilon_total, delta=self.delta,
-                      releases=len(accountant), ledger_resets=len(new_state["resets"]))
+        return DPCost(
+            epsilon_round=epsilon_round,
+            epsilon_total=epsilon_total,
+            delta=self.delta,
+            releases=len(accountant),
+            ledger_resets=len(new_state["resets"]),
+        )
 
 
 # --- the site's ledgers, where the site decides ------------------------------------------------------------------
@@ -593,11 +645,16 @@ class SiteLedgers:
         record = self.anchor(kind).read()
         return Path(record["path"]) if record is not None else self.workspace / LEDGER_KINDS[_kind(kind)]
 
-    def client_dp_ledger(self, *, delta: float, epsilon_max: float | None = None,
-                         configured: str | os.PathLike[str] | None = None) -> PrivacyLedger:
+    def client_dp_ledger(
+        self, *, delta: float, epsilon_max: float | None = None, configured: str | os.PathLike[str] | None = None
+    ) -> PrivacyLedger:
         """The site's anchored client-level ledger."""
-        return PrivacyLedger(self.ledger_path("client_dp", configured), delta=delta, epsilon_max=epsilon_max,
-                             anchor=self.anchor("client_dp"))
+        return PrivacyLedger(
+            self.ledger_path("client_dp", configured),
+            delta=delta,
+            epsilon_max=epsilon_max,
+            anchor=self.anchor("client_dp"),
+        )
 
     def resets(self) -> list[dict[str, Any]]:
         """Every reset recorded in the site's reset log, oldest first.
@@ -621,8 +678,10 @@ class SiteLedgers:
             if isinstance(record, dict):
                 records.append(record)
             elif record is not None and strict:
-                raise MedPFLError(f"line {number} of the reset log {self.reset_log} is not a JSON record",
-                                  fix="restore the reset log from a backup; it is append-only")
+                raise MedPFLError(
+                    f"line {number} of the reset log {self.reset_log} is not a JSON record",
+                    fix="restore the reset log from a backup; it is append-only",
+                )
         return records
 
     def reset(self, kind: str, *, reason: str, operator: str | None = None) -> LedgerReset:
@@ -639,8 +698,10 @@ class SiteLedgers:
         if not isinstance(reason, str) or not reason.strip():
             raise MedPFLError("a ledger reset needs a reason", fix="pass --reason TEXT (it is kept in the reset log)")
         if not (self.workspace / "startup").is_dir():
-            raise MedPFLError(f"{self.workspace} is not an NVFlare site workspace (no startup/ folder)",
-                              fix="pass the site's workspace, e.g. <poc workspace>/example_project/prod_00/site-1")
+            raise MedPFLError(
+                f"{self.workspace} is not an NVFlare site workspace (no startup/ folder)",
+                fix="pass the site's workspace, e.g. <poc workspace>/example_project/prod_00/site-1",
+            )
         anchor = self.anchor(kind)
         try:
             record = anchor.read()
@@ -657,18 +718,25 @@ class SiteLedgers:
             reset_id = uuid.uuid4().hex
             archived = None
             if raw.strip():
-                archived = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}."
-                                          f"{reset_id[:8]}.reset")
+                archived = path.with_name(
+                    f"{path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.{reset_id[:8]}.reset"
+                )
                 write_new_file(archived, raw)
             last = ((old or {}).get("releases") or [{}])[-1]
             last = last if isinstance(last, dict) else {}
             reset = LedgerReset(
-                reset_id=reset_id, time=time.time(), kind=kind, ledger_path=str(path), reason=reason.strip(),
-                operator=operator or _operator(), host=socket.gethostname(),
+                reset_id=reset_id,
+                time=time.time(),
+                kind=kind,
+                ledger_path=str(path),
+                reason=reason.strip(),
+                operator=operator or _operator(),
+                host=socket.gethostname(),
                 previous_ledger_id=(old or {}).get("ledger_id"),
                 previous_steps=steps_of(old) if old is not None else None,
                 anchored_steps=None if record is None else int(record["steps"]),
-                previous_epsilon_total=_number(last.get("epsilon_total")), previous_delta=_number(last.get("delta")),
+                previous_epsilon_total=_number(last.get("epsilon_total")),
+                previous_delta=_number(last.get("delta")),
                 archived_to=None if archived is None else str(archived),
                 previous_sha256=hashlib.sha256(raw).hexdigest() if raw.strip() else None,
             )

@@ -38,8 +38,11 @@ class DropBatchNormStats(Defense):
     include_num_batches_tracked: bool = False
 
     def __post_init__(self) -> None:
-        require(isinstance(self.include_num_batches_tracked, bool),
-                "drop_bn_stats: include_num_batches_tracked must be true or false", "set it to a boolean")
+        require(
+            isinstance(self.include_num_batches_tracked, bool),
+            "drop_bn_stats: include_num_batches_tracked must be true or false",
+            "set it to a boolean",
+        )
 
     def _apply(self, update: Update, rng: object) -> DefenseOutput:
         del rng

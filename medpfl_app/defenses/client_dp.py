@@ -26,8 +26,11 @@ def clip_update(update: Update, clip_norm: float) -> DefenseOutput:
 
     The record holds only ``clip_norm``: the pre-clip norm is data-dependent and is not released.
     """
-    require(is_positive_number(clip_norm), f"clip_update: clip_norm must be > 0, got {clip_norm!r}",
-            "set clip_norm (C) to a positive number")
+    require(
+        is_positive_number(clip_norm),
+        f"clip_update: clip_norm must be > 0, got {clip_norm!r}",
+        "set clip_norm (C) to a positive number",
+    )
     norm = global_l2_norm(update)
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return DefenseOutput(map_floats(update, lambda _k, x: x * factor), {"clip_norm": float(clip_norm)})
@@ -61,11 +64,16 @@ class ClientDP(Defense):
     noise_multiplier: float
 
     def __post_init__(self) -> None:
-        require(is_positive_number(self.clip_norm), f"client_dp: clip_norm must be > 0, got {self.clip_norm!r}",
-                "set clip_norm (C) to a positive number, e.g. the median update norm of a few trial rounds")
-        require(is_positive_number(self.noise_multiplier),
-                f"client_dp: noise_multiplier must be > 0, got {self.noise_multiplier!r}",
-                "set noise_multiplier (z) to a positive number, e.g. 1.0")
+        require(
+            is_positive_number(self.clip_norm),
+            f"client_dp: clip_norm must be > 0, got {self.clip_norm!r}",
+            "set clip_norm (C) to a positive number, e.g. the median update norm of a few trial rounds",
+        )
+        require(
+            is_positive_number(self.noise_multiplier),
+            f"client_dp: noise_multiplier must be > 0, got {self.noise_multiplier!r}",
+            "set noise_multiplier (z) to a positive number, e.g. 1.0",
+        )
 
     @property
     def sigma(self) -> float:

@@ -79,16 +79,28 @@ class DPSGDConfig:
     fix_module: bool = True
 
     def __post_init__(self) -> None:
-        require(is_positive_number(self.noise_multiplier),
-                f"dp_sgd: noise_multiplier must be > 0, got {self.noise_multiplier!r}", "set e.g. noise_multiplier=1.0")
-        require(is_positive_number(self.max_grad_norm),
-                f"dp_sgd: max_grad_norm must be > 0, got {self.max_grad_norm!r}", "set e.g. max_grad_norm=1.0")
+        require(
+            is_positive_number(self.noise_multiplier),
+            f"dp_sgd: noise_multiplier must be > 0, got {self.noise_multiplier!r}",
+            "set e.g. noise_multiplier=1.0",
+        )
+        require(
+            is_positive_number(self.max_grad_norm),
+            f"dp_sgd: max_grad_norm must be > 0, got {self.max_grad_norm!r}",
+            "set e.g. max_grad_norm=1.0",
+        )
         check_delta(self.delta)
-        require(self.accountant in ("rdp", "prv", "gdp"), f"dp_sgd: unknown accountant {self.accountant!r}",
-                'use "rdp", "prv" or "gdp"')
+        require(
+            self.accountant in ("rdp", "prv", "gdp"),
+            f"dp_sgd: unknown accountant {self.accountant!r}",
+            'use "rdp", "prv" or "gdp"',
+        )
         for flag in ("poisson_sampling", "secure_mode", "fix_module"):
-            require(isinstance(getattr(self, flag), bool), f"dp_sgd: {flag} must be true or false",
-                    f"set {flag} to a boolean")
+            require(
+                isinstance(getattr(self, flag), bool),
+                f"dp_sgd: {flag} must be true or false",
+                f"set {flag} to a boolean",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +121,18 @@ def make_dp_compatible(module: nn.Module, *, fix: bool = True) -> tuple[nn.Modul
     if not problems:
         return module, CompatibilityReport(problems=[], replaced=[])
     if not fix:
-        raise MedPFLError(f"the network is not DP-SGD compatible: {problems[0]}",
-                          fix="set fix_module=true to let Opacus replace BatchNorm by GroupNorm, or change the model")
+        raise MedPFLError(
+            f"the network is not DP-SGD compatible: {problems[0]}",
+            fix="set fix_module=true to let Opacus replace BatchNorm by GroupNorm, or change the model",
+        )
     batch_norms = [name for name, sub in module.named_modules() if isinstance(sub, nn.modules.batchnorm._BatchNorm)]
     fixed = ModuleValidator.fix(module)
     remaining = [str(error) for error in ModuleValidator.validate(fixed, strict=False)]
     if remaining:
-        raise MedPFLError(f"Opacus could not make the network DP-SGD compatible: {remaining[0]}",
-                          fix="replace the unsupported layers by hand (see opacus.validators)")
+        raise MedPFLError(
+            f"Opacus could not make the network DP-SGD compatible: {remaining[0]}",
+            fix="replace the unsupported layers by hand (see opacus.validators)",
+        )
     return fixed, CompatibilityReport(problems=problems, replaced=batch_norms)
 
 
@@ -146,8 +162,10 @@ class DPSGDSession:
             "defense": "dp_sgd",
             "guarantee": str(self.config.guarantee),
             "params": dataclasses.asdict(self.config),
-            "record": {"replaced_modules": list(self.compatibility.replaced),
-                       "steps": int(sum(n for _, _, n in getattr(self.privacy_engine.accountant, "history", [])))},
+            "record": {
+                "replaced_modules": list(self.compatibility.replaced),
+                "steps": int(sum(n for _, _, n in getattr(self.privacy_engine.accountant, "history", []))),
+            },
             "epsilon_total": self.epsilon(),
             "delta": self.config.delta,
             "accountant": self.config.accountant,
@@ -185,8 +203,10 @@ def make_private(
     elif callable(optimizer):
         optimizer = optimizer(fixed.parameters())
     else:
-        raise MedPFLError(f"optimizer must be a torch optimizer or a factory, got {type(optimizer).__name__}",
-                          fix="pass e.g. lambda params: torch.optim.SGD(params, lr=0.01)")
+        raise MedPFLError(
+            f"optimizer must be a torch optimizer or a factory, got {type(optimizer).__name__}",
+            fix="pass e.g. lambda params: torch.optim.SGD(params, lr=0.01)",
+        )
     with warnings.catch_warnings():
         # Opacus warns that secure RNG is off; secure_mode is an explicit, documented config choice here.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -202,8 +222,15 @@ def make_private(
             wrap_model=False,  # keep the module itself so state_dict keys stay as the server expects
             **extra,
         )
-    return DPSGDSession(module=fixed, optimizer=dp_optimizer, data_loader=dp_loader, privacy_engine=engine,
-                        config=config, compatibility=report, optimizer_rebuilt=rebuilt)
+    return DPSGDSession(
+        module=fixed,
+        optimizer=dp_optimizer,
+        data_loader=dp_loader,
+        privacy_engine=engine,
+        config=config,
+        compatibility=report,
+        optimizer_rebuilt=rebuilt,
+    )
 
 
 class SampleLevelLedger:
@@ -250,8 +277,10 @@ class SampleLevelLedger:
         """
         accountant = session.privacy_engine.accountant
         if getattr(accountant, "history", None):
-            raise MedPFLError("the DP-SGD session has already taken steps; restore its ledger before training",
-                              fix="call restore right after make_private / enable_dp_sgd")
+            raise MedPFLError(
+                "the DP-SGD session has already taken steps; restore its ledger before training",
+                fix="call restore right after make_private / enable_dp_sgd",
+            )
         state = self._checked_state()
         history = validated_history(state, session.config.accountant) if state is not None else []
         accountant.history = list(history)
@@ -267,8 +296,11 @@ class SampleLevelLedger:
                 ledger went missing / was replaced (site anchor).
         """
         if session is not self._session:
-            raise MedPFLError(f"this DP-SGD session was not restored from {self.path}; recording it would drop the "
-                              "steps already in the ledger", fix="call restore(session) before training")
+            raise MedPFLError(
+                f"this DP-SGD session was not restored from {self.path}; recording it would drop the "
+                "steps already in the ledger",
+                fix="call restore(session) before training",
+            )
         history = [(float(z), float(q), int(n)) for z, q, n in session.privacy_engine.accountant.history]
         self._checked_state()  # refuse before locking, which would create the file
         with locked(self.path) as lock:
@@ -281,11 +313,22 @@ class SampleLevelLedger:
                     fix="run one DP-SGD job per site at a time, or give each its own ledger and count both budgets",
                 )
             releases = list((state or {}).get("releases", []))
-            releases.append({**(context or {}), "steps_total": _steps(history),
-                             "epsilon_total": session.epsilon(), "delta": session.config.delta, "time": time.time()})
-            new_state = {"format": LEDGER_FORMAT, **ledger_identity(state, self.kind),
-                         "mechanism": session.config.accountant, "history": [list(e) for e in history],
-                         "releases": releases}
+            releases.append(
+                {
+                    **(context or {}),
+                    "steps_total": _steps(history),
+                    "epsilon_total": session.epsilon(),
+                    "delta": session.config.delta,
+                    "time": time.time(),
+                }
+            )
+            new_state = {
+                "format": LEDGER_FORMAT,
+                **ledger_identity(state, self.kind),
+                "mechanism": session.config.accountant,
+                "history": [list(e) for e in history],
+                "releases": releases,
+            }
             lock.commit(new_state)
             if self.anchor is not None:
                 self.anchor.advance(new_state, self.path)

@@ -43,8 +43,11 @@ class LaplaceNoise(Defense):
     scale: float
 
     def __post_init__(self) -> None:
-        require(is_positive_number(self.scale), f"laplace_noise: scale must be > 0, got {self.scale!r}",
-                "set scale (the Laplace b) to a positive number, e.g. 1e-3")
+        require(
+            is_positive_number(self.scale),
+            f"laplace_noise: scale must be > 0, got {self.scale!r}",
+            "set scale (the Laplace b) to a positive number, e.g. 1e-3",
+        )
 
     def _apply(self, update: Update, rng: np.random.Generator) -> DefenseOutput:
         out = map_floats(update, lambda _k, x: x + rng.laplace(0.0, self.scale, size=x.shape))
@@ -74,13 +77,18 @@ class GaussianNoise(Defense):
     percentile: float | None = None
 
     def __post_init__(self) -> None:
-        require(is_positive_number(self.sigma), f"gaussian_noise: sigma must be > 0, got {self.sigma!r}",
-                "set sigma to a positive number")
+        require(
+            is_positive_number(self.sigma),
+            f"gaussian_noise: sigma must be > 0, got {self.sigma!r}",
+            "set sigma to a positive number",
+        )
         if self.percentile is not None:
             ok = isinstance(self.percentile, int | float) and not isinstance(self.percentile, bool)
-            require(ok and 0 <= self.percentile <= 100,
-                    f"gaussian_noise: percentile must be in [0, 100], got {self.percentile!r}",
-                    "set percentile between 0 and 100 (e.g. 95), or leave it unset for an absolute sigma")
+            require(
+                ok and 0 <= self.percentile <= 100,
+                f"gaussian_noise: percentile must be in [0, 100], got {self.percentile!r}",
+                "set percentile between 0 and 100 (e.g. 95), or leave it unset for an absolute sigma",
+            )
 
     def effective_sigma(self, update: Update) -> float:
         if self.percentile is None:
@@ -114,5 +122,3 @@ def gaussian_noise(
 ) -> DefenseOutput:
     """Functional form of `GaussianNoise`."""
     return GaussianNoise(sigma=sigma, percentile=percentile).apply(update, seed=seed)
-
-

@@ -36,10 +36,16 @@ class UniformQuantization(Defense):
 
     def __post_init__(self) -> None:
         ok = isinstance(self.bits, int) and not isinstance(self.bits, bool)
-        require(ok and 1 <= self.bits <= 32, f"uniform_quantization: bits must be an int in [1, 32], got {self.bits!r}",
-                "set bits to e.g. 8 (256 levels) or 4")
-        require(isinstance(self.stochastic, bool), "uniform_quantization: stochastic must be true or false",
-                "set stochastic to a boolean")
+        require(
+            ok and 1 <= self.bits <= 32,
+            f"uniform_quantization: bits must be an int in [1, 32], got {self.bits!r}",
+            "set bits to e.g. 8 (256 levels) or 4",
+        )
+        require(
+            isinstance(self.stochastic, bool),
+            "uniform_quantization: stochastic must be true or false",
+            "set stochastic to a boolean",
+        )
 
     def _apply(self, update: Update, rng: np.random.Generator) -> DefenseOutput:
         intervals = float(2**self.bits - 1)
@@ -59,8 +65,10 @@ class UniformQuantization(Defense):
                 t = np.rint(t)
             return lo + np.clip(t, 0, intervals) * step
 
-        return DefenseOutput(map_floats(update, quantize), {"bits": self.bits, "levels": int(intervals) + 1,
-                                                           "quantized_tensors": len(float_keys(update))})
+        return DefenseOutput(
+            map_floats(update, quantize),
+            {"bits": self.bits, "levels": int(intervals) + 1, "quantized_tensors": len(float_keys(update))},
+        )
 
 
 @DEFENSES.register("sign_quantization")
@@ -85,8 +93,11 @@ class SignQuantization(Defense):
     stochastic: bool = True
 
     def __post_init__(self) -> None:
-        require(isinstance(self.stochastic, bool), "sign_quantization: stochastic must be true or false",
-                "set stochastic to a boolean")
+        require(
+            isinstance(self.stochastic, bool),
+            "sign_quantization: stochastic must be true or false",
+            "set stochastic to a boolean",
+        )
 
     def _apply(self, update: Update, rng: np.random.Generator) -> DefenseOutput:
         def quantize(_key: str, x: np.ndarray) -> np.ndarray:

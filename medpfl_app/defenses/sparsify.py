@@ -11,9 +11,9 @@ import numpy as np
 from medpfl_app.defenses._update import (
     DefenseOutput,
     Update,
+    copy_value,
     float_keys,
     like,
-    copy_value,
     require,
     to_float64,
 )
@@ -55,10 +55,16 @@ class TopKPrune(Defense):
 
     def __post_init__(self) -> None:
         ok = isinstance(self.fraction, int | float) and not isinstance(self.fraction, bool)
-        require(ok and 0 < self.fraction <= 1, f"top_k: fraction must be in (0, 1], got {self.fraction!r}",
-                "set fraction to the share of entries to keep, e.g. 0.1")
-        require(self.scope in ("per_tensor", "global"), f"top_k: unknown scope {self.scope!r}",
-                'use scope "per_tensor" or "global"')
+        require(
+            ok and 0 < self.fraction <= 1,
+            f"top_k: fraction must be in (0, 1], got {self.fraction!r}",
+            "set fraction to the share of entries to keep, e.g. 0.1",
+        )
+        require(
+            self.scope in ("per_tensor", "global"),
+            f"top_k: unknown scope {self.scope!r}",
+            'use scope "per_tensor" or "global"',
+        )
 
     def _apply(self, update: Update, rng: object) -> DefenseOutput:
         del rng  # deterministic

@@ -64,8 +64,14 @@ class BatteryCase:
 CASES: tuple[BatteryCase, ...] = (
     BatteryCase("batch 1 x 1 step, no defense", plan={"time_limit_s": 60.0}),
     BatteryCase("batch 6 x 1 step, no defense", batch_size=6, plan={"time_limit_s": 60.0}),
-    BatteryCase("batch 16 x 5 steps, BatchNorm (small_cnn)", network="small_cnn", batch_size=16, local_steps=5,
-                distinct_images=16, plan={"time_limit_s": 60.0}),
+    BatteryCase(
+        "batch 16 x 5 steps, BatchNorm (small_cnn)",
+        network="small_cnn",
+        batch_size=16,
+        local_steps=5,
+        distinct_images=16,
+        plan={"time_limit_s": 60.0},
+    ),
     BatteryCase("batch 1, strong Laplace noise (b = 0.1)", defense=("laplace", 0.1), plan={"time_limit_s": 240.0}),
     BatteryCase("batch 1, client DP (C = 1, z = 1)", defense=("client_dp", 1.0, 1.0), plan={"time_limit_s": 240.0}),
     BatteryCase("batch 1, 1-iteration budget", plan={"iterations": 1, "escalations": 0, "screening_iterations": 0}),
@@ -102,21 +108,41 @@ def site_round(case: BatteryCase, *, seed: int = 0) -> SiteRound:
     labels = [i % NUM_CLASSES for i in range(case.pool_size)]
     pool = torch.from_numpy(generate_phantoms(labels, seed=seed, image_size=IMAGE_SIZE))[:, None].float()
     used = tuple(range(case.images))
-    net = build_seeded_network(case.network, in_channels=1, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE,
-                               seed=0, dp_sgd=False)
+    net = build_seeded_network(
+        case.network, in_channels=1, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, seed=0, dp_sgd=False
+    )
     site = simulate_site_update(
-        net, pool[list(used)], torch.tensor([labels[i] for i in used]), kind=UpdateKind.WEIGHT_DIFF,
-        local_steps=case.local_steps, learning_rate=case.learning_rate, batch_size=case.batch_size,
+        net,
+        pool[list(used)],
+        torch.tensor([labels[i] for i in used]),
+        kind=UpdateKind.WEIGHT_DIFF,
+        local_steps=case.local_steps,
+        learning_rate=case.learning_rate,
+        batch_size=case.batch_size,
     )
     update = {f"{PREFIX}{k}": v.numpy() for k, v in site.update.items()}
     defenses: list[dict[str, Any]] = []
     if case.defense is not None:
         update, record = _defend(update, case.defense, seed=seed)
         defenses.append({"defense": case.defense[0], **record})
-    meta = {**site.meta, "network": case.network, "image_size": IMAGE_SIZE, "in_channels": 1,
-            "num_classes": NUM_CLASSES, "state_dict_prefix": PREFIX, "medpfl_defenses": defenses}
-    item = AuditItem(site="site-1", round=0, job_id="battery", data_kind="WEIGHT_DIFF", update=update,
-                     global_weights={f"{PREFIX}{k}": v.numpy() for k, v in site.global_weights.items()}, meta=meta)
+    meta = {
+        **site.meta,
+        "network": case.network,
+        "image_size": IMAGE_SIZE,
+        "in_channels": 1,
+        "num_classes": NUM_CLASSES,
+        "state_dict_prefix": PREFIX,
+        "medpfl_defenses": defenses,
+    }
+    item = AuditItem(
+        site="site-1",
+        round=0,
+        job_id="battery",
+        data_kind="WEIGHT_DIFF",
+        update=update,
+        global_weights={f"{PREFIX}{k}": v.numpy() for k, v in site.global_weights.items()},
+        meta=meta,
+    )
     return SiteRound(item, pool, used, tuple(labels))
 
 
@@ -137,7 +163,10 @@ def score_at_site(rnd: SiteRound, reconstructions: np.ndarray | None, labels: np
         return {"status": "unavailable", "reason": "no reconstruction to score"}
     used = list(rnd.used_positions)
     return score_reconstructions(
-        reconstructions, rnd.pool[used], used_positions=used, pool=rnd.pool,
+        reconstructions,
+        rnd.pool[used],
+        used_positions=used,
+        pool=rnd.pool,
         recovered_labels=None if labels is None else [int(v) for v in labels],
         true_labels=[rnd.labels[i] for i in used],
     )
@@ -145,8 +174,13 @@ def score_at_site(rnd: SiteRound, reconstructions: np.ndarray | None, labels: np
 
 def verdict_for(outcome: AuditOutcome, scores: Mapping[str, Any], policy: RiskPolicy = RiskPolicy()) -> Verdict:
     """The verdict the ledger record of this outcome would carry."""
-    return assess_verdict(status="audited", reason=None, site_scores=scores, policy=policy,
-                          attack=AttackEvidence.from_record(outcome.server_indicators, outcome.attack_budget))
+    return assess_verdict(
+        status="audited",
+        reason=None,
+        site_scores=scores,
+        policy=policy,
+        attack=AttackEvidence.from_record(outcome.server_indicators, outcome.attack_budget),
+    )
 
 
 def run_case(case: BatteryCase, plan: AuditPlan | None = None, *, seed: int = 0) -> CaseOutcome:

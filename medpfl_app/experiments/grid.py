@@ -8,6 +8,7 @@ never given to the attacker; they are recovered. Every row records the attack, i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -104,7 +105,9 @@ def load_demo_images(
     with tempfile.TemporaryDirectory() as tmp:
         if datalist is None:
             per_site = max(count, 8)
-            demo = generate_demo_dataset(Path(tmp) / "demo", num_sites=1, train_per_site=per_site, val_per_site=2, seed=seed)
+            demo = generate_demo_dataset(
+                Path(tmp) / "demo", num_sites=1, train_per_site=per_site, val_per_site=2, seed=seed
+            )
             datalist = Path(next(iter(demo.site_datalists.values())))
         items = load_site_data(datalist).training
         if len(items) < count:
@@ -172,8 +175,12 @@ def run_grid(
             n = min(n, config.dlg_images) if attack == "dlg" else n
             jobs += [(attack, b, i) for i in range(n)]
     jobs += [("random_init", 0.0, i) for i in range(config.seed_images)]
-    realistic_jobs = [(batch, r, a) for batch in config.realistic_batches for r in range(config.realistic_repeats)
-                      for a in config.realistic_attacks]
+    realistic_jobs = [
+        (batch, r, a)
+        for batch in config.realistic_batches
+        for r in range(config.realistic_repeats)
+        for a in config.realistic_attacks
+    ]
     bar = tqdm(total=len(jobs) + len(realistic_jobs), desc="attack grid", unit="run", disable=not progress)
 
     def emit(row: GridRow) -> None:
@@ -216,12 +223,19 @@ def run_grid(
         torch.manual_seed(config.seed + 500 + repeat)
         model = build_network("small_cnn", in_channels=1, num_classes=4, image_size=size)
         site = simulate_site_update(
-            model, x, y, kind=UpdateKind.WEIGHT_DIFF, local_steps=config.realistic_steps,
+            model,
+            x,
+            y,
+            kind=UpdateKind.WEIGHT_DIFF,
+            local_steps=config.realistic_steps,
             learning_rate=config.realistic_lr,
         )
         knowledge = knowledge_from_update(model, site.global_weights, site.update, site.meta, image_shape=shape)
         result = build_attack(
-            attack, iterations=config.realistic_iterations, restarts=config.realistic_restarts, seed=config.seed + repeat
+            attack,
+            iterations=config.realistic_iterations,
+            restarts=config.realistic_restarts,
+            seed=config.seed + repeat,
         ).run(knowledge)
         report = evaluate_reconstruction(result.reconstructions, x, recovered_labels=result.labels, true_labels=y)
         budget = f"Adam {config.realistic_iterations} it x {config.realistic_restarts} restarts"
@@ -249,14 +263,24 @@ def summarize(rows: Sequence[GridRow]) -> list[dict[str, Any]]:
 
     out = []
     for (setting, attack, b), members in cells.items():
-        entry: dict[str, Any] = {"setting": setting, "attack": attack, "noise_b": b, "n": len(members),
-                                 "budget": members[0].budget}
+        entry: dict[str, Any] = {
+            "setting": setting,
+            "attack": attack,
+            "noise_b": b,
+            "n": len(members),
+            "budget": members[0].budget,
+        }
         for name in ("mse", "psnr", "ssim", "label_accuracy", "time_s"):
             entry[name] = stats([getattr(m, name) for m in members])
         entry["asr"] = sum(m.success for m in members) / len(members)
         entry["ssim_max"] = max(m.ssim for m in members)
         out.append(entry)
     return out
+
+
+def _mean_std(entry: dict[str, Any], name: str, fmt: str) -> str:
+    mean, std = entry[name]
+    return "n/a" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
 
 
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -266,9 +290,7 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in summary:
-        def pm(name: str, fmt: str) -> str:
-            mean, std = e[name]
-            return "n/a" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+        pm = functools.partial(_mean_std, e)
 
         lines.append(
             f"| {e['setting']} | {e['attack']} | {e['noise_b']:g} | {e['n']} | {pm('mse', '.4f')} | {pm('psnr', '.1f')} "

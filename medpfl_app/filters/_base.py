@@ -127,19 +127,21 @@ class DefenseFilter(DXOFilter):
         # NVFlare copies filter_history from the old DXO to the new one itself: leave it out to avoid duplicates
         meta = {k: copy.deepcopy(v) for k, v in (dxo.meta or {}).items() if k != MetaKey.FILTER_HISTORY}
         history = list(meta.get(META_KEY, []))
-        history.append({
-            "defense": self._defense.key,
-            "filter": f"{type(self).__module__}.{who}",
-            "guarantee": str(self._defense.guarantee),
-            "params": self._defense.params(),
-            "record": record,
-            "data_kind": str(getattr(kind, "value", kind)),
-            "applied_to": "difference to recorded global model" if reference is not None else "update as sent",
-            "round": _plain(shareable.get_header(AppConstants.CURRENT_ROUND)),
-            # "site" (privacy.json scope, cannot be disabled by the job) or "job" (the job's own config)
-            "installed_by": self.get_prop(FilterContextKey.SOURCE, None),
-            **extra,
-        })
+        history.append(
+            {
+                "defense": self._defense.key,
+                "filter": f"{type(self).__module__}.{who}",
+                "guarantee": str(self._defense.guarantee),
+                "params": self._defense.params(),
+                "record": record,
+                "data_kind": str(getattr(kind, "value", kind)),
+                "applied_to": "difference to recorded global model" if reference is not None else "update as sent",
+                "round": _plain(shareable.get_header(AppConstants.CURRENT_ROUND)),
+                # "site" (privacy.json scope, cannot be disabled by the job) or "job" (the job's own config)
+                "installed_by": self.get_prop(FilterContextKey.SOURCE, None),
+                **extra,
+            }
+        )
         meta[META_KEY] = history
         self.log_info(fl_ctx, f"MedPFL applied {self._defense.key} ({self._defense.guarantee}) {extra or ''}".rstrip())
         return DXO(data_kind=kind, data=data, meta=meta)
@@ -160,6 +162,8 @@ def _plain(value: Any) -> Any:
 def seeded_rng(seed: int | None, who: str) -> np.random.Generator:
     """One generator per filter, created once, so a seeded filter still draws fresh noise every round."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise MedPFLError(f"{who}: seed must be a non-negative int or null, got {seed!r}",
-                          fix="leave seed unset in production; use an int only in tests")
+        raise MedPFLError(
+            f"{who}: seed must be a non-negative int or null, got {seed!r}",
+            fix="leave seed unset in production; use an int only in tests",
+        )
     return np.random.default_rng(seed)

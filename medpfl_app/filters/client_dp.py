@@ -72,16 +72,19 @@ class ClientDPFilter(DefenseFilter):
         self._defense = ClientDP(clip_norm=clip_norm, noise_multiplier=noise_multiplier)
         check_delta(delta)
         if ledger_path is not None and (not isinstance(ledger_path, str) or not ledger_path.strip()):
-            raise MedPFLError(f"ClientDPFilter: ledger_path must be a non-empty string or null, got {ledger_path!r}",
-                              fix="leave ledger_path unset to use <site workspace>/medpfl/client_dp_ledger.json")
+            raise MedPFLError(
+                f"ClientDPFilter: ledger_path must be a non-empty string or null, got {ledger_path!r}",
+                fix="leave ledger_path unset to use <site workspace>/medpfl/client_dp_ledger.json",
+            )
         # a throwaway ledger validates epsilon_max now, at configuration time
         PrivacyLedger(Path(ledger_path or DEFAULT_LEDGER), delta=delta, epsilon_max=epsilon_max)
         # Whether NVFlare installed this filter from the site's privacy.json or from the job is only known once it
         # has set the source prop (after construction): a job-level ledger_path is refused in resolve_ledger_path.
         self._rng = seeded_rng(seed, type(self).__name__)
         if seed is not None:
-            self.logger.warning("ClientDPFilter: seed is set; the noise is reproducible and the DP guarantee is VOID "
-                                "(tests only)")
+            self.logger.warning(
+                "ClientDPFilter: seed is set; the noise is reproducible and the DP guarantee is VOID (tests only)"
+            )
 
     def installed_by_site(self) -> bool:
         """Whether NVFlare built this filter from the site's privacy.json (not from a job's config)."""
@@ -120,8 +123,9 @@ class ClientDPFilter(DefenseFilter):
 
     def _account(self, shareable: Shareable, fl_ctx: FLContext) -> dict[str, Any]:
         self._refuse_job_ledger_path()
-        ledger = self.site_ledgers(fl_ctx).client_dp_ledger(delta=self.delta, epsilon_max=self.epsilon_max,
-                                                            configured=self.ledger_path)
+        ledger = self.site_ledgers(fl_ctx).client_dp_ledger(
+            delta=self.delta, epsilon_max=self.epsilon_max, configured=self.ledger_path
+        )
         cost = ledger.charge(
             noise_multiplier=self.noise_multiplier,
             context={

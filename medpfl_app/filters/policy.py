@@ -41,8 +41,10 @@ def load_privacy_template(template: str | os.PathLike[str] = "default") -> dict[
     """Read a policy: ``"default"`` (the MedPFL template) or a path to a privacy.json file."""
     path = TEMPLATES.get(str(template), Path(template))
     if not path.is_file():
-        raise MedPFLError(f"privacy policy template {str(template)!r} not found ({path})",
-                          fix=f"use one of {sorted(TEMPLATES)} or the path of a privacy.json file")
+        raise MedPFLError(
+            f"privacy policy template {str(template)!r} not found ({path})",
+            fix=f"use one of {sorted(TEMPLATES)} or the path of a privacy.json file",
+        )
     try:
         policy = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
@@ -59,24 +61,32 @@ def _build_filter(entry: object, where: str) -> object:
         raise MedPFLError(f"{where} must be an object with path/args", fix='write {"path": "...", "args": {...}}')
     unknown = set(entry) - _FILTER_KEYS
     if unknown:
-        raise MedPFLError(f"{where} has unsupported keys {sorted(unknown)}",
-                          fix='use only "path", "args", "direction" (NVFlare 2.8+ rejects "name")')
+        raise MedPFLError(
+            f"{where} has unsupported keys {sorted(unknown)}",
+            fix='use only "path", "args", "direction" (NVFlare 2.8+ rejects "name")',
+        )
     path, args = entry.get("path"), entry.get("args", {})
     if not isinstance(path, str) or "." not in path:
-        raise MedPFLError(f"{where}: path must be a dotted class path, got {path!r}",
-                          fix='e.g. "medpfl_app.filters.client_dp.ClientDPFilter"')
+        raise MedPFLError(
+            f"{where}: path must be a dotted class path, got {path!r}",
+            fix='e.g. "medpfl_app.filters.client_dp.ClientDPFilter"',
+        )
     if not isinstance(args, dict):
         raise MedPFLError(f"{where}: args must be an object, got {type(args).__name__}", fix="write args as {...}")
     direction = entry.get("direction")
     if direction is not None and (not isinstance(direction, str) or direction.lower() not in _DIRECTIONS):
-        raise MedPFLError(f"{where}: direction must be in/out/inout, got {direction!r}",
-                          fix="omit direction (client default) or use in/out/inout")
+        raise MedPFLError(
+            f"{where}: direction must be in/out/inout, got {direction!r}",
+            fix="omit direction (client default) or use in/out/inout",
+        )
     module_name, _, class_name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as error:
-        raise MedPFLError(f"{where}: cannot import {path}: {error}",
-                          fix="install medpfl_app at the site (pip install) or correct the path") from None
+        raise MedPFLError(
+            f"{where}: cannot import {path}: {error}",
+            fix="install medpfl_app at the site (pip install) or correct the path",
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Filter)):
         raise MedPFLError(f"{where}: {path} is not an NVFlare Filter", fix="point path at a Filter subclass")
     try:
@@ -84,8 +94,10 @@ def _build_filter(entry: object, where: str) -> object:
     except MedPFLError as error:
         raise MedPFLError(f"{where} ({path}): {error.problem}", fix=error.fix) from None
     except Exception as error:
-        raise MedPFLError(f"{where} ({path}): cannot be built with args {args}: {error}",
-                          fix="correct the args to match the filter's constructor") from None
+        raise MedPFLError(
+            f"{where} ({path}): cannot be built with args {args}: {error}",
+            fix="correct the args to match the filter's constructor",
+        ) from None
 
 
 def validate_privacy_policy(policy: dict[str, Any]) -> list[str]:
@@ -96,8 +108,9 @@ def validate_privacy_policy(policy: dict[str, Any]) -> list[str]:
     """
     unknown = set(policy) - {"scopes", "default_scope", "components"}
     if unknown:
-        raise MedPFLError(f"privacy.json has unknown top-level keys {sorted(unknown)}",
-                          fix='use "scopes" and "default_scope"')
+        raise MedPFLError(
+            f"privacy.json has unknown top-level keys {sorted(unknown)}", fix='use "scopes" and "default_scope"'
+        )
     scopes = policy.get("scopes")
     if not isinstance(scopes, list) or not scopes:
         raise MedPFLError("privacy.json needs a non-empty scopes list", fix='add "scopes": [{"name": ..., ...}]')
@@ -111,8 +124,10 @@ def validate_privacy_policy(policy: dict[str, Any]) -> list[str]:
         names.append(name)
         extra = set(scope) - _SCOPE_KEYS
         if extra:
-            raise MedPFLError(f"scope {name!r} has unsupported keys {sorted(extra)}",
-                              fix=f"use only {sorted(_SCOPE_KEYS)}; scope filters have no task list")
+            raise MedPFLError(
+                f"scope {name!r} has unsupported keys {sorted(extra)}",
+                fix=f"use only {sorted(_SCOPE_KEYS)}; scope filters have no task list",
+            )
         if not isinstance(scope.get("properties", {}), dict):
             raise MedPFLError(f"scope {name!r}: properties must be an object", fix="write properties as {...}")
         for chain in ("task_data_filters", "task_result_filters"):
@@ -123,8 +138,10 @@ def validate_privacy_policy(policy: dict[str, Any]) -> list[str]:
                 _build_filter(entry, f"scope {name!r} {chain}[{position}]")
     default = policy.get("default_scope")
     if default is not None and default not in names:
-        raise MedPFLError(f"default_scope {default!r} is not one of the scopes {names}",
-                          fix="set default_scope to a defined scope name")
+        raise MedPFLError(
+            f"default_scope {default!r} is not one of the scopes {names}",
+            fix="set default_scope to a defined scope name",
+        )
     ledger_paths = {entry.get("args", {}).get("ledger_path") for entry in _dp_filters(policy)}
     if len(ledger_paths) > 1:
         raise MedPFLError(
@@ -147,8 +164,11 @@ def _dp_filters(policy: dict[str, Any], scope_name: str | None = None) -> list[d
 
 def dp_scopes(policy: dict[str, Any]) -> list[str]:
     """The scopes of ``policy`` whose result filters include client-level DP (``ClientDPFilter``)."""
-    return [scope["name"] for scope in policy.get("scopes", []) if isinstance(scope, dict) and "name" in scope
-            and _dp_filters(policy, scope["name"])]
+    return [
+        scope["name"]
+        for scope in policy.get("scopes", [])
+        if isinstance(scope, dict) and "name" in scope and _dp_filters(policy, scope["name"])
+    ]
 
 
 def _check_with_nvflare(text: str) -> None:
@@ -163,8 +183,10 @@ def _check_with_nvflare(text: str) -> None:
         try:
             create_privacy_manager(Workspace(scratch, "medpfl-check"), names_only=False)
         except Exception as error:
-            raise MedPFLError(f"NVFlare rejects the privacy policy: {error}",
-                              fix="compare with medpfl_app/filters/templates/privacy.json") from None
+            raise MedPFLError(
+                f"NVFlare rejects the privacy policy: {error}",
+                fix="compare with medpfl_app/filters/templates/privacy.json",
+            ) from None
 
 
 def install_privacy_policy(
@@ -191,9 +213,11 @@ def install_privacy_policy(
     """
     site = Path(site_dir)
     if not (site / "startup").is_dir():
-        raise MedPFLError(f"{site} is not an NVFlare site workspace (no startup/ folder)",
-                          fix="pass the site folder, e.g. <poc workspace>/example_project/prod_00/site-1, after "
-                          "`nvflare poc prepare`")
+        raise MedPFLError(
+            f"{site} is not an NVFlare site workspace (no startup/ folder)",
+            fix="pass the site folder, e.g. <poc workspace>/example_project/prod_00/site-1, after "
+            "`nvflare poc prepare`",
+        )
     policy = load_privacy_template(template)
     if default_scope is not None:
         policy["default_scope"] = default_scope

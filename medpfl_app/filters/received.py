@@ -62,8 +62,15 @@ class ReceivedUpdateRecorder(Filter):
             record.update({key: meta.get(key) for key in _META_KEYS_KEPT})
             record["training_facts"] = {
                 key: meta.get(key)
-                for key in ("batch_size", "local_steps", "learning_rate", "optimizer", "num_train_images",
-                            "bn_buffers_included", "dp_sgd")
+                for key in (
+                    "batch_size",
+                    "local_steps",
+                    "learning_rate",
+                    "optimizer",
+                    "num_train_images",
+                    "bn_buffers_included",
+                    "dp_sgd",
+                )
                 if key in meta
             }
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())

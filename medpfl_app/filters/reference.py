@@ -65,8 +65,10 @@ class GlobalModelRecorder(Filter):
     def __init__(self, max_entries: int = 4) -> None:
         super().__init__()
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise MedPFLError(f"GlobalModelRecorder: max_entries must be an int >= 1, got {max_entries!r}",
-                              fix="set max_entries to e.g. 4")
+            raise MedPFLError(
+                f"GlobalModelRecorder: max_entries must be an int >= 1, got {max_entries!r}",
+                fix="set max_entries to e.g. 4",
+            )
         self.max_entries = max_entries
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:

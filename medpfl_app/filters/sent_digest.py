@@ -33,8 +33,11 @@ class SentUpdateDigest(Filter):
             self._record(shareable, fl_ctx)
         except Exception as error:  # noqa: BLE001 - bookkeeping must never cost the site its contribution
             try:
-                self.log_warning(fl_ctx, f"MedPFL audit: could not record the digest of the update this site sends, "
-                                         f"so the audit cannot score it: {type(error).__name__}: {error}")
+                self.log_warning(
+                    fl_ctx,
+                    f"MedPFL audit: could not record the digest of the update this site sends, "
+                    f"so the audit cannot score it: {type(error).__name__}: {error}",
+                )
             except Exception:  # noqa: BLE001
                 pass
         return shareable
@@ -47,8 +50,10 @@ class SentUpdateDigest(Filter):
             return  # no result leaves: nothing to score
         round_number = shareable.get_header(AppConstants.CURRENT_ROUND)
         if isinstance(round_number, bool) or not isinstance(round_number, int) or round_number < 0:
-            self.log_warning(fl_ctx, f"MedPFL audit: the outgoing result has no round header ({round_number!r}); "
-                                     "its digest is not recorded")
+            self.log_warning(
+                fl_ctx,
+                f"MedPFL audit: the outgoing result has no round header ({round_number!r}); its digest is not recorded",
+            )
             return
         dxo = from_shareable(shareable)  # ValueError: not a DXO (logged by process)
         if not isinstance(dxo.data, dict):

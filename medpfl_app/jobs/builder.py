@@ -79,9 +79,7 @@ def _build_fed_job(spec: JobSpec):
         seed=training.seed,
         dp_sgd=training.dp_sgd,
     )
-    job = BaseFedJob(
-        initial_model=initial_model, name=spec.name, min_clients=spec.min_clients, key_metric="accuracy"
-    )
+    job = BaseFedJob(initial_model=initial_model, name=spec.name, min_clients=spec.min_clients, key_metric="accuracy")
     job.set_app_packages(["medpfl_app"])
     job.to_server(
         FedAvg(
@@ -120,8 +118,10 @@ def _finish_job_folder(spec: JobSpec, job_dir: Path) -> None:
         existing = {component.get("id") for component in client_config.get("components", [])}
         clashes = sorted(existing & {component["id"] for component in spec.client_components})
         if clashes:
-            raise MedPFLError(f"job {spec.name}: client component id(s) {clashes} already used by the exporter",
-                              fix="choose other ids")
+            raise MedPFLError(
+                f"job {spec.name}: client component id(s) {clashes} already used by the exporter",
+                fix="choose other ids",
+            )
         client_config.setdefault("components", []).extend(dict(c) for c in spec.client_components)
     if spec.client_end_run_readiness_timeout is not None:
         client_config["end_run_readiness_timeout"] = spec.client_end_run_readiness_timeout

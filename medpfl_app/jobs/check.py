@@ -56,8 +56,10 @@ def check_audit_filter_args(args: dict[str, Any], *, job: str, where: str) -> No
     for field, build in checks:
         value = args.get(field)
         if value is not None and not isinstance(value, dict):
-            raise MedPFLError(f"job {job}: {where}: AuditFilter {field} must be a JSON object, got {value!r}",
-                              fix=f"write {field} as {{\"key\": value, ...}} or leave it out for the defaults")
+            raise MedPFLError(
+                f"job {job}: {where}: AuditFilter {field} must be a JSON object, got {value!r}",
+                fix=f'write {field} as {{"key": value, ...}} or leave it out for the defaults',
+            )
         try:
             build(value)
         except (MedPFLError, TypeError, ValueError) as error:
@@ -67,8 +69,10 @@ def check_audit_filter_args(args: dict[str, Any], *, job: str, where: str) -> No
     action = args.get("on_high_risk", "report")
     actions = ("report", "stop_job", "exclude_site")
     if action not in actions:
-        raise MedPFLError(f"job {job}: {where}: AuditFilter on_high_risk {action!r} is not an action",
-                          fix=f"use one of {', '.join(actions)}")
+        raise MedPFLError(
+            f"job {job}: {where}: AuditFilter on_high_risk {action!r} is not an action",
+            fix=f"use one of {', '.join(actions)}",
+        )
 
 
 def _filters(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -77,19 +81,24 @@ def _filters(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _require_count(value: Any, *, job: str, where: str, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MedPFLError(f"job {job}: {where}: {field} must be an integer >= 1, got {value!r}",
-                          fix=f"set {field} to 1 or more (regenerate the job with `medpfl jobs export`)")
+        raise MedPFLError(
+            f"job {job}: {where}: {field} must be an integer >= 1, got {value!r}",
+            fix=f"set {field} to 1 or more (regenerate the job with `medpfl jobs export`)",
+        )
 
 
 def _read_json(path: Path, job: str) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MedPFLError(f"{path.parent} is not an NVFlare job folder (no {path.name})",
-                          fix="pass a folder written by `medpfl jobs export`") from None
+        raise MedPFLError(
+            f"{path.parent} is not an NVFlare job folder (no {path.name})",
+            fix="pass a folder written by `medpfl jobs export`",
+        ) from None
     except ValueError as error:
-        raise MedPFLError(f"job {job}: {path} is not valid JSON: {error}",
-                          fix="fix the file or re-export the job") from None
+        raise MedPFLError(
+            f"job {job}: {path} is not valid JSON: {error}", fix="fix the file or re-export the job"
+        ) from None
     if not isinstance(content, dict):
         raise MedPFLError(f"job {job}: {path} must hold a JSON object", fix="re-export the job")
     return content

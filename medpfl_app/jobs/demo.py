@@ -86,8 +86,13 @@ def run_demo(
         from medpfl_app.jobs.demo_data import prepare_demo_sites
 
         prepared = prepare_demo_sites(
-            data, out_dir / "data", num_sites=num_sites, image_size=base.training.image_size,
-            in_channels=base.training.in_channels, seed=seed, progress=show_progress,
+            data,
+            out_dir / "data",
+            num_sites=num_sites,
+            image_size=base.training.image_size,
+            in_channels=base.training.in_channels,
+            seed=seed,
+            progress=show_progress,
         )
         data_root, sites, num_classes = prepared.root, list(prepared.site_datalists), len(prepared.class_names)
         sources = prepared.sources
@@ -108,7 +113,10 @@ def run_demo(
             on_drain=progress.draining,
         )
     return DemoOutcome(
-        data_root=data_root, job_dir=job_dir, simulation=simulation, network=spec.training.network,
+        data_root=data_root,
+        job_dir=job_dir,
+        simulation=simulation,
+        network=spec.training.network,
         data_sources=sources,
     )
 
@@ -163,6 +171,7 @@ def without_thumbnails(spec: JobSpec) -> JobSpec:
 
     The audit still attacks and scores every update; only the stored images (and the report's thumbnails) go.
     """
+
     def strip(entry: dict[str, Any]) -> dict[str, Any]:
         args = {key: value for key, value in entry.get("args", {}).items() if key not in _THUMBNAIL_SWITCHES}
         return {**entry, "args": args} if "args" in entry else entry

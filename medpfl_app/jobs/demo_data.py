@@ -153,7 +153,7 @@ def _same_classes(per_site: Sequence[SiteData], site_dirs: Sequence[Path], path:
                 f"folder {folder.name} has classes [{', '.join(site_data.class_names)}] and {site_dirs[0].name} has "
                 f"[{', '.join(first)}]",
                 fix="give every site the same classes in the same order (the same class folder names, an empty "
-                "folder for a class a site lacks, or the same \"classes\" list in each datalist.json); if --data is "
+                'folder for a class a site lacks, or the same "classes" list in each datalist.json); if --data is '
                 "one class-per-folder tree whose classes hold DICOM series folders, write a datalist.json for it",
             )
 

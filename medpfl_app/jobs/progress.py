@@ -58,8 +58,9 @@ class SimulationProgress:
     def __enter__(self) -> SimulationProgress:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if kind is None:  # the run finished: so did its last round, audited or not
             self._advance_to(self.num_rounds)
         self._bar.close()

@@ -132,8 +132,12 @@ class _LogWatcher:
     """Reads only what the simulator appended to its log since the last look (logs grow to megabytes) and reports
     new round starts and audit drain lines to the callbacks."""
 
-    def __init__(self, log_file: Path, on_round: Callable[[int], None] | None = None,
-                 on_drain: Callable[[DrainProgress], None] | None = None) -> None:
+    def __init__(
+        self,
+        log_file: Path,
+        on_round: Callable[[int], None] | None = None,
+        on_drain: Callable[[DrainProgress], None] | None = None,
+    ) -> None:
         self.log_file = log_file
         self.on_round = on_round
         self.on_drain = on_drain

@@ -220,6 +220,7 @@ def audited(
         launch_external_process=launch_external_process,
     )
 
+
 JOB_CATALOG: dict[str, JobSpec] = {
     spec.name: spec
     for spec in (
@@ -236,9 +237,7 @@ JOB_CATALOG: dict[str, JobSpec] = {
                 "heuristic, no formal guarantee)."
             ),
             training=DEMO_TRAINING,
-            client_result_filters=(
-                {"path": "medpfl_app.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},
-            ),
+            client_result_filters=({"path": "medpfl_app.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},),
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
         ),
         JobSpec(

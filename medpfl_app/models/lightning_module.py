@@ -116,15 +116,21 @@ class ImageClassifier(pl.LightningModule):
             floating-point attacks (Opacus' caveat).
         """
         if not self.dp_sgd:
-            raise MedPFLError("DP-SGD needs a DP-compatible network, but this module was built with dp_sgd=False",
-                              fix="build ImageClassifier(..., dp_sgd=True) at the server and at every site")
+            raise MedPFLError(
+                "DP-SGD needs a DP-compatible network, but this module was built with dp_sgd=False",
+                fix="build ImageClassifier(..., dp_sgd=True) at the server and at every site",
+            )
         if self.dp_session is not None:
-            raise MedPFLError("DP-SGD is already attached to this module",
-                              fix="call enable_dp_sgd once per site; a second accountant would restart ε at 0")
+            raise MedPFLError(
+                "DP-SGD is already attached to this module",
+                fix="call enable_dp_sgd once per site; a second accountant would restart ε at 0",
+            )
         session = make_private(self.net, self._make_optimizer, train_loader, config)
         if session.module is not self.net:  # cannot happen after make_dp_compatible at construction; keep keys safe
-            raise MedPFLError("Opacus had to change the network after construction",
-                              fix="report this: the DP-compatible network should not need another fix")
+            raise MedPFLError(
+                "Opacus had to change the network after construction",
+                fix="report this: the DP-compatible network should not need another fix",
+            )
         if not config.secure_mode:
             # Opacus' default draws noise from the global RNG and sampling from the loader's generator, both
             # seeded from the job configuration in this pipeline; reseed them from OS entropy (see Notes).
@@ -140,9 +146,11 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.dp_session is not None and self.trainer.train_dataloader is not self.dp_session.data_loader:
-            raise MedPFLError("DP-SGD is attached but training runs on another loader than enable_dp_sgd returned",
-                              fix="train on the loader returned by enable_dp_sgd; its Poisson sampling is what the "
-                                  "accountant assumes")
+            raise MedPFLError(
+                "DP-SGD is attached but training runs on another loader than enable_dp_sgd returned",
+                fix="train on the loader returned by enable_dp_sgd; its Poisson sampling is what the "
+                "accountant assumes",
+            )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits: torch.Tensor = self(batch["image"])

@@ -75,7 +75,8 @@ class SigmoidLeNet(nn.Module):
             nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
             nn.Sigmoid(),
         )
-        side = -(-(-(-image_size // 2)) // 2)  # two stride-2 convolutions, each ceil(side / 2)
+        half = (image_size + 1) // 2  # two stride-2 convolutions, each ceil(side / 2)
+        side = (half + 1) // 2
         self.classifier = nn.Linear(12 * side * side, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

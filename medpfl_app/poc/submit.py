@@ -103,9 +103,7 @@ def _sites_running(session, job_id: str) -> set[str]:
     """Sites that report ``job_id`` among their running jobs (``check_status client``)."""
     entries = session.get_client_job_status() or []
     return {
-        str(entry.get("client_name"))
-        for entry in entries
-        if isinstance(entry, dict) and entry.get("job_id") == job_id
+        str(entry.get("client_name")) for entry in entries if isinstance(entry, dict) and entry.get("job_id") == job_id
     }
 
 

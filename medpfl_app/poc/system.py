@@ -204,8 +204,7 @@ def check_can_start(layout: PocLayout) -> list[str]:
     running = find_poc_processes(layout.prod_dir)
     if running:
         raise MedPFLError(
-            f"the POC system of {layout.workspace} is already running: "
-            f"{', '.join(p.describe() for p in running[:6])}",
+            f"the POC system of {layout.workspace} is already running: {', '.join(p.describe() for p in running[:6])}",
             fix="use it, or run `medpfl poc stop` first",
         )
     holders = port_holders(poc_ports(layout))

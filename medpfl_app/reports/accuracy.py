@@ -44,9 +44,11 @@ class Accuracy:
         if not count:
             return ""
         lines = ", ".join(map(str, self.skipped_lines))
-        return (f"{count} line{'s' if count != 1 else ''} of {self.path.name if self.path else METRICS_FILE} could "
-                f"not be read and {'were' if count != 1 else 'was'} skipped (line{'s' if count != 1 else ''} "
-                f"{lines})")
+        return (
+            f"{count} line{'s' if count != 1 else ''} of {self.path.name if self.path else METRICS_FILE} could "
+            f"not be read and {'were' if count != 1 else 'was'} skipped (line{'s' if count != 1 else ''} "
+            f"{lines})"
+        )
 
     def __bool__(self) -> bool:
         return bool(self.aggregated or self.per_site)
@@ -106,5 +108,12 @@ def read_accuracy(path: Path | None) -> Accuracy:
             if picked := _pick(site.get("metrics")):
                 names.add(picked[0])
                 per_site.setdefault(site["name"], {})[round_number] = picked[1]
-    return Accuracy(path=path, metric=", ".join(sorted(names)) or None, aggregated=aggregated, per_site=per_site,
-                    skipped_lines=tuple(skipped), loss_metric=", ".join(sorted(loss_names)) or None, loss=loss)
+    return Accuracy(
+        path=path,
+        metric=", ".join(sorted(names)) or None,
+        aggregated=aggregated,
+        per_site=per_site,
+        skipped_lines=tuple(skipped),
+        loss_metric=", ".join(sorted(loss_names)) or None,
+        loss=loss,
+    )

@@ -19,8 +19,15 @@ from medpfl_app.reports.fields import mapping, text
 
 #: Defense parameters in words (others: the name with spaces).
 _PARAM_WORDS: dict[str, str] = {
-    "clip_norm": "clipping norm", "noise_multiplier": "noise multiplier", "b": "Laplace scale b", "scale": "scale",
-    "sigma0": "σ0", "percentile": "percentile", "fraction": "fraction kept", "delta": "δ", "epsilon_max": "ε cap",
+    "clip_norm": "clipping norm",
+    "noise_multiplier": "noise multiplier",
+    "b": "Laplace scale b",
+    "scale": "scale",
+    "sigma0": "σ0",
+    "percentile": "percentile",
+    "fraction": "fraction kept",
+    "delta": "δ",
+    "epsilon_max": "ε cap",
 }
 
 
@@ -105,10 +112,15 @@ def _setup(site: str, record: Mapping[str, Any], rounds: list[int]) -> SiteChain
     entries = record.get("defenses")
     chain = tuple(defense(d) for d in entries if isinstance(d, Mapping)) if isinstance(entries, list) else ()
     batch, steps = _fact(record, "batch_size"), _fact(record, "local_steps")
-    return SiteChain(site=site, rounds=tuple(rounds), model=network,
-                     batch_size="not recorded" if batch is None else value_words(batch),
-                     local_steps="not recorded" if steps is None else value_words(steps),
-                     training=_training(record), defenses=chain)
+    return SiteChain(
+        site=site,
+        rounds=tuple(rounds),
+        model=network,
+        batch_size="not recorded" if batch is None else value_words(batch),
+        local_steps="not recorded" if steps is None else value_words(steps),
+        training=_training(record),
+        defenses=chain,
+    )
 
 
 def site_chains(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[SiteChain]:
@@ -125,8 +137,16 @@ def site_chains(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Si
                 continue
             # per-round fields (ε so far, the round, the model's hash) do not make a new setup
             setup = _setup(site, record, [])
-            key = json.dumps([setup.model, setup.batch_size, setup.local_steps, setup.training,
-                              [dataclasses.astuple(d) for d in setup.defenses]], default=str)
+            key = json.dumps(
+                [
+                    setup.model,
+                    setup.batch_size,
+                    setup.local_steps,
+                    setup.training,
+                    [dataclasses.astuple(d) for d in setup.defenses],
+                ],
+                default=str,
+            )
             seen.setdefault(key, (record, []))[1].append(round_number)
         rows += [_setup(site, record, rounds) for record, rounds in seen.values()]
     return rows

@@ -20,8 +20,22 @@ from medpfl_app.reports.records import RecordView
 
 #: Budget fields that are measured per audit (early stopping, timing), not configured.
 MEASURED_BUDGET_KEYS = frozenset(
-    {"iterations", "evaluations", "wall_time_s", "audit_wall_time_s", "queue_wait_s", "stop_reason", "time_spent_s",
-     "stages_run", "best_stage", "ladder_complete", "settle", "not_attacked", "update_mode", "reduced"}
+    {
+        "iterations",
+        "evaluations",
+        "wall_time_s",
+        "audit_wall_time_s",
+        "queue_wait_s",
+        "stop_reason",
+        "time_spent_s",
+        "stages_run",
+        "best_stage",
+        "ladder_complete",
+        "settle",
+        "not_attacked",
+        "update_mode",
+        "reduced",
+    }
 )
 
 #: Budget fields in words (``{}`` takes the value); fields not listed are shown as "<name in words>: value".
@@ -32,14 +46,25 @@ _BUDGET_WORDS: dict[str, str] = {
     "escalation_factor": "×{} iterations per escalation",
     "stop_loss": "stops once the matching loss is below {}",
 }
-_OPTION_WORDS: dict[str, str] = {"lr": "learning rate", "tv": "total-variation weight", "objective": "objective",
-                                 "signed": "signed gradients", "lr_decay": "learning-rate decay"}
+_OPTION_WORDS: dict[str, str] = {
+    "lr": "learning rate",
+    "tv": "total-variation weight",
+    "objective": "objective",
+    "signed": "signed gradients",
+    "lr_decay": "learning-rate decay",
+}
 #: Threat-model facts in words, in the order shown.
 _THREAT_WORDS: tuple[tuple[str, str], ...] = (
-    ("batch_size", "batch size {}"), ("num_images", "{} image(s) in the update"), ("local_steps", "{} local step(s)"),
-    ("learning_rate", "learning rate {}"), ("optimizer", "optimiser {}"), ("labels_known", "labels known: {}"),
-    ("bn_buffers_shared", "BatchNorm buffers shared: {}"), ("bn_train_mode", "BatchNorm in training mode: {}"),
-    ("image_shape", "image {}"), ("update_kind", "update kind {}"),
+    ("batch_size", "batch size {}"),
+    ("num_images", "{} image(s) in the update"),
+    ("local_steps", "{} local step(s)"),
+    ("learning_rate", "learning rate {}"),
+    ("optimizer", "optimiser {}"),
+    ("labels_known", "labels known: {}"),
+    ("bn_buffers_shared", "BatchNorm buffers shared: {}"),
+    ("bn_train_mode", "BatchNorm in training mode: {}"),
+    ("image_shape", "image {}"),
+    ("update_kind", "update kind {}"),
 )
 
 
@@ -57,12 +82,17 @@ def budget_parts(budget: Mapping[str, Any]) -> list[str]:
     shown = {"attack", "restarts", "time_limit_s", "time_budget_s", "options"} | MEASURED_BUDGET_KEYS
     for key in sorted(k for k in budget if k not in shown and budget[k] is not None):
         words = _BUDGET_WORDS.get(key)
-        parts.append(words.format(value_words(budget[key])) if words else
-                     f"{key.replace('_', ' ')}: {value_words(budget[key])}")
+        parts.append(
+            words.format(value_words(budget[key])) if words else f"{key.replace('_', ' ')}: {value_words(budget[key])}"
+        )
     options = mapping(budget.get("options"))
     if options:
-        parts.append("optimiser " + ", ".join(f"{_OPTION_WORDS.get(k, k.replace('_', ' '))} {value_words(v)}"
-                                              for k, v in sorted(options.items())))
+        parts.append(
+            "optimiser "
+            + ", ".join(
+                f"{_OPTION_WORDS.get(k, k.replace('_', ' '))} {value_words(v)}" for k, v in sorted(options.items())
+            )
+        )
     return parts
 
 
@@ -97,8 +127,11 @@ def threat_facts(threat: Any) -> tuple[str, ...]:
     known.add("assumed_worst_case")
     if worst:
         facts.append(f"assumed worst case for: {value_words(worst)}")
-    facts += [f"{k.replace('_', ' ')}: {value_words(v)}" for k, v in sorted(threat.items())
-              if k not in known and v is not None]
+    facts += [
+        f"{k.replace('_', ' ')}: {value_words(v)}"
+        for k, v in sorted(threat.items())
+        if k not in known and v is not None
+    ]
     return tuple(facts) or ("not recorded",)
 
 
@@ -166,10 +199,16 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON."""
-        return {"tag": self.tag, "attack": self.attack, "budget": self.budget, "threat_model": self.threat_model,
-                "threat_name": self.threat_name, "iterations_run": list(self.iterations),
-                "stopped_by_time_limit": self.time_limited,
-                "used_for": [{"site": site, "round": round_number} for site, round_number in self.uses]}
+        return {
+            "tag": self.tag,
+            "attack": self.attack,
+            "budget": self.budget,
+            "threat_model": self.threat_model,
+            "threat_name": self.threat_name,
+            "iterations_run": list(self.iterations),
+            "stopped_by_time_limit": self.time_limited,
+            "used_for": [{"site": site, "round": round_number} for site, round_number in self.uses],
+        }
 
 
 def config_key(record: Mapping[str, Any]) -> str:
@@ -199,11 +238,16 @@ def build_configs(views: Sequence[RecordView]) -> dict[str, AuditConfig]:
             threat_model="; ".join(threat_items),
             threat_name=threat_name(threat),
             iterations=tuple(sorted({v.iterations for v in group if v.iterations is not None})),
-            time_limited=sum(v.stop_reason == "time_limit" or any(s.stop_reason == "time_limit" for s in v.stages)
-                             for v in group),
+            time_limited=sum(
+                v.stop_reason == "time_limit" or any(s.stop_reason == "time_limit" for s in v.stages) for v in group
+            ),
             budget_items=budget_items,
             threat_items=threat_items,
-            uses=tuple(sorted({(v.site, v.round) for v in group if v.site is not None and v.round is not None},
-                              key=lambda use: (use[1], use[0]))),
+            uses=tuple(
+                sorted(
+                    {(v.site, v.round) for v in group if v.site is not None and v.round is not None},
+                    key=lambda use: (use[1], use[0]),
+                )
+            ),
         )
     return configs

@@ -22,12 +22,17 @@ if TYPE_CHECKING:
     from medpfl_app.reports.plan import JobPlan
 
 LOST_CAUSE = "received, no audit record: the server or its audit stopped before auditing it"
-FAILED_TASK_CAUSE = ("received a failed task result (return code {codes}), no audit record: the site sent no update "
-                     "to audit")
-NO_ARRIVAL_CAUSE = ("audit record without a matching line in the arrivals file: the arrivals file is incomplete (its "
-                    "recorder failed or is not in the job)")
-UNKNOWN_CAUSE = (f"coverage unknown: no arrivals file ({ARRIVALS_FILE}) beside the ledger, so updates the server "
-                 "received but never recorded cannot be counted")
+FAILED_TASK_CAUSE = (
+    "received a failed task result (return code {codes}), no audit record: the site sent no update to audit"
+)
+NO_ARRIVAL_CAUSE = (
+    "audit record without a matching line in the arrivals file: the arrivals file is incomplete (its "
+    "recorder failed or is not in the job)"
+)
+UNKNOWN_CAUSE = (
+    f"coverage unknown: no arrivals file ({ARRIVALS_FILE}) beside the ledger, so updates the server "
+    "received but never recorded cannot be counted"
+)
 
 
 @dataclass(frozen=True)
@@ -77,20 +82,38 @@ class Counts:
     def text(self) -> str:
         """Received, audited by level, not audited, not auditable and lost, in words."""
         if self.received is None:
-            return (f"{self.records} record{'s' if self.records != 1 else ''} in the ledger: {self.audited_text()}, "
-                    f"{self.not_audited} not audited, {self.not_auditable} not auditable; received and lost: unknown")
-        return (f"{self.received} received, {self.audited_text()}, {self.not_audited} not audited, "
-                f"{self.not_auditable} not auditable, {self.lost} lost")
+            return (
+                f"{self.records} record{'s' if self.records != 1 else ''} in the ledger: {self.audited_text()}, "
+                f"{self.not_audited} not audited, {self.not_auditable} not auditable; received and lost: unknown"
+            )
+        return (
+            f"{self.received} received, {self.audited_text()}, {self.not_audited} not audited, "
+            f"{self.not_auditable} not auditable, {self.lost} lost"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "records": self.records, "audited": self.audited,
-                "not_audited": self.not_audited, "not_auditable": self.not_auditable, "lost": self.lost,
-                "measured": self.measured, "levels": dict(self.levels)}
+        return {
+            "received": self.received,
+            "records": self.records,
+            "audited": self.audited,
+            "not_audited": self.not_audited,
+            "not_auditable": self.not_auditable,
+            "lost": self.lost,
+            "measured": self.measured,
+            "levels": dict(self.levels),
+        }
 
 
 def _empty(known: bool) -> Counts:
-    return Counts(received=0 if known else None, records=0, audited=0, not_audited=0, not_auditable=0,
-                  lost=0 if known else None, levels={level: 0 for level in LEVELS})
+    return Counts(
+        received=0 if known else None,
+        records=0,
+        audited=0,
+        not_audited=0,
+        not_auditable=0,
+        lost=0 if known else None,
+        levels={level: 0 for level in LEVELS},
+    )
 
 
 @dataclass(frozen=True)
@@ -155,10 +178,13 @@ class Coverage:
 
     def only_round(self, round_number: int) -> Coverage:
         """The coverage of one round."""
-        return Coverage(known=self.known, arrivals_path=self.arrivals_path,
-                        cells={k: v for k, v in self.cells.items() if k[1] == round_number},
-                        gaps=tuple(g for g in self.gaps if g.round == round_number),
-                        unreadable_arrivals=())
+        return Coverage(
+            known=self.known,
+            arrivals_path=self.arrivals_path,
+            cells={k: v for k, v in self.cells.items() if k[1] == round_number},
+            gaps=tuple(g for g in self.gaps if g.round == round_number),
+            unreadable_arrivals=(),
+        )
 
     def against(self, plan: JobPlan | None) -> PlanCoverage:
         """This coverage against the job's plan (expected sites, planned rounds, end status); see
@@ -187,8 +213,10 @@ class Coverage:
             "unknown_because": None if self.known else UNKNOWN_CAUSE,
             "total": self.total().to_dict(),
             "rounds": [{"round": r, **self.round_counts(r).to_dict()} for r in self.rounds],
-            "sites": [{"site": s, "round": r, **c.to_dict()} for (s, r), c in sorted(self.cells.items(),
-                                                                                    key=lambda i: (i[0][1], i[0][0]))],
+            "sites": [
+                {"site": s, "round": r, **c.to_dict()}
+                for (s, r), c in sorted(self.cells.items(), key=lambda i: (i[0][1], i[0][0]))
+            ],
             "gaps": [g.to_dict() for g in self.gaps],
             "unreadable_arrival_lines": [u.line for u in self.unreadable_arrivals],
             "text": self.text(),
@@ -218,29 +246,42 @@ def build_coverage(records: Iterable[RecordView], arrivals: ArrivalsRead | None)
         received = len(lines) if known else None
         lost = max(0, len(lines) - len(views)) if known else None
         cells[key] = Counts(
-            received=received, records=len(views),
+            received=received,
+            records=len(views),
             audited=sum(v.status == "audited" for v in views),
             not_audited=sum(v.status == "not_audited" for v in views),
             not_auditable=sum(v.status == "not_auditable" for v in views),
-            lost=lost, levels=levels,
+            lost=lost,
+            levels=levels,
         )
         if lost:
             failed = [a for a in lines if a.failed]
             # failed task results (no update in them) explain the missing records only if there are enough of them
-            cause = (FAILED_TASK_CAUSE.format(codes=", ".join(sorted({str(a.return_code) for a in failed})))
-                     if failed and len(failed) >= lost else LOST_CAUSE)
+            cause = (
+                FAILED_TASK_CAUSE.format(codes=", ".join(sorted({str(a.return_code) for a in failed})))
+                if failed and len(failed) >= lost
+                else LOST_CAUSE
+            )
             gaps.append(Gap(site, round_number, "lost", lost, cause))
         if known and len(views) > len(lines):
             gaps.append(Gap(site, round_number, "no_arrival", len(views) - len(lines), NO_ARRIVAL_CAUSE))
         for view in views:
             if view.status in ("not_audited", "not_auditable"):
                 gaps.append(Gap(site, round_number, view.status, 1, view.reason or "no reason recorded"))
-    return Coverage(known=known, arrivals_path=arrivals.path if arrivals else None, cells=cells, gaps=tuple(gaps),
-                    unreadable_arrivals=arrivals.unreadable if arrivals else ())
+    return Coverage(
+        known=known,
+        arrivals_path=arrivals.path if arrivals else None,
+        cells=cells,
+        gaps=tuple(gaps),
+        unreadable_arrivals=arrivals.unreadable if arrivals else (),
+    )
 
 
 def gap_label(kind: str) -> str:
     """A gap kind in words."""
-    return {"lost": "lost", "no_arrival": "no arrival line", "not_audited": "not audited",
-            "not_auditable": "not auditable"}.get(kind, kind.replace("_", " "))
-
+    return {
+        "lost": "lost",
+        "no_arrival": "no arrival line",
+        "not_audited": "not audited",
+        "not_auditable": "not auditable",
+    }.get(kind, kind.replace("_", " "))

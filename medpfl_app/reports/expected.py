@@ -71,12 +71,18 @@ class PlanCoverage:
 
     def status_sentence(self) -> str:
         """``"The job ended FINISHED:ABORTED after round 1 (rounds 0–5 were planned)."`` or why it is unknown."""
-        planned = (f" ({span_text(self.plan.rounds)} {'were' if len(self.plan.rounds) != 1 else 'was'} planned)"
-                   if self.plan.rounds else "")
+        planned = (
+            f" ({span_text(self.plan.rounds)} {'were' if len(self.plan.rounds) != 1 else 'was'} planned)"
+            if self.plan.rounds
+            else ""
+        )
         if self.plan.status is None:
             bad = next((note for note in self.plan.notes if "end status" in note), None)
-            why = (f"is unknown: {bad.split(', so')[0]}" if bad else
-                   "is not recorded: no meta.json beside the ledger holds one")
+            why = (
+                f"is unknown: {bad.split(', so')[0]}"
+                if bad
+                else "is not recorded: no meta.json beside the ledger holds one"
+            )
             return f"The job's end status {why}" + (f"; {planned[2:-1]}." if planned else ".")
         when = f" after round {max(self.ran)}" if self.ran else " before any update was received or recorded"
         return f"The job ended {self.plan.status}{when}{planned}."
@@ -88,31 +94,42 @@ class PlanCoverage:
         if len(self.missing) > MAX_SITE_SENTENCES:
             sentences.append(f"{len(self.missing) - MAX_SITE_SENTENCES} more expected sites are missing rounds.")
         if self.silent:
-            sentences.append(f"No site {'sent anything' if self.arrivals_known else 'has a record'} in "
-                             f"{span_text(self.silent)}.")
+            sentences.append(
+                f"No site {'sent anything' if self.arrivals_known else 'has a record'} in {span_text(self.silent)}."
+            )
         if self.never_ran:
-            verb = "never ran" if self.arrivals_known else \
-                "have no trace (without an arrivals file, whether they ran is unknown)"
+            verb = (
+                "never ran"
+                if self.arrivals_known
+                else "have no trace (without an arrivals file, whether they ran is unknown)"
+            )
             words = span_text(self.never_ran)
-            sentences.append(f"{words[0].upper()}{words[1:]} {verb if len(self.never_ran) != 1 else _singular(verb)}"
-                             + (": the workflow stopped before them." if self.plan.status == COMPLETED else "."))
+            sentences.append(
+                f"{words[0].upper()}{words[1:]} {verb if len(self.never_ran) != 1 else _singular(verb)}"
+                + (": the workflow stopped before them." if self.plan.status == COMPLETED else ".")
+            )
         if self.unplanned_sites:
-            sentences.append(f"{_join(list(self.unplanned_sites))} sent updates but "
-                             f"{'are' if len(self.unplanned_sites) != 1 else 'is'} not in the job's deploy map.")
+            sentences.append(
+                f"{_join(list(self.unplanned_sites))} sent updates but "
+                f"{'are' if len(self.unplanned_sites) != 1 else 'is'} not in the job's deploy map."
+            )
         if self.unplanned_rounds:
-            sentences.append(f"{span_text(self.unplanned_rounds).capitalize()} ran outside the planned "
-                             f"{self.plan.rounds_text()}.")
+            sentences.append(
+                f"{span_text(self.unplanned_rounds).capitalize()} ran outside the planned {self.plan.rounds_text()}."
+            )
         return sentences
 
     def unknown_sentence(self) -> str:
         """Which part of the plan is unknown and why, or ``""`` when both are known."""
         if self.plan.known:
             return ""
-        parts = [part for part, value in (("the expected sites", self.plan.sites),
-                                          ("the planned rounds", self.plan.rounds)) if value is None]
+        parts = [
+            part
+            for part, value in (("the expected sites", self.plan.sites), ("the planned rounds", self.plan.rounds))
+            if value is None
+        ]
         why = "; ".join(note for note in self.plan.notes if "end status" not in note)
-        return (f"Coverage against the job's plan is unknown for {' and '.join(parts)}"
-                + (f": {why}." if why else "."))
+        return f"Coverage against the job's plan is unknown for {' and '.join(parts)}" + (f": {why}." if why else ".")
 
     def complete_sentence(self) -> str:
         """``"Every expected site (…) sent an update in every planned round (rounds 0–2)."`` or ``""``."""
@@ -156,11 +173,18 @@ class PlanCoverage:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "arrivals_known": self.arrivals_known, "rounds_ran": list(self.ran),
-                "missing": [{"site": s, "rounds": list(r)} for s, r in self.missing],
-                "never_ran": list(self.never_ran), "silent_rounds": list(self.silent),
-                "unplanned_sites": list(self.unplanned_sites), "unplanned_rounds": list(self.unplanned_rounds),
-                "has_gap": self.has_gap, "text": self.text()}
+        return {
+            "plan": self.plan.to_dict(),
+            "arrivals_known": self.arrivals_known,
+            "rounds_ran": list(self.ran),
+            "missing": [{"site": s, "rounds": list(r)} for s, r in self.missing],
+            "never_ran": list(self.never_ran),
+            "silent_rounds": list(self.silent),
+            "unplanned_sites": list(self.unplanned_sites),
+            "unplanned_rounds": list(self.unplanned_rounds),
+            "has_gap": self.has_gap,
+            "text": self.text(),
+        }
 
 
 def _singular(verb: str) -> str:
@@ -180,12 +204,21 @@ def against_plan(coverage: Coverage, plan: JobPlan) -> PlanCoverage:
             missing.append((site, rounds))
     last = max(ran) if ran else None
     never_ran = tuple(r for r in sorted(planned) if last is None or r > last) if planned is not None else ()
-    silent = tuple(r for r in sorted(planned) if last is not None and r < last and r not in ran) \
-        if planned is not None else ()
+    silent = (
+        tuple(r for r in sorted(planned) if last is not None and r < last and r not in ran)
+        if planned is not None
+        else ()
+    )
     unplanned_sites = tuple(s for s in coverage.sites if plan.sites is not None and s not in plan.sites)
     unplanned_rounds = tuple(r for r in ran if planned is not None and r not in planned)
-    return PlanCoverage(plan=plan, arrivals_known=coverage.known, ran=ran, missing=tuple(missing),
-                        never_ran=never_ran, silent=silent, unplanned_sites=unplanned_sites,
-                        unplanned_rounds=unplanned_rounds,
-                        traces={key: (c.received if c.received is not None else c.records)
-                                for key, c in coverage.cells.items()})
+    return PlanCoverage(
+        plan=plan,
+        arrivals_known=coverage.known,
+        ran=ran,
+        missing=tuple(missing),
+        never_ran=never_ran,
+        silent=silent,
+        unplanned_sites=unplanned_sites,
+        unplanned_rounds=unplanned_rounds,
+        traces={key: (c.received if c.received is not None else c.records) for key, c in coverage.cells.items()},
+    )

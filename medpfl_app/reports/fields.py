@@ -20,8 +20,14 @@ from typing import Any
 from medpfl_app.text import printable
 
 #: How non-finite floats are spelled in plain JSON records (``allow_nan=False``), e.g. a matching loss of ``inf``.
-NON_FINITE = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "-inf": -math.inf, "-infinity": -math.inf,
-              "nan": math.nan}
+NON_FINITE = {
+    "inf": math.inf,
+    "+inf": math.inf,
+    "infinity": math.inf,
+    "-inf": -math.inf,
+    "-infinity": -math.inf,
+    "nan": math.nan,
+}
 
 
 def number(value: Any) -> float | None:
@@ -137,20 +143,40 @@ _LOSS = Bounds(0.0, non_finite=True)
 #: ``site_scores``, ``epsilon``, ``attack_budget``, ``ladder`` entries and their ``convergence``).
 BOUNDS: Mapping[str, Bounds] = {
     # site scores (medpfl_app.audit.scoring): SSIM is a correlation-like index, PSNR a finite number of dB
-    "ssim_max": Bounds(-1.0, 1.0), "ssim_mean": Bounds(-1.0, 1.0), "ssim_threshold": Bounds(-1.0, 1.0),
-    "psnr_max": Bounds(), "psnr_mean": Bounds(),
-    "attack_success_rate": _SHARE, "label_accuracy": _SHARE, "identifiability": _SHARE,
-    "identifiability_chance": _SHARE, "identifiability_excess": Bounds(-1.0, 1.0),
-    "identifiability_p_value": _SHARE, "significance": _SHARE,
+    "ssim_max": Bounds(-1.0, 1.0),
+    "ssim_mean": Bounds(-1.0, 1.0),
+    "ssim_threshold": Bounds(-1.0, 1.0),
+    "psnr_max": Bounds(),
+    "psnr_mean": Bounds(),
+    "attack_success_rate": _SHARE,
+    "label_accuracy": _SHARE,
+    "identifiability": _SHARE,
+    "identifiability_chance": _SHARE,
+    "identifiability_excess": Bounds(-1.0, 1.0),
+    "identifiability_p_value": _SHARE,
+    "significance": _SHARE,
     # formal privacy (epsilon): ε >= 0, δ a probability
-    "client_dp": Bounds(0.0), "dp_sgd": Bounds(0.0), "delta": _SHARE,
+    "client_dp": Bounds(0.0),
+    "dp_sgd": Bounds(0.0),
+    "delta": _SHARE,
     # attack budget and ladder stages
-    "iterations": _COUNT, "restarts": _COUNT, "images": _COUNT, "local_steps": _COUNT, "stages_run": _COUNT,
-    "evaluations": _COUNT, "max_images": _COUNT,
-    "wall_time_s": _SECONDS, "attack_wall_time_s": _SECONDS, "time_limit_s": _SECONDS, "time_budget_s": _SECONDS,
+    "iterations": _COUNT,
+    "restarts": _COUNT,
+    "images": _COUNT,
+    "local_steps": _COUNT,
+    "stages_run": _COUNT,
+    "evaluations": _COUNT,
+    "max_images": _COUNT,
+    "wall_time_s": _SECONDS,
+    "attack_wall_time_s": _SECONDS,
+    "time_limit_s": _SECONDS,
+    "time_budget_s": _SECONDS,
     "time_spent_s": _SECONDS,
     # matching losses (relative, >= 0) and their start / end ratio; inf and nan are recorded for a diverged attack
-    "initial_loss": _LOSS, "final_loss": _LOSS, "attack_matching_loss": _LOSS, "reduction": _LOSS,
+    "initial_loss": _LOSS,
+    "final_loss": _LOSS,
+    "attack_matching_loss": _LOSS,
+    "reduction": _LOSS,
 }
 
 
@@ -170,8 +196,11 @@ def checked(value: Any, name: str, problems: list[str] | None = None, *, where: 
     if value is None:
         return None
     bounds = BOUNDS.get(name, Bounds())
-    found = loss_number(value) if bounds.non_finite else (
-        None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value))
+    found = (
+        loss_number(value)
+        if bounds.non_finite
+        else (None if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value))
+    )
     label = f"{where}.{name}" if where else name
     if found is None:
         if problems is not None:

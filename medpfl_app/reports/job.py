@@ -49,8 +49,13 @@ class JobInfo:
         return self.name or "job name not recorded"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "source": self.source,
-                "run_ids": list(self.run_ids), "plan": self.plan.to_dict()}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "run_ids": list(self.run_ids),
+            "plan": self.plan.to_dict(),
+        }
 
 
 def _read_meta(path: Path) -> Mapping[str, Any] | None:
@@ -73,21 +78,48 @@ def find_meta(ledger: Path) -> tuple[Path, Mapping[str, Any]] | None:
 
 def job_info(ledger: Path, records: Iterable[Mapping[str, Any]]) -> JobInfo:
     """Name and purpose of the job behind ``ledger`` (see the module docstring for the order of sources)."""
-    run_ids = tuple(sorted({str(r["job_id"]) for r in records if isinstance(r.get("job_id"), (str, int))
-                            and not isinstance(r.get("job_id"), bool)}))
+    run_ids = tuple(
+        sorted(
+            {
+                str(r["job_id"])
+                for r in records
+                if isinstance(r.get("job_id"), (str, int)) and not isinstance(r.get("job_id"), bool)
+            }
+        )
+    )
     found = find_meta(ledger)
     plan = read_plan(ledger)
     if found is not None:
         path, meta = found
         description = meta.get("description") if isinstance(meta.get("description"), str) else None
-        return JobInfo(name=meta["name"], description=description or None,
-                       source=f"the job's {META_FILE} ({path})", run_ids=run_ids, plan=plan)
+        return JobInfo(
+            name=meta["name"],
+            description=description or None,
+            source=f"the job's {META_FILE} ({path})",
+            run_ids=run_ids,
+            plan=plan,
+        )
     named = [r for r in run_ids if r != SIMULATOR_RUN_NAME]
     if named:
-        return JobInfo(name=", ".join(named), description=None, source=(
-            f"the records' job id (no {META_FILE} above the ledger; under NVFlare this is the run's id, which may not "
-            "be the job's name)"), run_ids=run_ids, plan=plan)
-    why = (f"the records name only the simulator's run folder ({SIMULATOR_RUN_NAME})" if run_ids
-           else "the records carry no job id")
-    return JobInfo(name=None, description=None, source=f"not recorded: no {META_FILE} above the ledger and {why}",
-                   run_ids=run_ids, plan=plan)
+        return JobInfo(
+            name=", ".join(named),
+            description=None,
+            source=(
+                f"the records' job id (no {META_FILE} above the ledger; under NVFlare this is the run's id, which may not "
+                "be the job's name)"
+            ),
+            run_ids=run_ids,
+            plan=plan,
+        )
+    why = (
+        f"the records name only the simulator's run folder ({SIMULATOR_RUN_NAME})"
+        if run_ids
+        else "the records carry no job id"
+    )
+    return JobInfo(
+        name=None,
+        description=None,
+        source=f"not recorded: no {META_FILE} above the ledger and {why}",
+        run_ids=run_ids,
+        plan=plan,
+    )

@@ -175,8 +175,9 @@ class AuditView:
             malformed=(),
             actions=tuple(a for a in self.actions if a.round == round_number),
             details=tuple(d for d in self.details if d.round == round_number),
-            records=tuple(r for r in self.records
-                          if r.get("round") == round_number and not isinstance(r.get("round"), bool)),
+            records=tuple(
+                r for r in self.records if r.get("round") == round_number and not isinstance(r.get("round"), bool)
+            ),
             coverage=self.coverage.only_round(round_number),
         )
 
@@ -185,8 +186,13 @@ def _severity(cell: Cell) -> tuple[float, ...]:
     def score(value: float | None) -> float:
         return -math.inf if value is None else value
 
-    return (RISK_RANK.get(cell.risk, 0), score(cell.ssim_max), score(cell.psnr_max), score(cell.success_rate),
-            cell.round)
+    return (
+        RISK_RANK.get(cell.risk, 0),
+        score(cell.ssim_max),
+        score(cell.psnr_max),
+        score(cell.success_rate),
+        cell.round,
+    )
 
 
 def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | None = None) -> AuditView:
@@ -208,8 +214,10 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
         if view.site is None or view.round is None:
             record = view.record
             why = f"{text(record.get('status'))}: {text(record.get('reason')) or 'no reason recorded'}"
-            malformed.append(f"record {view.index}: site {text(record.get('site'))!s} / round "
-                             f"{text(record.get('round'))!s} unusable ({why})")
+            malformed.append(
+                f"record {view.index}: site {text(record.get('site'))!s} / round "
+                f"{text(record.get('round'))!s} unusable ({why})"
+            )
             continue
         placed.append(view)
         grouped.setdefault((view.site, view.round), []).append(_cell(view, configs))
@@ -222,8 +230,14 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
         for cell in group:
             action = _mapping(cell.record.get("policy_action"))
             if action:
-                actions.append(PolicyAction(cell.site, cell.round, text(action.get("action")) or "unnamed action",
-                                            text(action.get("reason")) or "no reason recorded"))
+                actions.append(
+                    PolicyAction(
+                        cell.site,
+                        cell.round,
+                        text(action.get("action")) or "unnamed action",
+                        text(action.get("reason")) or "no reason recorded",
+                    )
+                )
             if cell.status == "audited" and cell.scores_status != "scored":
                 why = cell.scores_reason or "no reason recorded"
                 notes.append(Note(cell.site, cell.round, f"site scores {cell.scores_status or 'missing'}", why))
@@ -268,5 +282,3 @@ def _cell(view: RecordView, configs: dict[str, AuditConfig]) -> Cell:
         detail=view,
         record=record,
     )
-
-

@@ -19,13 +19,24 @@ from medpfl_app.errors import MedPFLError
 #: Environment variable naming a Chromium / Chrome binary to use instead of the one on ``PATH``.
 CHROMIUM_ENV = "MEDPFL_CHROMIUM"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL_HINT = ("install Chromium (Debian/Ubuntu: `sudo apt-get install chromium`; Fedora: `sudo dnf install "
-                "chromium`; macOS: `brew install --cask chromium`), or set MEDPFL_CHROMIUM to a Chrome or Chromium "
-                "binary")
+INSTALL_HINT = (
+    "install Chromium (Debian/Ubuntu: `sudo apt-get install chromium`; Fedora: `sudo dnf install "
+    "chromium`; macOS: `brew install --cask chromium`), or set MEDPFL_CHROMIUM to a Chrome or Chromium "
+    "binary"
+)
 #: Flags for a quiet, offline, throw-away headless browser (the user-data-dir is added per run).
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-extensions",
-                  "--disable-default-apps", "--mute-audio")
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--mute-audio",
+)
 PDF_TIMEOUT_S = 120
 PDF_FILE = "audit_report.pdf"
 PDF_MAGIC = b"%PDF"
@@ -40,14 +51,19 @@ def find_chromium() -> str:
     named = os.environ.get(CHROMIUM_ENV)
     if named:
         if shutil.which(named) is None:
-            raise MedPFLError(f"{CHROMIUM_ENV}={named} is not an executable Chromium or Chrome",
-                              fix=f"point {CHROMIUM_ENV} at a browser binary, or unset it and {INSTALL_HINT}")
+            raise MedPFLError(
+                f"{CHROMIUM_ENV}={named} is not an executable Chromium or Chrome",
+                fix=f"point {CHROMIUM_ENV} at a browser binary, or unset it and {INSTALL_HINT}",
+            )
         return named
     for name in CHROMIUM_NAMES:
         if found := shutil.which(name):
             return found
-    raise MedPFLError("printing the report to PDF needs headless Chromium, and none was found on PATH "
-                      f"(looked for {', '.join(CHROMIUM_NAMES)})", fix=INSTALL_HINT)
+    raise MedPFLError(
+        "printing the report to PDF needs headless Chromium, and none was found on PATH "
+        f"(looked for {', '.join(CHROMIUM_NAMES)})",
+        fix=INSTALL_HINT,
+    )
 
 
 def print_pdf(html: Path, pdf: Path | None = None, *, timeout_s: float = PDF_TIMEOUT_S) -> Path:
@@ -60,18 +76,28 @@ def print_pdf(html: Path, pdf: Path | None = None, *, timeout_s: float = PDF_TIM
     target = pdf or html.with_suffix(".pdf")
     with tempfile.TemporaryDirectory(prefix="medpfl-chromium-") as profile:
         partial = Path(profile) / "report.pdf"
-        command = [browser, *HEADLESS_FLAGS, f"--user-data-dir={profile}", "--no-pdf-header-footer",
-                   f"--print-to-pdf={partial}", html.resolve().as_uri()]
+        command = [
+            browser,
+            *HEADLESS_FLAGS,
+            f"--user-data-dir={profile}",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={partial}",
+            html.resolve().as_uri(),
+        ]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise MedPFLError(f"Chromium did not finish printing {html} within {timeout_s:g} s",
-                              fix="run again; if it keeps hanging, open the HTML in a browser and print it") from None
+            raise MedPFLError(
+                f"Chromium did not finish printing {html} within {timeout_s:g} s",
+                fix="run again; if it keeps hanging, open the HTML in a browser and print it",
+            ) from None
         if not partial.is_file() or partial.read_bytes()[:4] != PDF_MAGIC:
             last = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise MedPFLError(f"Chromium ({browser}) did not print {html} to PDF (exit code {done.returncode}"
-                              f"{': ' + ' / '.join(last) if last else ''})",
-                              fix="check that this Chromium starts headless on this machine, or " + INSTALL_HINT)
+            raise MedPFLError(
+                f"Chromium ({browser}) did not print {html} to PDF (exit code {done.returncode}"
+                f"{': ' + ' / '.join(last) if last else ''})",
+                fix="check that this Chromium starts headless on this machine, or " + INSTALL_HINT,
+            )
         content = partial.read_bytes()
 
     def write(temp: Path) -> None:

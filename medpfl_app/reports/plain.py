@@ -20,11 +20,11 @@ from medpfl_app.reports.utility import Utility
 _FINDINGS: Mapping[str, str] = {
     "high": "the server could reconstruct recognisable images from {site}'s updates in {count} (high)",
     "medium": "the server recovered partial information (some image structure or identity) from {site}'s updates "
-              "in {count} (medium)",
+    "in {count} (medium)",
     "unscored": "the attack matched {site}'s updates in {count}, but the site did not return its scores, so how "
-                "much leaked is unmeasured (unscored)",
+    "much leaked is unmeasured (unscored)",
     "low": "the attack on every audited update of {site} ({count}) ran to the end without reconstructing any image "
-           "(low: under this attack and budget, not a guarantee against stronger attacks)",
+    "(low: under this attack and budget, not a guarantee against stronger attacks)",
 }
 
 
@@ -37,8 +37,11 @@ def _join(items: Sequence[str]) -> str:
 def _rounds(count: int, total: int) -> str:
     if count == total == 2:
         return "both rounds"
-    return f"all {total} rounds" if count == total and total > 1 else (
-        f"{count} of {total} round{'s' if total != 1 else ''}" if total > 1 else "the only round")
+    return (
+        f"all {total} rounds"
+        if count == total and total > 1
+        else (f"{count} of {total} round{'s' if total != 1 else ''}" if total > 1 else "the only round")
+    )
 
 
 def _sentence(text: str, *, capital: bool = True) -> str:
@@ -59,11 +62,17 @@ def _why_inconclusive(cell: Cell) -> str:
     timed_out = detail.stop_reason == "time_limit" or any(s.stop_reason == "time_limit" for s in detail.stages)
     limit = detail.time_budget_s or detail.time_limit_s
     if timed_out:
-        return f"the attack did not finish within its {limit:g} s budget" if limit else \
-            "the attack did not finish within its time limit"
+        return (
+            f"the attack did not finish within its {limit:g} s budget"
+            if limit
+            else "the attack did not finish within its time limit"
+        )
     if detail.ladder_complete is False:
-        return (f"the attack did not complete its stages within the {limit:g} s budget per update" if limit else
-                "the attack did not complete its stages")
+        return (
+            f"the attack did not complete its stages within the {limit:g} s budget per update"
+            if limit
+            else "the attack did not complete its stages"
+        )
     convergence = (detail.convergence or "").replace("_", " ")
     if convergence in ("no progress", "stalled"):
         return "the attack stopped making progress before it matched the update"
@@ -104,8 +113,9 @@ def _site_levels(view: AuditView) -> dict[str, dict[str, int]]:
 
 
 def _worst_scores(view: AuditView, site: str, level: str) -> str:
-    cells = [c for r in view.rounds if (c := view.cell(site, r)) is not None and c.risk == level
-             and c.ssim_max is not None]
+    cells = [
+        c for r in view.rounds if (c := view.cell(site, r)) is not None and c.risk == level and c.ssim_max is not None
+    ]
     if not cells:
         return ""
     worst = max(cells, key=lambda c: (c.ssim_max or 0.0, c.round))  # ties: the latest round, as the verdict
@@ -116,9 +126,13 @@ def _findings(view: AuditView, total: int) -> list[str]:
     levels = _site_levels(view)
     sentences: list[str] = []
     for level in ("high", "medium", "unscored"):
-        parts = [_FINDINGS[level].format(site=site, count=_rounds(counts[level], total)).replace(
-            f"({level})", f"({level}{_worst_scores(view, site, level)})")
-            for site, counts in levels.items() if counts.get(level)]
+        parts = [
+            _FINDINGS[level]
+            .format(site=site, count=_rounds(counts[level], total))
+            .replace(f"({level})", f"({level}{_worst_scores(view, site, level)})")
+            for site, counts in levels.items()
+            if counts.get(level)
+        ]
         if parts:
             sentences.append(_sentence(_join(parts)))
     inconclusive = [site for site, counts in levels.items() if counts.get("inconclusive")]
@@ -126,27 +140,43 @@ def _findings(view: AuditView, total: int) -> list[str]:
     low = [site for site, counts in levels.items() if counts.get("low") and set(counts) <= {"low"}]
     if low:
         updates = sum(levels[site]["low"] for site in low)
-        sentences.append(_sentence(_FINDINGS["low"].format(site=_join(low), count=(
-            f"{updates} update{'s' if updates != 1 else ''}"))))
+        sentences.append(
+            _sentence(
+                _FINDINGS["low"].format(site=_join(low), count=(f"{updates} update{'s' if updates != 1 else ''}"))
+            )
+        )
     return sentences
 
 
 def _gaps(view: AuditView) -> str:
     total = view.coverage.total()
-    counts = ((total.not_audited, "{} not audited"), (total.not_auditable, "{} not auditable (e.g. encrypted)"),
-              (total.lost or 0, "{} received but lost before the audit recorded {}"))
-    parts = [words.format(f"{n} update{'s were' if n != 1 else ' was'}", "them" if n != 1 else "it")
-             for n, words in counts if n]
+    counts = (
+        (total.not_audited, "{} not audited"),
+        (total.not_auditable, "{} not auditable (e.g. encrypted)"),
+        (total.lost or 0, "{} received but lost before the audit recorded {}"),
+    )
+    parts = [
+        words.format(f"{n} update{'s were' if n != 1 else ' was'}", "them" if n != 1 else "it")
+        for n, words in counts
+        if n
+    ]
     if not parts:
-        return "" if view.coverage.known else ("Whether every update the server received was audited is unknown: "
-                                               "the server's list of received updates is missing.")
+        return (
+            ""
+            if view.coverage.known
+            else (
+                "Whether every update the server received was audited is unknown: "
+                "the server's list of received updates is missing."
+            )
+        )
     return _sentence(f"{_join(parts)}: gaps in the audit, not evidence of safety")
 
 
 def _privacy(readings: Sequence[EpsilonReading], has_defenses: bool) -> str:
     if not readings:
-        return ("No site used a formal differential-privacy defense, so no ε bounds the leakage"
-                + ("; the defenses applied are heuristics." if has_defenses else "."))
+        return "No site used a formal differential-privacy defense, so no ε bounds the leakage" + (
+            "; the defenses applied are heuristics." if has_defenses else "."
+        )
     groups: dict[str, list[str]] = {}
     for r in readings:
         delta = f", δ = {r.delta:.0e}" if r.delta is not None else ", δ not recorded"
@@ -161,13 +191,17 @@ def _utility(utility: Utility) -> str:
     if utility.learned:
         last = max(utility.rounds)
         value = utility.accuracy.get(last)
-        return f"The model learned (validation accuracy {value:.2f} in round {last})." if value is not None else \
-            "The model's validation loss decreased."
+        return (
+            f"The model learned (validation accuracy {value:.2f} in round {last})."
+            if value is not None
+            else "The model's validation loss decreased."
+        )
     return _sentence(f"Warning: the model did not learn ({utility.warnings[0]})")
 
 
-def plain_verdict(view: AuditView, summary: Mapping[str, Any], job: JobInfo, readings: Sequence[EpsilonReading],
-                  utility: Utility) -> str:
+def plain_verdict(
+    view: AuditView, summary: Mapping[str, Any], job: JobInfo, readings: Sequence[EpsilonReading], utility: Utility
+) -> str:
     """The paragraph shown first: rounds and sites, findings per site, gaps, formal ε and model utility."""
     rounds, sites = len(view.rounds), len(view.sites)
     # the plan's sentences (end status, expected sites that sent nothing, rounds that never ran) name what left no
@@ -176,8 +210,10 @@ def plain_verdict(view: AuditView, summary: Mapping[str, Any], job: JobInfo, rea
     if not view.cells:
         return " ".join([_sentence(str(summary.get("headline", "The ledger holds no usable audit record"))), *plan])
     level = str(summary.get("risk", "none")).replace("_", " ").upper()
-    opening = (f"Overall {level}. In {rounds} round{'s' if rounds != 1 else ''} of the job {job.title} with {sites} "
-               f"site{'s' if sites != 1 else ''}, ")
+    opening = (
+        f"Overall {level}. In {rounds} round{'s' if rounds != 1 else ''} of the job {job.title} with {sites} "
+        f"site{'s' if sites != 1 else ''}, "
+    )
     findings = _findings(view, rounds)
     first = findings[0] if findings else "no update was measured."
     text = opening + (first[0].lower() + first[1:] if first.startswith("The ") else first)

@@ -77,11 +77,16 @@ class JobPlan:
         return span_text(self.rounds) if self.rounds else "rounds unknown"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sites": list(self.sites) if self.sites is not None else None, "min_clients": self.min_clients,
-                "rounds": list(self.rounds) if self.rounds is not None else None, "status": self.status,
-                "meta_file": str(self.meta_path) if self.meta_path else None,
-                "status_file": str(self.status_path) if self.status_path else None,
-                "server_config": str(self.config_path) if self.config_path else None, "notes": list(self.notes)}
+        return {
+            "sites": list(self.sites) if self.sites is not None else None,
+            "min_clients": self.min_clients,
+            "rounds": list(self.rounds) if self.rounds is not None else None,
+            "status": self.status,
+            "meta_file": str(self.meta_path) if self.meta_path else None,
+            "status_file": str(self.status_path) if self.status_path else None,
+            "server_config": str(self.config_path) if self.config_path else None,
+            "notes": list(self.notes),
+        }
 
 
 def span_text(rounds: Sequence[int]) -> str:
@@ -133,17 +138,21 @@ def _deployed(deploy_map: Any, job_clients: Any) -> tuple[tuple[str, ...] | None
     names: list[Any] = []
     for targets in deploy_map.values():
         for item in targets if isinstance(targets, list) else []:
-            names.extend(item.get("sites", []) if isinstance(item, dict) and isinstance(item.get("sites"), list)
-                         else [item])
+            names.extend(
+                item.get("sites", []) if isinstance(item, dict) and isinstance(item.get("sites"), list) else [item]
+            )
     if len(names) > MAX_SITES or any(_site_name(n) is None for n in names):
         return None, "the deploy map lists sites that are not usable names"
     if any(n.casefold() == ALL_SITES.casefold() for n in names):
-        listed = [c.get("name") if isinstance(c, dict) else c for c in job_clients] \
-            if isinstance(job_clients, list) else []
+        listed = (
+            [c.get("name") if isinstance(c, dict) else c for c in job_clients] if isinstance(job_clients, list) else []
+        )
         clients = [name for c in listed if (name := _site_name(c)) is not None]
         if not clients or len(clients) != len(listed) or len(clients) > MAX_SITES:
-            return None, (f"the deploy map says {ALL_SITES} and the job's client list (job_clients) is missing or "
-                          "holds unusable names")
+            return None, (
+                f"the deploy map says {ALL_SITES} and the job's client list (job_clients) is missing or "
+                "holds unusable names"
+            )
         return tuple(sorted(set(clients))), None
     sites = tuple(sorted({n for n in names if n != SERVER_SITE}))
     return (sites, None) if sites else (None, "the deploy map names no client site")
@@ -163,8 +172,15 @@ def _server_configs(places: Sequence[Path]) -> Iterator[Path]:
 def planned_rounds(config: Mapping[str, Any]) -> tuple[tuple[int, ...] | None, str | None]:
     """The rounds of the one server workflow with a ``num_rounds``, or ``None`` and why."""
     workflows = config.get("workflows")
-    found = [w["args"] for w in workflows if isinstance(w, dict) and isinstance(w.get("args"), dict)
-             and "num_rounds" in w["args"]] if isinstance(workflows, list) else []
+    found = (
+        [
+            w["args"]
+            for w in workflows
+            if isinstance(w, dict) and isinstance(w.get("args"), dict) and "num_rounds" in w["args"]
+        ]
+        if isinstance(workflows, list)
+        else []
+    )
     if len(found) != 1:
         return None, (f"its server config has {len(found)} workflows with num_rounds (one is needed)")
     count, start = integer(found[0].get("num_rounds")), integer(found[0].get("start_round", 0))
@@ -206,6 +222,13 @@ def read_plan(ledger: Path) -> JobPlan:
         rounds, why = planned_rounds(config) if config is not None else (None, "it is not readable JSON")
         if why:
             notes.append(f"{config_path}: {why}, so the planned rounds are unknown")
-    return JobPlan(sites=sites, min_clients=min_clients, rounds=rounds,
-                   status=status_at[1] if status_at else None, meta_path=meta_path,
-                   status_path=status_at[0] if status_at else None, config_path=config_path, notes=tuple(notes))
+    return JobPlan(
+        sites=sites,
+        min_clients=min_clients,
+        rounds=rounds,
+        status=status_at[1] if status_at else None,
+        meta_path=meta_path,
+        status_path=status_at[0] if status_at else None,
+        config_path=config_path,
+        notes=tuple(notes),
+    )

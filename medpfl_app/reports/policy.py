@@ -26,8 +26,11 @@ def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | N
         thresholds, source = json.loads(recorded.pop()), "as recorded with every audit record"
     elif defaults is not None and hasattr(defaults, "to_dict"):
         thresholds = defaults().to_dict()
-        source = ("the policy's defaults (the records do not say which thresholds the job used)" if not recorded
-                  else "the policy's defaults (the records name different thresholds; each level is as recorded)")
+        source = (
+            "the policy's defaults (the records do not say which thresholds the job used)"
+            if not recorded
+            else "the policy's defaults (the records name different thresholds; each level is as recorded)"
+        )
     elif module is None:
         return None
     else:

@@ -36,17 +36,24 @@ EPSILON_BANDS: tuple[tuple[float, str, str], ...] = (
     (1.0, "strong", "the formal bound on its own limits what any attacker can learn about a site's data"),
     (3.0, "moderate", "meaningful, but weaker than the usual target for health data"),
     (8.0, "weak", "a loose bound: read it together with the measured leakage, not instead of it"),
-    (float("inf"), "very weak (little formal protection)",
-     "the bound allows large changes in what an attacker can infer about a site's data"),
+    (
+        float("inf"),
+        "very weak (little formal protection)",
+        "the bound allows large changes in what an attacker can infer about a site's data",
+    ),
 )
 #: Bands that get a visible warning in the report.
 WEAK_BANDS = frozenset({"weak", "very weak (little formal protection)"})
-FORMAL_SCOPE = ("The accountant's ε is a formal (ε, δ) guarantee only for the differential-privacy defenses "
-                "(clipping with calibrated noise and an accountant). Other defenses (noise without clipping or "
-                "accounting, pruning, compression) are heuristics: no ε applies to them, and an attacker who knows "
-                "the defense may undo it.")
-BANDS_TEXT = "; ".join(f"ε ≤ {bound:g}: {band}" if bound != float("inf") else f"ε > {EPSILON_BANDS[-2][0]:g}: {band}"
-                       for bound, band, _ in EPSILON_BANDS)
+FORMAL_SCOPE = (
+    "The accountant's ε is a formal (ε, δ) guarantee only for the differential-privacy defenses "
+    "(clipping with calibrated noise and an accountant). Other defenses (noise without clipping or "
+    "accounting, pruning, compression) are heuristics: no ε applies to them, and an attacker who knows "
+    "the defense may undo it."
+)
+BANDS_TEXT = "; ".join(
+    f"ε ≤ {bound:g}: {band}" if bound != float("inf") else f"ε > {EPSILON_BANDS[-2][0]:g}: {band}"
+    for bound, band, _ in EPSILON_BANDS
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,10 @@ class EpsilonReading:
     def text(self) -> str:
         """``ε = 12.3 (client-level) at δ = 1e-05 after round 4: very weak …`` (the site is not named)."""
         delta = f"δ = {self.delta:.0e}" if self.delta is not None else "δ not recorded"
-        return (f"ε = {self.epsilon:.3g} ({self.level}) at {delta} after round {self.last_round}: "
-                f"{self.band} — {self.reading}")
+        return (
+            f"ε = {self.epsilon:.3g} ({self.level}) at {delta} after round {self.last_round}: "
+            f"{self.band} — {self.reading}"
+        )
 
 
 def grouped(readings: Sequence[EpsilonReading]) -> list[tuple[str, list[str]]]:
@@ -92,16 +101,20 @@ def epsilon_band(epsilon: float) -> tuple[str, str]:
 def reading(site: str, epsilon: float, delta: float | None, level: str, last_round: int) -> EpsilonReading:
     """The `EpsilonReading` of one site's latest ε."""
     band, words = epsilon_band(epsilon)
-    return EpsilonReading(site=site, epsilon=epsilon, delta=delta, level=level, last_round=last_round, band=band,
-                          reading=words)
+    return EpsilonReading(
+        site=site, epsilon=epsilon, delta=delta, level=level, last_round=last_round, band=band, reading=words
+    )
 
 
 def epsilon_readings(view: AuditView) -> list[EpsilonReading]:
     """Per site with a formal ε, the latest one (client-level first, else sample-level), in site order."""
     readings = []
     for site in view.sites:
-        cells = [c for r in view.rounds if (c := view.cell(site, r)) is not None
-                 and (c.epsilon_client is not None or c.epsilon_sample is not None)]
+        cells = [
+            c
+            for r in view.rounds
+            if (c := view.cell(site, r)) is not None and (c.epsilon_client is not None or c.epsilon_sample is not None)
+        ]
         if not cells:
             continue
         last = cells[-1]

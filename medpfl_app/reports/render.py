@@ -16,7 +16,6 @@ from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
 from medpfl_app.reports.chains import site_chains
 from medpfl_app.reports.coverage import gap_label
-from medpfl_app.text import printable
 from medpfl_app.reports.job import JobInfo, job_info
 from medpfl_app.reports.model import RISK_MEANINGS, RISK_ORDER, AuditView, build_view
 from medpfl_app.reports.plain import plain_verdict
@@ -42,9 +41,18 @@ from medpfl_app.reports.thumbnails import (
 from medpfl_app.reports.utility import Utility, assess_utility
 from medpfl_app.reports.verdict import verdict
 from medpfl_app.reports.yardstick import ASR_DEFINITION, policy_lines
+from medpfl_app.text import printable
 
-__all__ = ["HTML_FILE", "REPORT_SCHEMA", "Report", "ReportPaths", "build_report", "render_html", "render_report",
-           "resolve_ledger"]
+__all__ = [
+    "HTML_FILE",
+    "REPORT_SCHEMA",
+    "Report",
+    "ReportPaths",
+    "build_report",
+    "render_html",
+    "render_report",
+    "resolve_ledger",
+]
 
 HTML_FILE = "audit_report.html"
 
@@ -89,17 +97,21 @@ def resolve_ledger(source: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise MedPFLError(f"{path} does not exist",
-                          fix="pass a downloaded job folder, a simulator workspace or an audit_ledger.jsonl file")
+        raise MedPFLError(
+            f"{path} does not exist",
+            fix="pass a downloaded job folder, a simulator workspace or an audit_ledger.jsonl file",
+        )
     ledgers = list(find_ledgers(path))
     if not ledgers:
         arrivals = sorted(path.rglob(ARRIVALS_FILE))
         seen = ""
         if arrivals:
             count = len(read_arrivals(arrivals[0]).arrivals)
-            seen = (f"; {arrivals[0]} lists {count} received update{'s' if count != 1 else ''}: either the job ran "
-                    "without the audit, or its server stopped before writing the first audit record (then none of "
-                    "them was audited)")
+            seen = (
+                f"; {arrivals[0]} lists {count} received update{'s' if count != 1 else ''}: either the job ran "
+                "without the audit, or its server stopped before writing the first audit record (then none of "
+                "them was audited)"
+            )
         raise MedPFLError(
             f"no audit ledger ({LEDGER_FILE}) under {path}{seen}",
             fix="pass the job folder of a job that ran with the audit on (nvflare job download / download_job), "
@@ -169,22 +181,50 @@ def build_report(
     utility = assess_utility(accuracy, contents.records, ledger)
     readings = tuple(epsilon_readings(view))
     plain = plain_verdict(view, summary, job, readings, utility)
-    summary = {**summary, "plain": plain, "job": job.to_dict(),
-               "plan_coverage": view.coverage.against(job.plan).to_dict(),
-               "model_learned": utility.learned, "model_warnings": list(utility.warnings),
-               "epsilon_readings": [{"site": r.site, "epsilon": r.epsilon, "delta": r.delta, "level": r.level,
-                                     "band": r.band, "round": r.last_round} for r in readings]}
+    summary = {
+        **summary,
+        "plain": plain,
+        "job": job.to_dict(),
+        "plan_coverage": view.coverage.against(job.plan).to_dict(),
+        "model_learned": utility.learned,
+        "model_warnings": list(utility.warnings),
+        "epsilon_readings": [
+            {
+                "site": r.site,
+                "epsilon": r.epsilon,
+                "delta": r.delta,
+                "level": r.level,
+                "band": r.band,
+                "round": r.last_round,
+            }
+            for r in readings
+        ],
+    }
 
     round_paths = tuple(
-        _write(target / f"report_round_{n}.json",
-               json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy, job.to_dict()),
-                          indent=2) + "\n")
+        _write(
+            target / f"report_round_{n}.json",
+            json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy, job.to_dict()), indent=2) + "\n",
+        )
         for n in view.rounds
     )
-    content = ReportContent(job=job, plain=plain, utility=utility, epsilon=readings,
-                            thumbnails_why=_thumbnails_why(thumbnails_from, stored_thumbnails))
-    html = render_html(view, summary, ledger=ledger, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                       thumbnails=thumbs, unreadable=contents.unreadable, content=content)
+    content = ReportContent(
+        job=job,
+        plain=plain,
+        utility=utility,
+        epsilon=readings,
+        thumbnails_why=_thumbnails_why(thumbnails_from, stored_thumbnails),
+    )
+    html = render_html(
+        view,
+        summary,
+        ledger=ledger,
+        skipped_lines=contents.skipped_lines,
+        accuracy=accuracy,
+        thumbnails=thumbs,
+        unreadable=contents.unreadable,
+        content=content,
+    )
     html_path = _write(target / HTML_FILE, html)
     paths = ReportPaths(
         ledger=ledger,
@@ -195,9 +235,19 @@ def build_report(
         round_metrics=accuracy.path,
         arrivals=arrivals_path,
     )
-    return Report(paths=paths, view=view, verdict=summary, skipped_lines=contents.skipped_lines, accuracy=accuracy,
-                  thumbnail_notes=thumbs.ignored if thumbs else (), unreadable=contents.unreadable, job=job,
-                  plain=plain, utility=utility, epsilon=readings)
+    return Report(
+        paths=paths,
+        view=view,
+        verdict=summary,
+        skipped_lines=contents.skipped_lines,
+        accuracy=accuracy,
+        thumbnail_notes=thumbs.ignored if thumbs else (),
+        unreadable=contents.unreadable,
+        job=job,
+        plain=plain,
+        utility=utility,
+        epsilon=readings,
+    )
 
 
 def _thumbnails_why(thumbnails_from: object, stored_thumbnails: bool) -> str:
@@ -206,9 +256,11 @@ def _thumbnails_why(thumbnails_from: object, stored_thumbnails: bool) -> str:
         return "Not shown: the folder given holds no reconstruction this report could use."
     if not stored_thumbnails:
         return "Not shown: this report was rendered with reconstructions turned off (--no-thumbnails)."
-    return ("Not shown (default): this run stored no reconstructions. The audit stores them only when the job turns "
-            "on store_reconstructions, meant for synthetic demo data, because reconstructions of real data are "
-            "patient data.")
+    return (
+        "Not shown (default): this run stored no reconstructions. The audit stores them only when the job turns "
+        "on store_reconstructions, meant for synthetic demo data, because reconstructions of real data are "
+        "patient data."
+    )
 
 
 @dataclass(frozen=True)
@@ -267,8 +319,13 @@ def render_html(
         job = job_info(ledger, view.records)
         utility = assess_utility(accuracy, view.records, ledger)
         readings = tuple(epsilon_readings(view))
-        content = ReportContent(job=job, plain=plain_verdict(view, summary, job, readings, utility),
-                                utility=utility, epsilon=readings, thumbnails_why=_thumbnails_why(None, True))
+        content = ReportContent(
+            job=job,
+            plain=plain_verdict(view, summary, job, readings, utility),
+            utility=utility,
+            epsilon=readings,
+            thumbnails_why=_thumbnails_why(None, True),
+        )
     policy = risk_policy(view.records)
     return environment.get_template("audit_report.html.j2").render(
         view=view,

@@ -17,7 +17,11 @@ REPORT_SCHEMA = "medpfl.audit-report/2"
 
 
 def round_report(
-    view: AuditView, round_number: int, ledger: Path, skipped_lines: Sequence[int], accuracy: Accuracy,
+    view: AuditView,
+    round_number: int,
+    ledger: Path,
+    skipped_lines: Sequence[int],
+    accuracy: Accuracy,
     job: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one round: its records verbatim plus a summary (verdict, coverage, details, accuracy).
@@ -56,7 +60,8 @@ def round_report(
                     "records": c.record_count,
                     "invalid_values": list(c.invalid),
                 }
-                for c in cells if c is not None
+                for c in cells
+                if c is not None
             ],
             "details": [d.to_dict() for d in only.details],
             "sites_without_record": [s for s, c in zip(view.sites, cells, strict=True) if c is None],

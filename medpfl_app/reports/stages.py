@@ -80,12 +80,16 @@ class Stage:
 
     def describe(self) -> str:
         """One line: stage, attack, problem, spent budget, matching loss start → end, convergence, stop reason."""
-        spent = (f"{fmt(self.iterations, 'd', '?')} iterations × {fmt(self.restarts, 'd', '?')} "
-                 f"restart{'s' if self.restarts != 1 else ''}, {fmt(self.wall_time_s, '.1f', '?')} s")
+        spent = (
+            f"{fmt(self.iterations, 'd', '?')} iterations × {fmt(self.restarts, 'd', '?')} "
+            f"restart{'s' if self.restarts != 1 else ''}, {fmt(self.wall_time_s, '.1f', '?')} s"
+        )
         loss = f"matching loss {fmt(self.initial_loss)} → {fmt(self.final_loss)}"
-        return (f"{self.stage}: {self.attack or 'attack not recorded'} on {self.problem_text()}; {spent}; {loss}; "
-                f"{(self.convergence or 'convergence not recorded').replace('_', ' ')}; "
-                f"stopped: {self.stop_reason or 'not recorded'}")
+        return (
+            f"{self.stage}: {self.attack or 'attack not recorded'} on {self.problem_text()}; {spent}; {loss}; "
+            f"{(self.convergence or 'convergence not recorded').replace('_', ' ')}; "
+            f"stopped: {self.stop_reason or 'not recorded'}"
+        )
 
 
 def total(values: Sequence[float | int | None]) -> float | None:

@@ -126,25 +126,33 @@ def line_chart(
         f'<text transform="translate(12 {TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{escape(y_label)}</text>'
     )
     if not values:
-        parts.append(f'<text class="empty" x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" text-anchor="middle" '
-                     f'fill="#666">{escape(empty_note)}</text>')
+        parts.append(
+            f'<text class="empty" x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" text-anchor="middle" '
+            f'fill="#666">{escape(empty_note)}</text>'
+        )
     for line in series:
         dash = ' stroke-dasharray="5 3"' if line.dashed else ""
         for segment in _segments(rounds, line.values):
             points = " ".join(f"{x_at(r):.1f},{y_at(v):.1f}" for r, v in segment)
-            parts.append(f'<polyline class="series" fill="none" stroke="{escape(line.color)}" stroke-width="2"{dash} '
-                         f'points="{points}"><title>{escape(line.name)}</title></polyline>')
+            parts.append(
+                f'<polyline class="series" fill="none" stroke="{escape(line.color)}" stroke-width="2"{dash} '
+                f'points="{points}"><title>{escape(line.name)}</title></polyline>'
+            )
         for round_number, value in sorted(line.values.items()):
-            parts.append(f'<circle cx="{x_at(round_number):.1f}" cy="{y_at(value):.1f}" r="3" '
-                         f'fill="{escape(line.color)}"><title>{escape(line.name)}, round {round_number}: '
-                         f"{value:.4g}</title></circle>")
+            parts.append(
+                f'<circle cx="{x_at(round_number):.1f}" cy="{y_at(value):.1f}" r="3" '
+                f'fill="{escape(line.color)}"><title>{escape(line.name)}, round {round_number}: '
+                f"{value:.4g}</title></circle>"
+            )
     for index, line in enumerate(series):
         x = LEFT + (index % 2) * (plot_w / 2)
         y = HEIGHT + 10 + 16 * (index // 2)
         dash = ' stroke-dasharray="5 3"' if line.dashed else ""
         label = line.name
-        parts.append(f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(line.color)}" '
-                     f'stroke-width="2"{dash}/>')
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(line.color)}" '
+            f'stroke-width="2"{dash}/>'
+        )
         parts.append(f'<text x="{x + 22:.1f}" y="{y}">{escape(_clip(label, 26))}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

@@ -32,8 +32,11 @@ def _cell_text(view: AuditView, site: str, round_number: int) -> str:
     if cell.invalid:
         return f"{level} (invalid values){extra}"
     if not cell.scored:
-        why = cell.detail.convergence.replace("_", " ") if cell.detail.convergence else \
-            f"scores {cell.scores_status or 'missing'}"
+        why = (
+            cell.detail.convergence.replace("_", " ")
+            if cell.detail.convergence
+            else f"scores {cell.scores_status or 'missing'}"
+        )
         return f"{level} ({why}){extra}"
     ssim = f"{cell.ssim_max:.2f}" if cell.ssim_max is not None else "-"
     psnr = f"{cell.psnr_max:.1f}" if cell.psnr_max is not None else "-"
@@ -48,10 +51,15 @@ def coverage_by_round(view: AuditView) -> str:
     parts = []
     for r in view.coverage.rounds:
         c = view.coverage.round_counts(r)
-        words = [f"{c.received} received" if c.received is not None else f"{c.records} recorded",
-                 f"{c.audited} audited"]
-        words += [f"{n} {label}" for n, label in ((c.not_audited, "not audited"), (c.not_auditable, "not auditable"),
-                                                  (c.lost, "lost")) if n]
+        words = [
+            f"{c.received} received" if c.received is not None else f"{c.records} recorded",
+            f"{c.audited} audited",
+        ]
+        words += [
+            f"{n} {label}"
+            for n, label in ((c.not_audited, "not audited"), (c.not_auditable, "not auditable"), (c.lost, "lost"))
+            if n
+        ]
         parts.append(f"round {r}: " + ", ".join(words))
     return "; ".join(parts) or "nothing received or recorded"
 
@@ -62,8 +70,11 @@ def summary_text(report: Report) -> str:
     lines = []
     if report.job is not None:
         job = report.job
-        lines.append(f"Job: {job.title}" + (f" — {job.description}" if job.description else "")
-                     + ("" if job.name and "meta.json" in job.source else f" (name from {job.source})"))
+        lines.append(
+            f"Job: {job.title}"
+            + (f" — {job.description}" if job.description else "")
+            + ("" if job.name and "meta.json" in job.source else f" (name from {job.source})")
+        )
     if report.plain:
         lines.append("In plain words: " + report.plain)
     lines.append("Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):")
@@ -89,20 +100,26 @@ def summary_text(report: Report) -> str:
     lines.extend("  against the plan: " + printable(sentence) for sentence in planned.sentences())
     gaps = view.coverage.gaps
     for gap in gaps[:MAX_GAP_LINES]:
-        lines.append(f"  gap: {printable(gap.site)} round {gap.round}: {gap_label(gap.kind)}"
-                     f"{f' ({gap.count} updates)' if gap.count != 1 else ''}: {printable(gap.cause)}")
+        lines.append(
+            f"  gap: {printable(gap.site)} round {gap.round}: {gap_label(gap.kind)}"
+            f"{f' ({gap.count} updates)' if gap.count != 1 else ''}: {printable(gap.cause)}"
+        )
     if len(gaps) > MAX_GAP_LINES:
         lines.append(f"  … {len(gaps) - MAX_GAP_LINES} more gaps (all in the HTML report and the round JSON)")
-    lines.append(f"  audit ledger: {unreadable_text(report.skipped_lines)}; {len(view.notes)} audited without site "
-                 "scores (reasons in the HTML)")
+    lines.append(
+        f"  audit ledger: {unreadable_text(report.skipped_lines)}; {len(view.notes)} audited without site "
+        "scores (reasons in the HTML)"
+    )
     lines.append("Yardstick: " + printable(view.yardstick.summary()))
     lines.append("  budget spent: " + printable(view.yardstick.spent))
     lines.append("  attack ladder: " + printable(view.yardstick.ladder))
     lines.extend(f"  not in the table: {printable(m)}" for m in view.malformed)
     invalid = [d for d in view.details if d.invalid]
     if invalid:
-        lines.append(f"Invalid values: {len(invalid)} record{'s' if len(invalid) != 1 else ''} hold values outside "
-                     "their valid range; they are read as missing, never as measurements:")
+        lines.append(
+            f"Invalid values: {len(invalid)} record{'s' if len(invalid) != 1 else ''} hold values outside "
+            "their valid range; they are read as missing, never as measurements:"
+        )
         lines.extend(f"  {d.site} round {d.round}: {d.invalid_text()}" for d in invalid)
     lines.extend(
         f"Policy: {printable(a.site)} round {a.round} {printable(a.action.replace('_', ' '))} ({printable(a.reason)})"
@@ -110,15 +127,18 @@ def summary_text(report: Report) -> str:
     )
     paths = report.paths
     lines.append(f"Ledger: {paths.ledger}")
-    lines.append(f"Arrivals: {paths.arrivals}" if paths.arrivals else
-                 "Arrivals: none beside the ledger (coverage unknown)")
+    lines.append(
+        f"Arrivals: {paths.arrivals}" if paths.arrivals else "Arrivals: none beside the ledger (coverage unknown)"
+    )
     lines.append(f"HTML report: {paths.html}")
     lines.append(f"Round reports: {len(paths.round_json)} × {paths.out_dir / 'report_round_<n>.json'}")
     if paths.round_metrics:
         lines.append(f"Model accuracy from: {paths.round_metrics}")
     if paths.thumbnails:
-        lines.append(f"Reconstruction thumbnails (patient data, owner-only): {len(paths.thumbnails)} in "
-                     f"{paths.thumbnails[0].parent.parent.parent}")
+        lines.append(
+            f"Reconstruction thumbnails (patient data, owner-only): {len(paths.thumbnails)} in "
+            f"{paths.thumbnails[0].parent.parent.parent}"
+        )
     for note in report.thumbnail_notes:
         lines.append(f"  not used: {printable(note)}")
     return "\n".join(printable(line) for line in lines)

@@ -26,8 +26,10 @@ THUMBNAIL_SIZE = 96
 THUMBNAILS_DIR = "thumbnails"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ROUND_DIR = re.compile(r"round_(\d+)")
-_KINDS = (("original", re.compile(r"original_(\d+)\.png", re.IGNORECASE)),
-          ("reconstruction", re.compile(r"recon_(\d+)\.png", re.IGNORECASE)))
+_KINDS = (
+    ("original", re.compile(r"original_(\d+)\.png", re.IGNORECASE)),
+    ("reconstruction", re.compile(r"recon_(\d+)\.png", re.IGNORECASE)),
+)
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,17 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
 
             written = write_atomic(folder_out / _safe(path.name), write)
         kind, index = _kind(path.name)
-        thumbnails.append(Thumbnail(
-            site=site,
-            round=round_number,
-            name=path.name,
-            path=written,
-            data_uri="data:image/png;base64," + base64.b64encode(content).decode("ascii"),
-            kind=kind,
-            index=index,
-        ))
+        thumbnails.append(
+            Thumbnail(
+                site=site,
+                round=round_number,
+                name=path.name,
+                path=written,
+                data_uri="data:image/png;base64," + base64.b64encode(content).decode("ascii"),
+                kind=kind,
+                index=index,
+            )
+        )
     return ThumbnailSet(thumbnails=tuple(thumbnails), ignored=tuple(ignored))
 
 
@@ -169,21 +173,24 @@ def thumbnail_rows(thumbnails: ThumbnailSet | None) -> list[dict]:
         an original hold None, and ``originals`` is empty when the site released none.
     """
     groups: dict[tuple[str, int], list[Thumbnail]] = {}
-    for thumb in (thumbnails.thumbnails if thumbnails else ()):
+    for thumb in thumbnails.thumbnails if thumbnails else ():
         groups.setdefault((thumb.site, thumb.round), []).append(thumb)
     rows = []
     for (site, round_number), items in sorted(groups.items()):
         originals = {t.index: t for t in items if t.kind == "original"}
-        recons = sorted((t for t in items if t.kind == "reconstruction"),
-                        key=lambda t: (t.index is None, t.index or 0, t.name))
+        recons = sorted(
+            (t for t in items if t.kind == "reconstruction"), key=lambda t: (t.index is None, t.index or 0, t.name)
+        )
         columns = [(originals.pop(t.index, None) if t.index is not None else None, t) for t in recons]
         columns += [(o, None) for _, o in sorted(originals.items())]  # an original without its reconstruction
         has_originals = any(o is not None for o, _ in columns)
-        rows.append({
-            "site": site,
-            "round": round_number,
-            "originals": [o for o, _ in columns] if has_originals else [],
-            "reconstructions": [r for _, r in columns],
-            "pairs": columns,
-        })
+        rows.append(
+            {
+                "site": site,
+                "round": round_number,
+                "originals": [o for o, _ in columns] if has_originals else [],
+                "reconstructions": [r for _, r in columns],
+                "pairs": columns,
+            }
+        )
     return rows

@@ -63,8 +63,11 @@ def _from_records(records: Iterable[Mapping[str, Any]]) -> int | None:
             found = integer(mapping(record.get(section)).get("num_classes"))
             if found and found > 1:
                 return found
-    lengths = {len(h) for r in records
-               if isinstance(h := mapping(r.get("server_indicators")).get("recovered_label_histogram"), list)}
+    lengths = {
+        len(h)
+        for r in records
+        if isinstance(h := mapping(r.get("server_indicators")).get("recovered_label_histogram"), list)
+    }
     found = lengths.pop() if len(lengths) == 1 else 0
     return found if found > 1 else None
 
@@ -108,20 +111,26 @@ def _warnings(accuracy: Mapping[int, float], loss: Mapping[int, float], classes:
         last_round = max(accuracy)
         last, chance = accuracy[last_round], 1.0 / classes
         if last <= chance + CHANCE_MARGIN:
-            found.append(f"validation accuracy in the last round ({last_round}) is {last:.2f}, at or below chance for "
-                         f"{classes} classes ({chance:.2f})")
+            found.append(
+                f"validation accuracy in the last round ({last_round}) is {last:.2f}, at or below chance for "
+                f"{classes} classes ({chance:.2f})"
+            )
     if len(loss) >= 2:
         first, last_round = min(loss), max(loss)
         if loss[last_round] >= loss[first]:
-            found.append(f"validation loss did not decrease: {loss[first]:.3g} in round {first}, "
-                         f"{loss[last_round]:.3g} in round {last_round}")
+            found.append(
+                f"validation loss did not decrease: {loss[first]:.3g} in round {first}, "
+                f"{loss[last_round]:.3g} in round {last_round}"
+            )
     if loss:
         last_round = max(loss)
         limit = ABSURD_LOSS_FACTOR * math.log(classes) if classes else ABSURD_LOSS_UNKNOWN_CLASSES
         if loss[last_round] > limit or not math.isfinite(loss[last_round]):
-            guess = (f" (a uniform guess over {classes} classes scores {math.log(classes):.2f})" if classes else "")
-            found.append(f"validation loss in the last round ({last_round}) is {loss[last_round]:.3g}, far above "
-                         f"any model that learned{guess}")
+            guess = f" (a uniform guess over {classes} classes scores {math.log(classes):.2f})" if classes else ""
+            found.append(
+                f"validation loss in the last round ({last_round}) is {loss[last_round]:.3g}, far above "
+                f"any model that learned{guess}"
+            )
     return found
 
 
@@ -130,8 +139,11 @@ def assess_utility(accuracy: Accuracy, records: Iterable[Mapping[str, Any]], led
     classes, source = number_of_classes(records, ledger)
     return Utility(
         rounds=tuple(sorted(set(accuracy.aggregated) | set(accuracy.loss))),
-        accuracy=dict(accuracy.aggregated), loss=dict(accuracy.loss),
-        accuracy_metric=accuracy.metric, loss_metric=accuracy.loss_metric,
-        num_classes=classes, classes_source=source,
+        accuracy=dict(accuracy.aggregated),
+        loss=dict(accuracy.loss),
+        accuracy_metric=accuracy.metric,
+        loss_metric=accuracy.loss_metric,
+        num_classes=classes,
+        classes_source=source,
         warnings=tuple(_warnings(accuracy.aggregated, accuracy.loss, classes)),
     )

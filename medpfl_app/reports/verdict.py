@@ -12,8 +12,8 @@ from typing import Any
 
 from medpfl_app.audit.verdict import RiskLevel
 from medpfl_app.reports.coverage import UNKNOWN_CAUSE
-from medpfl_app.reports.model import AuditView, Cell
 from medpfl_app.reports.legacy import indicators_text
+from medpfl_app.reports.model import AuditView, Cell
 from medpfl_app.reports.records import LEVELS, MEANINGS
 from medpfl_app.reports.sources import unreadable_text
 
@@ -21,12 +21,19 @@ __all__ = ["verdict"]
 
 
 def _scores_shown(cell: Cell) -> str:
-    return ", ".join(filter(None, [
-        f"SSIM {cell.ssim_max:.2f}" if cell.ssim_max is not None else None,
-        f"PSNR {cell.psnr_max:.1f} dB" if cell.psnr_max is not None else None,
-        f"attack success {cell.success_rate:.0%}" if cell.success_rate is not None else None,
-        f"identifiability {cell.detail.identifiability_text()}" if cell.detail.identifiability is not None else None,
-    ]))
+    return ", ".join(
+        filter(
+            None,
+            [
+                f"SSIM {cell.ssim_max:.2f}" if cell.ssim_max is not None else None,
+                f"PSNR {cell.psnr_max:.1f} dB" if cell.psnr_max is not None else None,
+                f"attack success {cell.success_rate:.0%}" if cell.success_rate is not None else None,
+                f"identifiability {cell.detail.identifiability_text()}"
+                if cell.detail.identifiability is not None
+                else None,
+            ],
+        )
+    )
 
 
 def _overall_level(view: AuditView, unreadable: Sequence[int]) -> tuple[RiskLevel | None, list[str]]:
@@ -48,8 +55,9 @@ def _overall_level(view: AuditView, unreadable: Sequence[int]) -> tuple[RiskLeve
         if total.not_auditable:
             blockers.append(f"{total.not_auditable} not auditable")
         if view.malformed:
-            blockers.append(f"{len(view.malformed)} record{'s' if len(view.malformed) != 1 else ''} without a usable "
-                            "site or round")
+            blockers.append(
+                f"{len(view.malformed)} record{'s' if len(view.malformed) != 1 else ''} without a usable site or round"
+            )
         if unreadable and not coverage.known:
             blockers.append(f"ledger: {unreadable_text(unreadable)}")
         return (RiskLevel.INCONCLUSIVE if blockers else RiskLevel.LOW), blockers
@@ -73,9 +81,11 @@ def verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, Any
     result["invalid_records"] = len(invalid)
     result["invalid_values"] = [{"site": d.site, "round": d.round, "values": list(d.invalid)} for d in invalid]
     if invalid:
-        result["headline"] += (f" {len(invalid)} record{'s' if len(invalid) != 1 else ''} "
-                               f"hold{'s' if len(invalid) == 1 else ''} values outside their valid range: read as "
-                               "missing, never as measurements (listed under invalid values).")
+        result["headline"] += (
+            f" {len(invalid)} record{'s' if len(invalid) != 1 else ''} "
+            f"hold{'s' if len(invalid) == 1 else ''} values outside their valid range: read as "
+            "missing, never as measurements (listed under invalid values)."
+        )
     return result
 
 
@@ -94,15 +104,26 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
         ``unreadable_ledger_lines``.
     """
     unreadable = list(skipped_lines)
-    coverage = {**view.coverage.to_dict(), "malformed_records": len(view.malformed),
-                "unreadable_ledger_lines": unreadable,
-                "unreadable_ledger_text": unreadable_text(unreadable)}
+    coverage = {
+        **view.coverage.to_dict(),
+        "malformed_records": len(view.malformed),
+        "unreadable_ledger_lines": unreadable,
+        "unreadable_ledger_text": unreadable_text(unreadable),
+    }
     level, blockers = _overall_level(view, unreadable)
     total = view.coverage.total()
     result: dict[str, Any] = {
-        "risk": str(level) if level is not None else "none", "meaning": MEANINGS.get(str(level), ""),
-        "site": None, "round": None, "scores": None, "config": None, "epsilon": None, "evidence": None,
-        "settle": None, "coverage": coverage, "unreadable_ledger_lines": unreadable,
+        "risk": str(level) if level is not None else "none",
+        "meaning": MEANINGS.get(str(level), ""),
+        "site": None,
+        "round": None,
+        "scores": None,
+        "config": None,
+        "epsilon": None,
+        "evidence": None,
+        "settle": None,
+        "coverage": coverage,
+        "unreadable_ledger_lines": unreadable,
         "configs": [c.to_dict() for c in view.configs],
     }
     if level is None:
@@ -111,30 +132,46 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
         return result
     if level in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE) and not total.audited:
         known = view.coverage.known
-        received = f"{total.received} received update{'s' if total.received != 1 else ''}" if known else \
-            f"{total.records} recorded update{'s' if total.records != 1 else ''}"
-        result["headline"] = (f"{level.upper().replace('_', ' ')}: none of the {received} was measured"
-                              + ("" if total.records else ": the ledger holds no usable audit record") + ".")
+        received = (
+            f"{total.received} received update{'s' if total.received != 1 else ''}"
+            if known
+            else f"{total.records} recorded update{'s' if total.records != 1 else ''}"
+        )
+        result["headline"] = (
+            f"{level.upper().replace('_', ' ')}: none of the {received} was measured"
+            + ("" if total.records else ": the ledger holds no usable audit record")
+            + "."
+        )
         return result
     worst = view.worst()
     assert worst is not None
     if level == RiskLevel.LOW or (level == RiskLevel.INCONCLUSIVE and blockers):
         under = "; ".join(c.short() for c in view.configs) or "attack not recorded"
         if level == RiskLevel.LOW:
-            headline = (f"LOW: all {total.received} received updates were measured low under {under}: evidence "
-                        "under this attack and budget, not a guarantee against stronger attacks.")
+            headline = (
+                f"LOW: all {total.received} received updates were measured low under {under}: evidence "
+                "under this attack and budget, not a guarantee against stronger attacks."
+            )
         else:
-            headline = (f"INCONCLUSIVE: every audited update measured low under {under}, but not every received "
-                        f"update was measured: {'; '.join(blockers)}.")
-            result["settle"] = ("audit the updates that were lost or not audited (re-run the job with the audit "
-                                "running to the end)" if view.coverage.known else
-                                "render from the server's run folder that holds received_updates.jsonl beside the "
-                                "ledger")
+            headline = (
+                f"INCONCLUSIVE: every audited update measured low under {under}, but not every received "
+                f"update was measured: {'; '.join(blockers)}."
+            )
+            result["settle"] = (
+                "audit the updates that were lost or not audited (re-run the job with the audit running to the end)"
+                if view.coverage.known
+                else "render from the server's run folder that holds received_updates.jsonl beside the ledger"
+            )
         result.update(headline=headline, config=worst.config.to_dict() if worst.config else None)
         return result
-    scores = {"ssim_max": worst.ssim_max, "psnr_max": worst.psnr_max, "attack_success_rate": worst.success_rate,
-              "label_accuracy": worst.label_accuracy, "identifiability": worst.detail.identifiability,
-              "identifiability_p_value": worst.detail.identifiability_p_value}
+    scores = {
+        "ssim_max": worst.ssim_max,
+        "psnr_max": worst.psnr_max,
+        "attack_success_rate": worst.success_rate,
+        "label_accuracy": worst.label_accuracy,
+        "identifiability": worst.detail.identifiability,
+        "identifiability_p_value": worst.detail.identifiability_p_value,
+    }
     under = worst.config.short() if worst.config else "attack not recorded"
     if worst.config and len(worst.config.iterations) > 1 and worst.detail.iterations is not None:
         under += f", this record {worst.detail.iterations} iterations"
@@ -144,16 +181,24 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
             shown += "; worst image"
         else:
             shown = f"{shown}; level from server-side indicators: {indicators_text(worst.record)}"
-        headline = (f"Worst risk {level.upper()}: {worst.site}, round {worst.round} ({shown}) "
-                    f"under {under}; formal ε: {worst.epsilon_text()}.")
+        headline = (
+            f"Worst risk {level.upper()}: {worst.site}, round {worst.round} ({shown}) "
+            f"under {under}; formal ε: {worst.epsilon_text()}."
+        )
     else:
         count = total.levels.get(str(level), 0)
-        headline = (f"{level.upper()}: {count} audited update{'s' if count != 1 else ''} "
-                    f"{'are' if count != 1 else 'is'} {level}, e.g. {worst.site}, round {worst.round}, under {under}.")
+        headline = (
+            f"{level.upper()}: {count} audited update{'s' if count != 1 else ''} "
+            f"{'are' if count != 1 else 'is'} {level}, e.g. {worst.site}, round {worst.round}, under {under}."
+        )
     result.update(
-        site=worst.site, round=worst.round, scores=scores,
+        site=worst.site,
+        round=worst.round,
+        scores=scores,
         config=worst.config.to_dict() if worst.config else None,
         epsilon={"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
-        headline=headline, evidence=worst.evidence, settle=worst.settle,
+        headline=headline,
+        evidence=worst.evidence,
+        settle=worst.settle,
     )
     return result

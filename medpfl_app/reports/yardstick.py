@@ -21,15 +21,18 @@ NOT_RECORDED = "not recorded in these records"
 POLICY_WORDS: dict[str, str] = {
     "ssim_high": "high when the worst-image SSIM is at least {}",
     "ssim_medium": "at least medium when the worst-image SSIM is at least {}",
-    "identifiability_high": ("high when identification exceeds chance by at least {} (with every label recovered "
-                             "and the excess significant)"),
+    "identifiability_high": (
+        "high when identification exceeds chance by at least {} (with every label recovered and the excess significant)"
+    ),
     "significance": "identification counts as above chance when its p-value is below {}",
     "relative_leakage_medium": "at least medium when the leakage relative to an uninformed prior is at least {}",
     "epsilon_caps_at_medium": "a formal ε at or below {} caps the level at medium",
 }
 #: How the attack success rate is defined (the site scores' ``attack_success_rate``).
-ASR_DEFINITION = ("attack success rate: the share of the round's images that the attack reconstructed with an SSIM at "
-                  "or above the success threshold")
+ASR_DEFINITION = (
+    "attack success rate: the share of the round's images that the attack reconstructed with an SSIM at "
+    "or above the success threshold"
+)
 
 
 def policy_lines(thresholds: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -70,16 +73,23 @@ class Yardstick:
                 shown = "; ".join(f"{label} {value}" for label, value in group.lines)
             else:
                 threshold = dict(group.lines).get("success threshold:", NOT_RECORDED)
-                shown = ("metric settings not recorded by these records (ledger schema medpfl.audit/1, or no "
-                         "metric_settings): SSIM/PSNR settings, identifiability definition and significance rule "
-                         "unknown; success threshold: " + threshold)
+                shown = (
+                    "metric settings not recorded by these records (ledger schema medpfl.audit/1, or no "
+                    "metric_settings): SSIM/PSNR settings, identifiability definition and significance rule "
+                    "unknown; success threshold: " + threshold
+                )
             parts.append(shown if len(self.settings) == 1 else f"[{group.records} records] {shown}")
         return " | ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"audited_records": self.audited, "spent": self.spent, "ladder": self.ladder,
-                "metric_settings": [{"records": g.records, "recorded": g.recorded, "settings": dict(g.lines)}
-                                    for g in self.settings]}
+        return {
+            "audited_records": self.audited,
+            "spent": self.spent,
+            "ladder": self.ladder,
+            "metric_settings": [
+                {"records": g.records, "recorded": g.recorded, "settings": dict(g.lines)} for g in self.settings
+            ],
+        }
 
 
 def _num(value: Any) -> str | None:
@@ -103,8 +113,11 @@ def _ssim_words(ssim: Mapping[str, Any]) -> str:
     words = f"{window}, data range {data_range if data_range is not None else 'not recorded'}"
     if isinstance(ssim.get("implementation"), str):
         words += f" (implementation: {ssim['implementation']})"
-    extra = {k: v for k, v in ssim.items()
-             if k not in ("gaussian_kernel", "kernel_size", "sigma", "data_range", "implementation")}
+    extra = {
+        k: v
+        for k, v in ssim.items()
+        if k not in ("gaussian_kernel", "kernel_size", "sigma", "data_range", "implementation")
+    }
     if extra:
         words += "; " + ", ".join(f"{k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(extra.items()))
     return words
@@ -112,8 +125,11 @@ def _ssim_words(ssim: Mapping[str, Any]) -> str:
 
 def _policy_significance(views: Sequence[RecordView]) -> str | None:
     """The significance level the records' risk policy states (``risk_policy.significance``), if they agree."""
-    found = {f"{v:g}" for view in views
-             if (v := checked(mapping(view.record.get("risk_policy")).get("significance"), "significance")) is not None}
+    found = {
+        f"{v:g}"
+        for view in views
+        if (v := checked(mapping(view.record.get("risk_policy")).get("significance"), "significance")) is not None
+    }
     return found.pop() if len(found) == 1 else None
 
 
@@ -126,31 +142,53 @@ def _settings_lines(settings: Mapping[str, Any], views: Sequence[RecordView]) ->
         significance = f"{from_policy} (from the records' risk policy)"
     ident = settings.get("identifiability")
     lines = [
-        ("success threshold:", f"an image counts as reconstructed at SSIM ≥ {threshold}" if threshold is not None
-         else NOT_RECORDED),
+        (
+            "success threshold:",
+            f"an image counts as reconstructed at SSIM ≥ {threshold}" if threshold is not None else NOT_RECORDED,
+        ),
         ("SSIM:", _ssim_words(mapping(settings.get("ssim")))),
-        ("PSNR:", (f"data range {psnr_range}" if psnr_range is not None else f"data range {NOT_RECORDED}")
-         + "".join(f", {k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(psnr.items()) if k != "data_range")
-         if psnr
-         else NOT_RECORDED),
+        (
+            "PSNR:",
+            (f"data range {psnr_range}" if psnr_range is not None else f"data range {NOT_RECORDED}")
+            + "".join(f", {k.replace('_', ' ')} {value_words(v)}" for k, v in sorted(psnr.items()) if k != "data_range")
+            if psnr
+            else NOT_RECORDED,
+        ),
         ("identifiability:", ident if isinstance(ident, str) and ident else NOT_RECORDED),
-        ("significance:", f"identification counts as above chance at significance level {significance}"
-         if significance is not None else NOT_RECORDED),
+        (
+            "significance:",
+            f"identification counts as above chance at significance level {significance}"
+            if significance is not None
+            else NOT_RECORDED,
+        ),
     ]
     known = {"success_threshold_ssim", "ssim", "psnr", "identifiability", "significance"}
-    lines += [(f"{key.replace('_', ' ')}:", value_words(value)) for key, value in sorted(settings.items())
-              if key not in known]
+    lines += [
+        (f"{key.replace('_', ' ')}:", value_words(value)) for key, value in sorted(settings.items()) if key not in known
+    ]
     return tuple(lines)
 
 
 def _legacy_lines(views: Sequence[RecordView]) -> tuple[tuple[str, str], ...]:
-    thresholds = sorted({f"{t:g}" for v in views
-                         if (t := checked(mapping(v.record.get("site_scores")).get("ssim_threshold"), "ssim_threshold"))
-                         is not None})
-    threshold = (f"an image counts as reconstructed at SSIM ≥ {' / '.join(thresholds)} (as the site scores state)"
-                 if thresholds else NOT_RECORDED)
-    return (("success threshold:", threshold), ("SSIM:", NOT_RECORDED), ("PSNR:", NOT_RECORDED),
-            ("identifiability:", NOT_RECORDED), ("significance:", NOT_RECORDED))
+    thresholds = sorted(
+        {
+            f"{t:g}"
+            for v in views
+            if (t := checked(mapping(v.record.get("site_scores")).get("ssim_threshold"), "ssim_threshold")) is not None
+        }
+    )
+    threshold = (
+        f"an image counts as reconstructed at SSIM ≥ {' / '.join(thresholds)} (as the site scores state)"
+        if thresholds
+        else NOT_RECORDED
+    )
+    return (
+        ("success threshold:", threshold),
+        ("SSIM:", NOT_RECORDED),
+        ("PSNR:", NOT_RECORDED),
+        ("identifiability:", NOT_RECORDED),
+        ("significance:", NOT_RECORDED),
+    )
 
 
 def build_yardstick(views: Sequence[RecordView]) -> Yardstick:
@@ -167,8 +205,7 @@ def build_yardstick(views: Sequence[RecordView]) -> Yardstick:
             settings_out.append(MetricSettings(len(members), True, _settings_lines(json.loads(key), members)))
         else:
             settings_out.append(MetricSettings(len(members), False, _legacy_lines(members)))
-    return Yardstick(audited=len(audited), spent=_spent(audited), ladder=_ladder(audited),
-                     settings=tuple(settings_out))
+    return Yardstick(audited=len(audited), spent=_spent(audited), ladder=_ladder(audited), settings=tuple(settings_out))
 
 
 def _spent(audited: Sequence[RecordView]) -> str:
@@ -177,18 +214,26 @@ def _spent(audited: Sequence[RecordView]) -> str:
     iterations = sum(v.iterations or 0 for v in audited)
     restarts = sum(v.restarts or 0 for v in audited)
     wall = sum(v.wall_time_s or 0.0 for v in audited)
-    words = (f"{iterations} iterations and {restarts} restarts over {len(audited)} audited updates, "
-             f"{wall:.1f} s of attack wall time")
+    words = (
+        f"{iterations} iterations and {restarts} restarts over {len(audited)} audited updates, "
+        f"{wall:.1f} s of attack wall time"
+    )
     budgets = sorted({v.time_budget_s for v in audited if v.time_budget_s is not None})
     spent = [v.time_spent_s for v in audited if v.time_spent_s is not None]
     if budgets or spent:
-        words += (f"; time budget per update {' / '.join(f'{b:g} s' for b in budgets) or 'not recorded'}, "
-                  f"{sum(spent):.1f} s spent in total" if spent else
-                  f"; time budget per update {' / '.join(f'{b:g} s' for b in budgets)}, time spent not recorded")
+        words += (
+            f"; time budget per update {' / '.join(f'{b:g} s' for b in budgets) or 'not recorded'}, "
+            f"{sum(spent):.1f} s spent in total"
+            if spent
+            else f"; time budget per update {' / '.join(f'{b:g} s' for b in budgets)}, time spent not recorded"
+        )
     else:
         limits = sorted({v.time_limit_s for v in audited if v.time_limit_s is not None})
-        words += (f"; wall-clock limit per attack {' / '.join(f'{b:g} s' for b in limits)}" if limits
-                  else "; no time budget recorded")
+        words += (
+            f"; wall-clock limit per attack {' / '.join(f'{b:g} s' for b in limits)}"
+            if limits
+            else "; no time budget recorded"
+        )
     return words
 
 
@@ -210,9 +255,10 @@ def _ladder(audited: Sequence[RecordView]) -> str:
         status = view.convergence or "not recorded"
         converged[status] = converged.get(status, 0) + 1
     ends = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(converged.items()))
-    words = (f"stages run: {stages} of {len(with_ladder)} updates; ladder complete on {complete}; whole update "
-             f"attacked on {whole}; last stage ended {ends}")
+    words = (
+        f"stages run: {stages} of {len(with_ladder)} updates; ladder complete on {complete}; whole update "
+        f"attacked on {whole}; last stage ended {ends}"
+    )
     if len(with_ladder) < len(audited):
         words += f"; {len(audited) - len(with_ladder)} audited records carry no ladder (older schema)"
     return words
-

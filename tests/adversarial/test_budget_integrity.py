@@ -154,8 +154,10 @@ def test_dp_sgd_at_a_site_refuses_dp_ledger_none_and_a_path(tmp_path, monkeypatc
 
     site = _site(tmp_path)
     monkeypatch.setenv("MEDPFL_SITE_WORKSPACE", str(site))
-    for value, match in (("none", "--dp_ledger none is refused at a site"),
-                         (str(tmp_path / "mine.json"), "a job cannot choose where the site's DP-SGD ledger is")):
+    for value, match in (
+        ("none", "--dp_ledger none is refused at a site"),
+        (str(tmp_path / "mine.json"), "a job cannot choose where the site's DP-SGD ledger is"),
+    ):
         args = build_arg_parser().parse_args(["--dp_noise_multiplier", "1.0", "--dp_ledger", value])
         with pytest.raises(MedPFLError, match=match):
             _prepare(args, "site-1")
@@ -251,8 +253,12 @@ def _dp_session():
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     data = TensorDataset(torch.randn(16, 1, 4, 4), torch.randint(0, 2, (16,)))
-    return make_private(model, lambda params: torch.optim.SGD(params, lr=0.1), DataLoader(data, batch_size=4),
-                        DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0))
+    return make_private(
+        model,
+        lambda params: torch.optim.SGD(params, lr=0.1),
+        DataLoader(data, batch_size=4),
+        DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0),
+    )
 
 
 def _train(session) -> None:
@@ -347,8 +353,18 @@ def test_reset_ledger_command_is_recorded_and_the_new_ledger_says_so(tmp_path, c
     for _ in range(3):
         _release(_job_filter(), site)
     old_bytes = (site / LEDGER).read_bytes()
-    argv = ["privacy", "reset-ledger", "--site-workspace", str(site), "--kind", "client_dp",
-            "--reason", "new data release approved by the DPO", "--operator", "dpo@hospital"]
+    argv = [
+        "privacy",
+        "reset-ledger",
+        "--site-workspace",
+        str(site),
+        "--kind",
+        "client_dp",
+        "--reason",
+        "new data release approved by the DPO",
+        "--operator",
+        "dpo@hospital",
+    ]
     assert main(argv) == 0
     assert "old ledger kept as" in capsys.readouterr().out
     (record,) = SiteLedgers(site).resets()
@@ -384,10 +400,24 @@ def test_reset_ledger_needs_a_reason_and_a_site(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["privacy", "reset-ledger", "--site-workspace", str(site), "--kind", "client_dp"])
     assert exited.value.code == 2
-    assert main(["privacy", "reset-ledger", "--site-workspace", str(site), "--kind", "client_dp",
-                 "--reason", "  "]) == 2
-    assert main(["privacy", "reset-ledger", "--site-workspace", str(tmp_path / "nowhere"), "--kind", "client_dp",
-                 "--reason", "x"]) == 2
+    assert (
+        main(["privacy", "reset-ledger", "--site-workspace", str(site), "--kind", "client_dp", "--reason", "  "]) == 2
+    )
+    assert (
+        main(
+            [
+                "privacy",
+                "reset-ledger",
+                "--site-workspace",
+                str(tmp_path / "nowhere"),
+                "--kind",
+                "client_dp",
+                "--reason",
+                "x",
+            ]
+        )
+        == 2
+    )
     assert "needs a reason" in capsys.readouterr().err
     assert (site / LEDGER).read_bytes() == before and SiteLedgers(site).resets() == []
 
@@ -437,8 +467,12 @@ def test_a_site_admins_own_non_dp_default_scope_is_installed_with_a_warning(tmp_
     from medpfl_app.filters.policy import install_privacy_policy, load_privacy_template
 
     policy = load_privacy_template()
-    policy["scopes"].append({"name": "public", "task_result_filters": [
-        {"path": "medpfl_app.filters.batchnorm.DropBatchNormStatsFilter", "args": {}}]})
+    policy["scopes"].append(
+        {
+            "name": "public",
+            "task_result_filters": [{"path": "medpfl_app.filters.batchnorm.DropBatchNormStatsFilter", "args": {}}],
+        }
+    )
     policy["default_scope"] = "public"
     own = tmp_path / "own_privacy.json"
     own.write_text(json.dumps(policy))

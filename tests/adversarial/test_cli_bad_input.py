@@ -19,8 +19,13 @@ from medpfl_app.errors import MedPFLError
 
 #: Options where 0 is a meaningful value (a seed, an index, no validation images, no noise): only they take "0".
 ZERO_ALLOWED = {"--seed", "--index", "--val-per-site", "--noise-b"}
-NUMERIC_TYPES = {options.positive_int, options.non_negative_int, options.seed, options.positive_float,
-                 options.non_negative_float}
+NUMERIC_TYPES = {
+    options.positive_int,
+    options.non_negative_int,
+    options.seed,
+    options.positive_float,
+    options.non_negative_float,
+}
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -87,8 +92,14 @@ def test_demo_refuses_a_nan_timeout_before_anything_starts(tmp_path: Path, monke
     import medpfl_app.jobs.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("run_demo must not start"))
-    for argv in (["--timeout", "nan"], ["--timeout", "inf"], ["--timeout", "0"], ["--rounds", "0"],
-                 ["--sites", "-1"], ["--seed", "-1"]):
+    for argv in (
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "0"],
+        ["--rounds", "0"],
+        ["--sites", "-1"],
+        ["--seed", "-1"],
+    ):
         code, err = _run(["demo", "--out", str(tmp_path / "demo"), *argv], capsys)
         _assert_one_clear_error(code, err, f"argument {argv[0]}")
     assert not (tmp_path / "demo").exists()
@@ -108,11 +119,17 @@ def test_demo_refuses_an_existing_file_as_out(tmp_path: Path, monkeypatch, capsy
 
 def test_console_script_prints_no_traceback_for_a_nan_timeout() -> None:
     """The installed entry point: exit 2, the problem and its fix on stderr, nothing else."""
-    done = subprocess.run([sys.executable, "-m", "medpfl_app.cli.main", "demo", "--timeout", "nan"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "medpfl_app.cli.main", "demo", "--timeout", "nan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == ("medpfl demo: error: argument --timeout: 'nan' is not a finite number\n"
-                           "  fix: give a finite number (not nan or inf)\n")
+    assert done.stderr == (
+        "medpfl demo: error: argument --timeout: 'nan' is not a finite number\n"
+        "  fix: give a finite number (not nan or inf)\n"
+    )
 
 
 def test_usage_errors_escape_control_characters(capsys) -> None:
@@ -187,8 +204,10 @@ def test_attack_refuses_an_existing_file_as_out(tmp_path: Path, capsys) -> None:
 def test_report_refuses_an_existing_file_as_out(tmp_path: Path, capsys) -> None:
     """`medpfl report --out FILE` crashed; it is refused and the file is not touched (nor a path under it)."""
     ledger = tmp_path / "audit_ledger.jsonl"
-    ledger.write_text(json.dumps({"schema": "medpfl.audit/1", "site": "site-1", "round": 0, "status": "audited",
-                                  "risk": "low"}) + "\n")
+    ledger.write_text(
+        json.dumps({"schema": "medpfl.audit/1", "site": "site-1", "round": 0, "status": "audited", "risk": "low"})
+        + "\n"
+    )
     target = tmp_path / "summary.txt"
     target.write_text("keep me")
     code, err = _run(["report", str(ledger), "--out", str(target)], capsys)
@@ -205,10 +224,22 @@ def test_matching_config_refuses_non_finite_and_mistyped_fields() -> None:
     """The engine's config is the last line of defence for callers other than the CLI."""
     from medpfl_app.attacks.engine import MatchingConfig
 
-    for bad in ({"tv": float("nan")}, {"l2": float("inf")}, {"bn": -1.0}, {"stop_loss": float("nan")},
-                {"lr": float("nan")}, {"time_limit_s": float("inf")}, {"top_layers": 0}, {"top_layers": True},
-                {"seed": -1}, {"seed": 2**63}, {"seed": 1.0}, {"seed": True}, {"iterations": 2.5},
-                {"restarts": 0}):
+    for bad in (
+        {"tv": float("nan")},
+        {"l2": float("inf")},
+        {"bn": -1.0},
+        {"stop_loss": float("nan")},
+        {"lr": float("nan")},
+        {"time_limit_s": float("inf")},
+        {"top_layers": 0},
+        {"top_layers": True},
+        {"seed": -1},
+        {"seed": 2**63},
+        {"seed": 1.0},
+        {"seed": True},
+        {"iterations": 2.5},
+        {"restarts": 0},
+    ):
         with pytest.raises(MedPFLError):
             MatchingConfig(**bad)
     assert MatchingConfig(top_layers=1, seed=2**32, tv=0.0).top_layers == 1
@@ -226,9 +257,13 @@ def test_parse_overrides_refuses_non_finite_floats() -> None:
 
 def test_help_shows_defaults(capsys) -> None:
     """Every touched command states its defaults in --help."""
-    for command, needle in ((["demo"], "(default: 1800.0)"), (["attack"], "(default: 32)"),
-                            (["data", "demo"], "(default: 0.5)"), (["poc", "start"], "(default: 300.0)"),
-                            (["report"], "(default: the ledger's folder)")):
+    for command, needle in (
+        (["demo"], "(default: 1800.0)"),
+        (["attack"], "(default: 32)"),
+        (["data", "demo"], "(default: 0.5)"),
+        (["poc", "start"], "(default: 300.0)"),
+        (["report"], "(default: the ledger's folder)"),
+    ):
         with pytest.raises(SystemExit):
             main([*command, "--help"])
         assert needle in " ".join(capsys.readouterr().out.split()), command

@@ -131,7 +131,7 @@ class ScorerOracleProbe(FLComponent):
 
 
 #: Site-3's corrupting result filter (job-shipped; a no-op at every other site).
-MALICIOUS_FILTER = '''
+MALICIOUS_FILTER = """
 import numpy as np
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
@@ -158,11 +158,11 @@ class CorruptWhatISend(Filter):
             dxo.data[name] = value
         dxo.update_shareable(shareable)
         return shareable
-'''
+"""
 
 
 #: A read-only server result filter (first in the chain) that records the digest of each update as it arrived.
-SERVER_DIGEST_PROBE = '''
+SERVER_DIGEST_PROBE = """
 import json
 import os
 
@@ -187,7 +187,7 @@ class ReceivedDigestProbe(Filter):
         with open(os.path.join(run_dir, "received_digests.jsonl"), "a") as handle:
             handle.write(json.dumps(line) + "\\n")
         return shareable
-'''
+"""
 RECEIVED_DIGESTS = "received_digests.jsonl"
 
 
@@ -236,11 +236,13 @@ def attacked(tmp_path_factory: pytest.TempPathFactory) -> SimulationResult:
     job = _export(root, "sim_malicious_site", SITES)
     (job / "app" / "custom" / "medpfl_malicious_site.py").write_text(MALICIOUS_COMPONENT)
     path, config = _client_config(job)
-    config["components"].append({
-        "id": "oracle_probe",
-        "path": "medpfl_malicious_site.ScorerOracleProbe",
-        "args": {"attacker": ATTACKER, "victims": VICTIMS, "replays": REPLAYS, "results_file": RESULTS_FILE},
-    })
+    config["components"].append(
+        {
+            "id": "oracle_probe",
+            "path": "medpfl_malicious_site.ScorerOracleProbe",
+            "args": {"attacker": ATTACKER, "victims": VICTIMS, "replays": REPLAYS, "results_file": RESULTS_FILE},
+        }
+    )
     (job / "app" / "custom" / "medpfl_corrupt_filter.py").write_text(MALICIOUS_FILTER)
     (chain,) = config["task_result_filters"]
     chain["filters"].insert(0, {"path": "medpfl_corrupt_filter.CorruptWhatISend", "args": {"attacker": ATTACKER}})
@@ -312,8 +314,10 @@ def test_each_malicious_act_is_logged_and_counted_at_its_victim(attacked) -> Non
         assert all(f"from cell {attacker_cell}" in line and "[not_server; " in line for line in refused)
         assert sum(f"{victim} ignored a release from cell {attacker_cell}" in line for line in lines) == len(ROUNDS)
         total = score_requests + len(ROUNDS)
-        assert any(f"{victim} refused {total} score or release requests in this job: {{'not_server': {total}}}"
-                   in line for line in lines)
+        assert any(
+            f"{victim} refused {total} score or release requests in this job: {{'not_server': {total}}}" in line
+            for line in lines
+        )
         # One line each: what follows a refusal is never a traceback (NVFlare prints the end-of-run waits with one)
         follows = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "refused a score request" in line]
         assert not [line for line in follows if "Traceback" in line]

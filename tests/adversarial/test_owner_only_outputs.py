@@ -21,8 +21,16 @@ def test_ledger_arrivals_and_every_report_file_are_owner_only(tmp_path) -> None:
         folder = tmp_path / "run" / "medpfl"
         ledger = AuditLedger(folder / "audit_ledger.jsonl")
         append_arrival(folder / "received_updates.jsonl", {"site": "site-1", "round": 0, "return_code": "OK"})
-        ledger.append({"job_id": "j", "site": "site-1", "round": 0, "status": "not_audited", "reason": "test",
-                       "risk": "not_audited"})
+        ledger.append(
+            {
+                "job_id": "j",
+                "site": "site-1",
+                "round": 0,
+                "status": "not_audited",
+                "reason": "test",
+                "risk": "not_audited",
+            }
+        )
         out = tmp_path / "report_out"
         paths = render_report(tmp_path / "run", out)
     finally:

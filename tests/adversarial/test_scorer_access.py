@@ -87,8 +87,12 @@ def _client_ctx(workspace: Path, *, peer_identity: str | None = SERVER) -> FLCon
     ctx.set_prop(ReservedKey.RUN_NUM, JOB, private=False, sticky=False)
     for folder in ("startup", "local"):
         (workspace / folder).mkdir(parents=True, exist_ok=True)
-    ctx.set_prop(ReservedKey.ENGINE, _WorkspaceEngine(Workspace(root_dir=str(workspace), site_name=SITE)),
-                 private=True, sticky=False)
+    ctx.set_prop(
+        ReservedKey.ENGINE,
+        _WorkspaceEngine(Workspace(root_dir=str(workspace), site_name=SITE)),
+        private=True,
+        sticky=False,
+    )
     if peer_identity is not None:
         peer = FLContext()
         peer.set_prop(ReservedKey.IDENTITY_NAME, peer_identity, private=False, sticky=False)
@@ -97,8 +101,9 @@ def _client_ctx(workspace: Path, *, peer_identity: str | None = SERVER) -> FLCon
 
 
 def _result(update: dict, round_number: int = ROUND, meta: dict | None = None) -> Shareable:
-    shareable = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta or {"batch_size": 1, "local_steps": 2,
-                                                                       "num_train_images": 4}).to_shareable()
+    shareable = DXO(
+        DataKind.WEIGHT_DIFF, data=update, meta=meta or {"batch_size": 1, "local_steps": 2, "num_train_images": 4}
+    ).to_shareable()
     shareable.set_header(AppConstants.CURRENT_ROUND, round_number)
     return shareable
 
@@ -117,8 +122,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(workspace)
     items = load_site_data(resolve_site_data(SITE).datalist, site=SITE, num_classes=4).training
     training_set = describe_training_set(items, DataConfig(image_size=SIZE), 4)
-    write_round_samples(run_dir, RoundSamples(job_id=JOB, site=SITE, round=ROUND, positions=(2, 0),
-                                              training_set=training_set))
+    write_round_samples(
+        run_dir, RoundSamples(job_id=JOB, site=SITE, round=ROUND, positions=(2, 0), training_set=training_set)
+    )
     sent = _update()
     SentUpdateDigest().process(_result(sent), _client_ctx(workspace))
     scorer = AuditSiteScorer()
@@ -137,8 +143,9 @@ def _request(pool: torch.Tensor, *, digest: str | None, round_number=ROUND, **fi
     return request
 
 
-def _ask(scorer: AuditSiteScorer, request: Shareable, *, origin: str | None = SERVER_CELL,
-         claimed: str | None = SERVER) -> Shareable:
+def _ask(
+    scorer: AuditSiteScorer, request: Shareable, *, origin: str | None = SERVER_CELL, claimed: str | None = SERVER
+) -> Shareable:
     """Deliver ``request`` to the scorer's handler as NVFlare would: the sender's peer props, the cell's origin."""
     ctx = FLContext()
     if claimed is not None:
@@ -329,8 +336,9 @@ def test_the_cell_callback_takes_the_origin_from_the_cellnet_not_from_the_payloa
     answer = scorer._on_cell_request(_cell_message(forged, origin=ATTACKER_CELL, claimed=SERVER))
     assert answer.get_header(MessageHeaderKey.RETURN_CODE) == "ok"
     _assert_refused(answer.payload, "did not come from the server")
-    answer = scorer._on_cell_request(_cell_message(_request(pool, digest=update_digest(sent)), origin=SERVER_CELL,
-                                                   claimed=SERVER))
+    answer = scorer._on_cell_request(
+        _cell_message(_request(pool, digest=update_digest(sent)), origin=SERVER_CELL, claimed=SERVER)
+    )
     assert answer.payload[REPLY_SCORES]["status"] == "scored"
     assert answer.payload.get_peer_context() is not None  # the reply carries a peer context, as NVFlare's does
 
@@ -353,7 +361,9 @@ def test_the_scorer_registers_its_exact_topics_on_the_client_job_cell() -> None:
     scorer = AuditSiteScorer()
     scorer._register_on_cell(_CellEngine(), FLContext())
     assert [(channel, topic) for channel, topic, _ in registered] == [
-        (CellChannel.AUX_COMMUNICATION, SCORE_TOPIC), (CellChannel.AUX_COMMUNICATION, RELEASE_TOPIC)]
+        (CellChannel.AUX_COMMUNICATION, SCORE_TOPIC),
+        (CellChannel.AUX_COMMUNICATION, RELEASE_TOPIC),
+    ]
     registry = Registry()
     registry.set(CellChannel.AUX_COMMUNICATION, "*", "command agent")
     registry.set(CellChannel.AUX_COMMUNICATION, SCORE_TOPIC, "scorer")
@@ -383,16 +393,25 @@ def test_the_server_sends_the_digest_of_what_it_received_and_records_a_refusal(s
 
     audit = AuditFilter(isolate=False)
     audit._engine = _ServerEngine()
-    item = AuditItem(site=SITE, round=ROUND, job_id=JOB, data_kind="WEIGHT_DIFF", update=copy_arrays(sent),
-                     global_weights=None)
+    item = AuditItem(
+        site=SITE, round=ROUND, job_id=JOB, data_kind="WEIGHT_DIFF", update=copy_arrays(sent), global_weights=None
+    )
     scores = audit._score_at_site(item, pool[[2, 0]].numpy(), np.array([1, 0]))
     assert scores["status"] == "scored" and scores["ssim_max"] == pytest.approx(1.0)
     again = audit._score_at_site(item, pool[[2, 0]].numpy(), np.array([1, 0]))
-    assert again == {"status": "unavailable",
-                     "reason": f"{SITE} refused the score request: refused: the round {ROUND} update was already "
-                               "scored (the site answers once per update)"}
-    other = AuditItem(site=SITE, round=ROUND, job_id=JOB, data_kind="WEIGHT_DIFF",
-                      update={k: v + 1 for k, v in copy_arrays(sent).items()}, global_weights=None)
+    assert again == {
+        "status": "unavailable",
+        "reason": f"{SITE} refused the score request: refused: the round {ROUND} update was already "
+        "scored (the site answers once per update)",
+    }
+    other = AuditItem(
+        site=SITE,
+        round=ROUND,
+        job_id=JOB,
+        data_kind="WEIGHT_DIFF",
+        update={k: v + 1 for k, v in copy_arrays(sent).items()},
+        global_weights=None,
+    )
     assert "digest does not match" in audit._score_at_site(other, pool[[2, 0]].numpy(), None)["reason"]
 
 
@@ -465,8 +484,11 @@ def test_audited_jobs_put_the_digest_filter_last() -> None:
     from medpfl_app.jobs import JOB_CATALOG
     from medpfl_app.jobs.spec import AUDIT_SENT_DIGEST, AUDIT_SITE_SCORER
 
-    audited = [spec for spec in JOB_CATALOG.values() if AUDIT_SITE_SCORER["path"] in
-               {c["path"] for c in spec.client_components}]
+    audited = [
+        spec
+        for spec in JOB_CATALOG.values()
+        if AUDIT_SITE_SCORER["path"] in {c["path"] for c in spec.client_components}
+    ]
     assert {spec.name for spec in audited} >= {"fedavg_audit", "fedavg_audit_laplace", "fedavg_audit_client_dp"}
     for spec in audited:
         assert spec.client_result_filters[-1] == AUDIT_SENT_DIGEST, spec.name

@@ -9,9 +9,19 @@ import pytest
 from medpfl_app.audit.facts import FactBounds, InvalidMeta, ModelSpec, validate_meta
 from medpfl_app.errors import MedPFLError
 
-GOOD = {"batch_size": 8, "local_steps": 4, "learning_rate": 0.05, "optimizer": "sgd", "num_train_images": 32,
-        "network": "lenet_sigmoid", "image_size": 32, "in_channels": 1, "num_classes": 4,
-        "filter_history": ["LaplaceNoiseFilter"], "medpfl_defenses": [{"defense": "laplace", "params": {"b": 0.1}}]}
+GOOD = {
+    "batch_size": 8,
+    "local_steps": 4,
+    "learning_rate": 0.05,
+    "optimizer": "sgd",
+    "num_train_images": 32,
+    "network": "lenet_sigmoid",
+    "image_size": 32,
+    "in_channels": 1,
+    "num_classes": 4,
+    "filter_history": ["LaplaceNoiseFilter"],
+    "medpfl_defenses": [{"defense": "laplace", "params": {"b": 0.1}}],
+}
 MODEL = ModelSpec("lenet_sigmoid", 32, 1, 4)
 
 
@@ -59,7 +69,11 @@ def test_the_model_comes_from_the_job_never_from_the_site() -> None:
     quiet = {k: v for k, v in GOOD.items() if k not in ("network", "image_size", "in_channels", "num_classes")}
     checked = validate_meta(quiet, model=MODEL)
     assert (checked["network"], checked["image_size"], checked["in_channels"], checked["num_classes"]) == (
-        "lenet_sigmoid", 32, 1, 4)
+        "lenet_sigmoid",
+        32,
+        1,
+        4,
+    )
 
 
 def test_a_non_mapping_meta_is_refused() -> None:

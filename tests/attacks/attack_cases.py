@@ -24,7 +24,9 @@ def phantom(seed: int, size: int = SIZE, channels: int = 1) -> torch.Tensor:
 def sigmoid_lenet(size: int = SIZE, num_classes: int = 4, seed: int = 0) -> nn.Module:
     """The seed paper's sigmoid LeNet with its U(−0.5, 0.5) initialisation."""
     torch.manual_seed(seed)
-    return init_uniform_(build_network("lenet_sigmoid", in_channels=1, num_classes=num_classes, image_size=size), seed=seed)
+    return init_uniform_(
+        build_network("lenet_sigmoid", in_channels=1, num_classes=num_classes, image_size=size), seed=seed
+    )
 
 
 class SigmoidBNNet(nn.Module):
@@ -39,4 +41,3 @@ class SigmoidBNNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.act(self.bn(self.conv(images))), 1))
-

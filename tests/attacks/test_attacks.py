@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from attack_cases import SIZE, SigmoidBNNet, phantom, sigmoid_lenet
 
 from medpfl_app.attacks import ATTACKS, UpdateKind, build_attack, knowledge_from_update
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.metrics import evaluate_reconstruction, ssim
-from attack_cases import SIZE, SigmoidBNNet, phantom, sigmoid_lenet
 
 LABEL = torch.tensor([2])
 
@@ -18,7 +18,13 @@ LABEL = torch.tensor([2])
 def _gradient_knowledge(model: torch.nn.Module, image: torch.Tensor, **kwargs: object):
     site = simulate_site_update(model, image, LABEL, kind=UpdateKind.GRADIENT)
     return knowledge_from_update(
-        model, site.global_weights, site.update, site.meta, image_shape=(1, SIZE, SIZE), kind=UpdateKind.GRADIENT, **kwargs
+        model,
+        site.global_weights,
+        site.update,
+        site.meta,
+        image_shape=(1, SIZE, SIZE),
+        kind=UpdateKind.GRADIENT,
+        **kwargs,
     )
 
 
@@ -141,8 +147,11 @@ def test_engine_matches_the_straightforward_reference_loop(victim: str, image: t
     from medpfl_app.models import build_network
 
     torch.manual_seed(0)
-    model = sigmoid_lenet() if victim == "sigmoid_lenet" else build_network(
-        "small_cnn", in_channels=1, num_classes=4, image_size=SIZE)
+    model = (
+        sigmoid_lenet()
+        if victim == "sigmoid_lenet"
+        else build_network("small_cnn", in_channels=1, num_classes=4, image_size=SIZE)
+    )
     knowledge = _gradient_knowledge(model, image, labels=LABEL)
     attack = build_attack("gradinv", iterations=8, restarts=3)
     initial = _initial_images(attack.config, (3, 1, 1, SIZE, SIZE), None, torch.Generator().manual_seed(0))

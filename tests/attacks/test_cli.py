@@ -46,11 +46,33 @@ def test_attack_command_applies_recipe_overrides(tmp_path) -> None:
     """--set changes fields of the preset recipe, typed, and the result records the recipe used."""
     out = tmp_path / "out"
 
-    code = main([
-        "attack", "--out", str(out), "--attack", "idlg", "--iterations", "2", "--image-size", "16",
-        "--set", "init=randn", "--set", "line_search=strong_wolfe", "--set", "lbfgs_max_iter=3", "--set", "box=true",
-        "--set", "time_limit_s=60", "--set", "top_layers=none", "--set", "iterations=3",
-    ])
+    code = main(
+        [
+            "attack",
+            "--out",
+            str(out),
+            "--attack",
+            "idlg",
+            "--iterations",
+            "2",
+            "--image-size",
+            "16",
+            "--set",
+            "init=randn",
+            "--set",
+            "line_search=strong_wolfe",
+            "--set",
+            "lbfgs_max_iter=3",
+            "--set",
+            "box=true",
+            "--set",
+            "time_limit_s=60",
+            "--set",
+            "top_layers=none",
+            "--set",
+            "iterations=3",
+        ]
+    )
 
     assert code == 0
     config = json.loads((out / "result.json").read_text())["config"]
@@ -77,8 +99,21 @@ def test_attack_command_reports_iterations_losses_and_convergence(tmp_path, caps
     into result.json."""
     out = tmp_path / "out"
 
-    code = main(["attack", "--out", str(out), "--attack", "idlg", "--iterations", "3", "--image-size", "16",
-                 "--set", "stop_loss=0"])
+    code = main(
+        [
+            "attack",
+            "--out",
+            str(out),
+            "--attack",
+            "idlg",
+            "--iterations",
+            "3",
+            "--image-size",
+            "16",
+            "--set",
+            "stop_loss=0",
+        ]
+    )
 
     assert code == 0
     printed = capsys.readouterr().out
@@ -96,8 +131,21 @@ def test_attack_command_says_plainly_when_the_attack_made_no_progress(tmp_path, 
     evidence of safety."""
     out = tmp_path / "out"
 
-    code = main(["attack", "--out", str(out), "--attack", "idlg", "--iterations", "2", "--image-size", "16",
-                 "--set", "lr=1e-30"])
+    code = main(
+        [
+            "attack",
+            "--out",
+            str(out),
+            "--attack",
+            "idlg",
+            "--iterations",
+            "2",
+            "--image-size",
+            "16",
+            "--set",
+            "lr=1e-30",
+        ]
+    )
 
     assert code == 0
     printed = capsys.readouterr().out

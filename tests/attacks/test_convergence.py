@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from attack_cases import SIZE, phantom, sigmoid_lenet
 
 import medpfl_app.attacks.engine as engine
 from medpfl_app.attacks import (
@@ -24,7 +25,6 @@ from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.attacks.victim import Victim, target_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.global_model import build_seeded_network
-from attack_cases import SIZE, phantom, sigmoid_lenet
 
 JOB_SIZE = 32
 LABEL = torch.tensor([2])
@@ -76,7 +76,9 @@ def test_attack_leaves_its_initialisation_or_says_it_made_no_progress(name: str,
     _check_result_records(result)
     progressed = result.moved_from_init > 1e-2 and result.matching_loss < 0.99 * result.initial_loss
     assert progressed or result.convergence.status is Convergence.NO_PROGRESS, (
-        result.convergence, result.moved_from_init)
+        result.convergence,
+        result.moved_from_init,
+    )
     if progressed:
         assert result.convergence.status is not Convergence.NO_PROGRESS
     if name in ("idlg", "cpl") and network == "lenet_sigmoid":
@@ -142,7 +144,9 @@ def test_time_limit_ends_an_lbfgs_step_after_at_most_one_evaluation(monkeypatch,
 
     monkeypatch.setattr(engine, "_clock", lambda: now[0])
     monkeypatch.setattr(Victim, "simulate", one_second_per_evaluation)
-    unlimited = build_attack("idlg", iterations=1, **{k: v for k, v in options.items() if k != "iterations"}).run(knowledge)
+    unlimited = build_attack("idlg", iterations=1, **{k: v for k, v in options.items() if k != "iterations"}).run(
+        knowledge
+    )
     now[0] = 0.0
     limited = build_attack("idlg", time_limit_s=10.0, **options).run(knowledge)
 
@@ -186,8 +190,15 @@ def test_result_defaults_keep_other_constructors_working() -> None:
     from medpfl_app.attacks import AttackResult
 
     result = AttackResult(
-        attack="x", reconstructions=torch.zeros(1, 1, 4, 4), labels=torch.tensor([0]), matching_loss=1.0,
-        restart_losses=(1.0,), iterations=1, wall_time_s=0.0, config={}, threat_model={},
+        attack="x",
+        reconstructions=torch.zeros(1, 1, 4, 4),
+        labels=torch.tensor([0]),
+        matching_loss=1.0,
+        restart_losses=(1.0,),
+        iterations=1,
+        wall_time_s=0.0,
+        config={},
+        threat_model={},
     )
 
     payload = json.loads(json.dumps(result.to_dict(), allow_nan=False))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attack_cases import SIZE, phantom, sigmoid_lenet
 
 from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
-from attack_cases import SIZE, phantom, sigmoid_lenet
 
 SHAPE = (1, SIZE, SIZE)
 
@@ -74,7 +74,9 @@ def test_shape_mismatch_is_rejected() -> None:
     update = dict(site.update)
     update["classifier.weight"] = torch.zeros(3, 7)
     with pytest.raises(MedPFLError, match=r"classifier\.weight.*shape"):
-        knowledge_from_update(model, site.global_weights, update, site.meta, image_shape=SHAPE, kind=UpdateKind.GRADIENT)
+        knowledge_from_update(
+            model, site.global_weights, update, site.meta, image_shape=SHAPE, kind=UpdateKind.GRADIENT
+        )
 
 
 def test_update_of_another_architecture_is_rejected() -> None:
@@ -92,7 +94,9 @@ def test_non_finite_update_is_rejected(bad: float) -> None:
     update["features.0.bias"] = update["features.0.bias"].clone()
     update["features.0.bias"][0] = bad
     with pytest.raises(MedPFLError, match="NaN or Inf"):
-        knowledge_from_update(model, site.global_weights, update, site.meta, image_shape=SHAPE, kind=UpdateKind.GRADIENT)
+        knowledge_from_update(
+            model, site.global_weights, update, site.meta, image_shape=SHAPE, kind=UpdateKind.GRADIENT
+        )
 
 
 def test_unknown_attack_name_is_rejected() -> None:
@@ -121,7 +125,9 @@ def test_bad_time_limit_is_rejected(limit: float) -> None:
 def test_required_meta_missing_is_rejected() -> None:
     model, site = _lenet_site()
     with pytest.raises(MedPFLError, match="lacks the required fact 'learning_rate'"):
-        knowledge_from_update(model, site.global_weights, site.update, {}, image_shape=SHAPE, require_meta=("learning_rate",))
+        knowledge_from_update(
+            model, site.global_weights, site.update, {}, image_shape=SHAPE, require_meta=("learning_rate",)
+        )
 
 
 def test_unrolled_inversion_without_learning_rate_is_rejected() -> None:

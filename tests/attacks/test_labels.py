@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attack_cases import phantom, sigmoid_lenet
 
 from medpfl_app.attacks import UpdateKind, recover_labels, recover_labels_from_update
 from medpfl_app.attacks.labels import expected_probabilities
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
-from attack_cases import phantom, sigmoid_lenet
 
 
 @pytest.mark.parametrize("label", [0, 1, 2, 3])
@@ -64,7 +64,9 @@ def test_labels_from_weight_difference_are_exact() -> None:
     site = simulate_site_update(model, images, labels, kind=UpdateKind.WEIGHT_DIFF, local_steps=2, learning_rate=1e-3)
     approx_gradient = {k: -v / (2 * 1e-3) for k, v in site.update.items()}
 
-    recovered = recover_labels_from_update(model, approx_gradient, 3, mean_probs=expected_probabilities(model, (1, 16, 16)))
+    recovered = recover_labels_from_update(
+        model, approx_gradient, 3, mean_probs=expected_probabilities(model, (1, 16, 16))
+    )
 
     assert recovered.tolist() == [0, 1, 3]
 

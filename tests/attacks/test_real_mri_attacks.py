@@ -61,9 +61,7 @@ def test_attack_inverts_real_mri_at_batch_one(attack: str, real_mri, one_thread)
     for index in range(images.shape[0]):
         image, label = images[index : index + 1], labels[index : index + 1]
         torch.manual_seed(index)
-        model = init_uniform_(
-            build_network("lenet_sigmoid", in_channels=1, num_classes=3, image_size=SIZE), seed=index
-        )
+        model = init_uniform_(build_network("lenet_sigmoid", in_channels=1, num_classes=3, image_size=SIZE), seed=index)
         site = simulate_site_update(model, image, label, kind=UpdateKind.GRADIENT)
         knowledge = knowledge_from_update(
             model, site.global_weights, site.update, site.meta, image_shape=(1, SIZE, SIZE), kind=UpdateKind.GRADIENT

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from attack_cases import SIZE, phantom
 from torch import nn
 
 from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
 from medpfl_app.attacks.site import simulate_site_update
 from medpfl_app.attacks.victim import BatchStatisticsNorm, Victim
 from medpfl_app.models import build_network
-from attack_cases import SIZE, phantom
 
 
 class _DenseBN(nn.Module):
@@ -39,7 +39,11 @@ def _native_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 def test_simulated_gradient_equals_torch_with_batchnorm_in_train_mode(network: str) -> None:
     """Every restart's simulated gradient equals the native module's gradient on the same images."""
     torch.manual_seed(0)
-    model = build_network("small_cnn", in_channels=1, num_classes=3, image_size=SIZE) if network == "small_cnn" else _DenseBN()
+    model = (
+        build_network("small_cnn", in_channels=1, num_classes=3, image_size=SIZE)
+        if network == "small_cnn"
+        else _DenseBN()
+    )
     images = torch.cat([phantom(s) for s in range(2)])  # batch of 2: the statistics couple the images
     labels = torch.tensor([0, 2])
     site = simulate_site_update(model, images, labels, kind=UpdateKind.GRADIENT)
@@ -78,7 +82,13 @@ def test_attacks_run_on_the_pipeline_networks_channels_sizes_and_batches(
     images = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(batch) % 3
     site = simulate_site_update(
-        model, images, labels, kind=UpdateKind.WEIGHT_DIFF, local_steps=steps, learning_rate=0.01, bn_train_mode=bn_train
+        model,
+        images,
+        labels,
+        kind=UpdateKind.WEIGHT_DIFF,
+        local_steps=steps,
+        learning_rate=0.01,
+        bn_train_mode=bn_train,
     )
     knowledge = knowledge_from_update(
         model, site.global_weights, site.update, site.meta, image_shape=(channels, size, size), bn_train_mode=bn_train

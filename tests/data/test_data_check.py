@@ -27,17 +27,23 @@ from medpfl_app.errors import MedPFLError
 
 
 def _good(folder: Path, count: int, *, first_seed: int = 0) -> list[Path]:
-    return [write_nifti(folder / f"g{first_seed + n}.nii.gz", gradient((16, 16), seed=first_seed + n))
-            for n in range(count)]
+    return [
+        write_nifti(folder / f"g{first_seed + n}.nii.gz", gradient((16, 16), seed=first_seed + n)) for n in range(count)
+    ]
 
 
-def _datalist(root: Path, training: list[tuple[Path, int]], validation: list[tuple[Path, int]] = (),
-              classes: tuple[str, ...] = ("a", "b")) -> Path:
+def _datalist(
+    root: Path,
+    training: list[tuple[Path, int]],
+    validation: list[tuple[Path, int]] = (),
+    classes: tuple[str, ...] = ("a", "b"),
+) -> Path:
     def items(pairs):
         return [{"image": str(path.relative_to(root)), "label": label} for path, label in pairs]
 
-    return write_datalist(root / "datalist.json", {"classes": list(classes), "training": items(training),
-                                                   "validation": items(validation)})
+    return write_datalist(
+        root / "datalist.json", {"classes": list(classes), "training": items(training), "validation": items(validation)}
+    )
 
 
 def _check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -69,16 +75,21 @@ def test_mixed_folder_names_every_bad_file_and_exits_1(
 ) -> None:
     """One row per file; every bad file is named with its fix, the good ones are OK, the verdict refuses the data."""
     datalist, bad = mixed
-    code, out, err = _check(capsys, str(datalist), "--site", "site-1", "--image-size", "16",
-                            "--json", str(tmp_path / "out" / "check.json"))
+    code, out, err = _check(
+        capsys, str(datalist), "--site", "site-1", "--image-size", "16", "--json", str(tmp_path / "out" / "check.json")
+    )
     assert code == 1, out + err
     assert "Traceback" not in out + err
     for path in bad.values():
         assert str(path) in out, path
-    rows = {Path(line.split()[0]).name: line.split()[-1] for line in out.splitlines()
-            if line.startswith("  images/")}
-    assert rows == {"g0.nii.gz": "OK", "g1.nii.gz": "OK", "g2.nii.gz": "OK", "g3.nii.gz": "OK",
-                    **{path.name: "ERROR" for path in bad.values()}}
+    rows = {Path(line.split()[0]).name: line.split()[-1] for line in out.splitlines() if line.startswith("  images/")}
+    assert rows == {
+        "g0.nii.gz": "OK",
+        "g1.nii.gz": "OK",
+        "g2.nii.gz": "OK",
+        "g3.nii.gz": "OK",
+        **{path.name: "ERROR" for path in bad.values()},
+    }
     assert "is blank: every stored pixel is 7" in out
     assert out.count("fix: ") >= len(bad)
     assert "[site-1] data NOT usable: 6 of 10 files have errors" in out
@@ -103,8 +114,9 @@ def test_bombs_are_refused_before_any_decoding(
     datalist, bad = mixed
     decoded: list[str] = []
     read = check_module.read_stored_pixels
-    monkeypatch.setattr(check_module, "read_stored_pixels",
-                        lambda path, fmt: decoded.append(str(path)) or read(path, fmt))
+    monkeypatch.setattr(
+        check_module, "read_stored_pixels", lambda path, fmt: decoded.append(str(path)) or read(path, fmt)
+    )
     from medpfl_app.data import transforms
 
     build = transforms.build_transforms
@@ -199,6 +211,7 @@ def test_a_loader_that_misreads_pixels_is_caught(
         def run(item):
             out = chain(item)
             return {**out, "image": 1 - out["image"]} if item["image"].endswith("g1.nii.gz") else out
+
         return run
 
     monkeypatch.setattr(transforms, "build_transforms", inverting_build)
@@ -235,8 +248,10 @@ def test_an_unusable_description_is_one_clear_error(
 ) -> None:
     """A huge label without a class list, or any crash while reading the datalist: exit 2, one message, no traceback."""
     good = _good(tmp_path / "images", 2)
-    write_datalist(tmp_path / "huge.json", {"training": [{"image": "images/g0.nii.gz", "label": 0},
-                                                           {"image": "images/g1.nii.gz", "label": 10**9}]})
+    write_datalist(
+        tmp_path / "huge.json",
+        {"training": [{"image": "images/g0.nii.gz", "label": 0}, {"image": "images/g1.nii.gz", "label": 10**9}]},
+    )
     code, _, err = _check(capsys, str(tmp_path / "huge.json"))
     assert code == 2 and str(tmp_path / "huge.json") in err and "fix:" in err and "Traceback" not in err
 
@@ -256,10 +271,15 @@ def test_help_states_the_thresholds_in_force(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         main(["data", "check", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for stated in (f"more than {MAX_PIXELS_PER_FILE:,} pixels", f"under {MIN_IMAGE_SIDE} pixels a side",
-                   f"enlarged more than {MAX_UPSCALE:g}x", f"shrunk more than {MAX_DOWNSCALE:g}x",
-                   f"fewer than {MIN_IMAGES_PER_CLASS} training images", f"at least {MIN_PIXEL_AGREEMENT}",
-                   f"above {FULL_TABLE_UP_TO} files"):
+    for stated in (
+        f"more than {MAX_PIXELS_PER_FILE:,} pixels",
+        f"under {MIN_IMAGE_SIDE} pixels a side",
+        f"enlarged more than {MAX_UPSCALE:g}x",
+        f"shrunk more than {MAX_DOWNSCALE:g}x",
+        f"fewer than {MIN_IMAGES_PER_CLASS} training images",
+        f"at least {MIN_PIXEL_AGREEMENT}",
+        f"above {FULL_TABLE_UP_TO} files",
+    ):
         assert stated in text, stated
 
 

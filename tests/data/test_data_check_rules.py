@@ -10,12 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 import pytest
 import torch
 from datafiles import gradient, write_dicom, write_nifti
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from medpfl_app.data.agreement import MIN_PIXEL_AGREEMENT, pixel_agreement, render_planes
 from medpfl_app.data.check_report import DataCheckReport
@@ -28,12 +28,14 @@ from medpfl_app.data.rules import MAX_PIXELS_PER_FILE, assess_file, far_from_inp
 
 def huge_png(path: Path, width: int, height: int) -> Path:
     """A valid PNG whose IHDR declares ``width × height`` pixels, with a few bytes of image data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -93,8 +95,12 @@ def test_dicom_series_folder_header(tmp_path: Path) -> None:
     for number in range(3):
         write_dicom(tmp_path / "series" / f"s{number}.dcm", gradient((12, 10), seed=number))
     series = read_header(tmp_path / "series")
-    assert (series.format, series.shape, series.pixels, series.photometric) == ("dicom-series", (3, 12, 10), 360,
-                                                                                "MONOCHROME2")
+    assert (series.format, series.shape, series.pixels, series.photometric) == (
+        "dicom-series",
+        (3, 12, 10),
+        360,
+        "MONOCHROME2",
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no .dcm files"):
         read_header(tmp_path / "empty")
@@ -205,13 +211,21 @@ def _row(path: str, label: int, *, split: str = "training", digest: str | None =
 
 def test_duplicates_same_label_warn_conflicting_labels_error() -> None:
     """Listed twice with one label: warning (and a leak note across splits); identical pixels, two labels: error."""
-    rows = [_row("/d/a.nii", 0, digest="x"), _row("/d/a.nii", 0, split="validation", digest="x"),
-            _row("/d/b.nii", 1, digest="y"), _row("/d/c.nii", 0, digest="y"), _row("/d/e.nii", 1, digest="z")]
+    rows = [
+        _row("/d/a.nii", 0, digest="x"),
+        _row("/d/a.nii", 0, split="validation", digest="x"),
+        _row("/d/b.nii", 1, digest="y"),
+        _row("/d/c.nii", 0, digest="y"),
+        _row("/d/e.nii", 1, digest="z"),
+    ]
     listed, pixels = duplicate_findings(rows)
     assert (listed.kind, listed.status) == (FindingKind.DUPLICATE_FILE, CheckStatus.WARNING)
     assert "/d/a.nii is listed 2 times" in listed.message and "both training and validation" in listed.message
-    assert (pixels.kind, pixels.status, pixels.paths) == (FindingKind.DUPLICATE_PIXELS, CheckStatus.ERROR,
-                                                          ("/d/b.nii", "/d/c.nii"))
+    assert (pixels.kind, pixels.status, pixels.paths) == (
+        FindingKind.DUPLICATE_PIXELS,
+        CheckStatus.ERROR,
+        ("/d/b.nii", "/d/c.nii"),
+    )
     assert "conflicting labels" in pixels.message and "/d/c.nii as training label 0" in pixels.message
 
 
@@ -232,9 +246,12 @@ def test_class_findings() -> None:
 
 def test_report_exit_codes() -> None:
     """Errors exit 1; warnings exit 0 unless strict."""
+
     def report(*statuses: CheckStatus) -> DataCheckReport:
-        rows = tuple(FileCheck(path=f"/d/{n}.nii", split="training", label=0, format="nifti", status=status)
-                     for n, status in enumerate(statuses))
+        rows = tuple(
+            FileCheck(path=f"/d/{n}.nii", split="training", label=0, format="nifti", status=status)
+            for n, status in enumerate(statuses)
+        )
         return DataCheckReport(Path("/d/datalist.json"), Path("/d"), ("a",), (len(rows),), (0,), (1, 8, 8), rows)
 
     assert report(CheckStatus.OK).exit_code() == 0

@@ -177,8 +177,7 @@ def test_conflicting_labels_for_one_image_name_both_entries(tmp_path: Path) -> N
         load_site_data(datalist)
     path = (tmp_path / "a.nii.gz").resolve()
     assert caught.value.problem == (
-        f"site data {datalist}: {path} is listed twice with conflicting labels: 0 (training[0]) and 1 "
-        "(validation[0])"
+        f"site data {datalist}: {path} is listed twice with conflicting labels: 0 (training[0]) and 1 (validation[0])"
     )
     same = write_datalist(tmp_path / "s.json", {"training": [{"image": "a.nii.gz", "label": 0}] * 2})
     assert len(load_site_data(same).training) == 2  # a repeat with the same label is not a conflict

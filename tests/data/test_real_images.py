@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from real_images import real_samples, require_real_images  # noqa: F401 (fixtures)
 
 from medpfl_app.data import DataConfig, build_transforms, load_site_data
 from medpfl_app.data.samples import (
@@ -18,7 +19,6 @@ from medpfl_app.data.samples import (
     write_real_samples,
 )
 from medpfl_app.errors import MedPFLError
-from real_images import real_samples, require_real_images  # noqa: F401 (fixtures)
 
 
 def _pool() -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +63,10 @@ def test_sites_partition_the_pool_and_load_through_load_site_data(real_samples) 
     assert len(listed) == len(set(listed)) == 72
     manifest = json.loads((real_samples.root / "manifest.json").read_text())
     assert manifest["synthetic"] is False and "pipeline exercise only" in manifest["labels"]
-    suffixes = {site: {Path(p).suffix for p in Path(d).parent.joinpath("images").iterdir()}
-                for site, d in real_samples.site_datalists.items()}
+    suffixes = {
+        site: {Path(p).suffix for p in Path(d).parent.joinpath("images").iterdir()}
+        for site, d in real_samples.site_datalists.items()
+    }
     assert suffixes == {"site-1": {".gz"}, "site-2": {".png"}, "site-3": {".gz"}}
 
 

@@ -85,8 +85,10 @@ def test_state_from_another_mechanism_or_a_corrupt_file_is_refused(tmp_path) -> 
         PrivacyLedger(path, delta=1e-5).charge(noise_multiplier=1.0)
 
 
-@pytest.mark.parametrize("kwargs", [{"delta": 0.0}, {"delta": 1.0}, {"delta": 1e-5, "epsilon_max": 0.0},
-                                    {"delta": 1e-5, "epsilon_max": -2.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"delta": 0.0}, {"delta": 1.0}, {"delta": 1e-5, "epsilon_max": 0.0}, {"delta": 1e-5, "epsilon_max": -2.0}],
+)
 def test_bad_ledger_parameters_fail_at_construction(tmp_path, kwargs) -> None:
     """δ outside (0, 1) or a non-positive budget is a configuration error."""
     with pytest.raises(MedPFLError):

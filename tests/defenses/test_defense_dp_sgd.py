@@ -16,8 +16,9 @@ from medpfl_app.errors import MedPFLError
 
 def _tiny() -> tuple[nn.Module, DataLoader]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 8 * 8, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)
+    )
     data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 2, (32,)))
     return model, DataLoader(data, batch_size=8)
 
@@ -73,8 +74,11 @@ def test_incompatible_module_is_refused_without_fix_and_bad_config_fails_early()
     model, _ = _tiny()
     with pytest.raises(MedPFLError, match="BatchNorm"):
         make_dp_compatible(model, fix=False)
-    for kwargs in ({"noise_multiplier": 0.0, "max_grad_norm": 1.0}, {"noise_multiplier": 1.0, "max_grad_norm": -1},
-                   {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 2.0}):
+    for kwargs in (
+        {"noise_multiplier": 0.0, "max_grad_norm": 1.0},
+        {"noise_multiplier": 1.0, "max_grad_norm": -1},
+        {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 2.0},
+    ):
         with pytest.raises(MedPFLError):
             DPSGDConfig(**kwargs)
 

@@ -123,8 +123,9 @@ def test_clipping_bounds_the_global_norm(make) -> None:
     """After clipping, the L2 norm over all float entries is ≤ C; a small update is left unscaled."""
     update = make()
     clipped, record = clip_update(update, 0.5)
-    norm = math.sqrt(sum(float((_np(v).astype(np.float64) ** 2).sum()) for v in clipped.values()
-                         if _np(v).dtype.kind == "f"))
+    norm = math.sqrt(
+        sum(float((_np(v).astype(np.float64) ** 2).sum()) for v in clipped.values() if _np(v).dtype.kind == "f")
+    )
     assert norm <= 0.5 * (1 + 1e-6)
     assert record == {"clip_norm": 0.5}
     unclipped, _ = clip_update(update, 1e6)
@@ -244,8 +245,15 @@ def test_bad_parameters_fail_at_construction(key, params) -> None:
 
 def test_registry_lists_every_defense_with_an_honest_guarantee() -> None:
     """Only client DP claims a formal guarantee; every other defense is labelled heuristic."""
-    assert set(DEFENSES.names()) >= {"laplace_noise", "gaussian_noise", "client_dp", "top_k",
-                                     "uniform_quantization", "sign_quantization", "drop_bn_stats"}
+    assert set(DEFENSES.names()) >= {
+        "laplace_noise",
+        "gaussian_noise",
+        "client_dp",
+        "top_k",
+        "uniform_quantization",
+        "sign_quantization",
+        "drop_bn_stats",
+    }
     for key in DEFENSES:
         expected = Guarantee.CLIENT_DP if key == "client_dp" else Guarantee.HEURISTIC
         assert DEFENSES.get(key).guarantee is expected

@@ -106,12 +106,14 @@ def test_every_filter_defends_numpy_and_torch_weights_and_diffs(make_filter, kin
         assert type(value) is type(data[key]) and value.dtype == data[key].dtype
     np.testing.assert_array_equal(_np(out.data["bn.num_batches_tracked"]), before["bn.num_batches_tracked"])
     assert not np.array_equal(_np(out.data["conv.weight"]), before["conv.weight"]) or isinstance(
-        f, DropBatchNormStatsFilter)
+        f, DropBatchNormStatsFilter
+    )
     (entry,) = out.meta[META_KEY]
     json.dumps(entry)  # plain JSON values only
     assert entry["round"] == 3 and entry["data_kind"] == str(kind.value)
-    assert entry["guarantee"] == ("(ε, δ)-DP at client level" if isinstance(f, ClientDPFilter)
-                                  else "heuristic (no formal guarantee)")
+    assert entry["guarantee"] == (
+        "(ε, δ)-DP at client level" if isinstance(f, ClientDPFilter) else "heuristic (no formal guarantee)"
+    )
     assert out.meta["filter_history"] == [type(f).__name__]
     if kind == DataKind.WEIGHTS and f._defense.needs_difference:
         assert entry["applied_to"] == "difference to recorded global model"
@@ -150,8 +152,9 @@ def test_client_dp_filter_clips_to_c(array, tmp_path) -> None:
     """With negligible noise, the released update's norm over float entries is ≤ C (and ≈ C for a big update)."""
     f = ClientDPFilter(clip_norm=0.5, noise_multiplier=1e-9, seed=0)
     out = _run(f, _update(array), fl_ctx=_ctx(root=tmp_path))
-    norm = math.sqrt(sum(float((_np(v).astype(np.float64) ** 2).sum()) for v in out.data.values()
-                         if _np(v).dtype.kind == "f"))
+    norm = math.sqrt(
+        sum(float((_np(v).astype(np.float64) ** 2).sum()) for v in out.data.values() if _np(v).dtype.kind == "f")
+    )
     assert norm == pytest.approx(0.5, rel=1e-5) and norm <= 0.5 * (1 + 1e-5)
 
 
@@ -304,15 +307,36 @@ def test_bad_parameters_fail_at_construction(cls, kwargs) -> None:
 
 @pytest.mark.parametrize(
     "cls",
-    [LaplaceNoiseFilter, GaussianNoiseFilter, ClientDPFilter, TopKFilter, UniformQuantizationFilter,
-     SignQuantizationFilter, DropBatchNormStatsFilter, GlobalModelRecorder],
+    [
+        LaplaceNoiseFilter,
+        GaussianNoiseFilter,
+        ClientDPFilter,
+        TopKFilter,
+        UniformQuantizationFilter,
+        SignQuantizationFilter,
+        DropBatchNormStatsFilter,
+        GlobalModelRecorder,
+    ],
 )
 def test_constructor_args_are_stored_unchanged_for_nvflare_export(cls, tmp_path) -> None:
     """NVFlare's job exporter reads each constructor arg back from the attribute of the same name."""
-    samples = {"scale": 0.2, "sigma": 0.3, "percentile": 90.0, "seed": 3, "clip_norm": 1.5, "noise_multiplier": 0.8,
-               "delta": 1e-6, "epsilon_max": 8.0, "ledger_path": str(tmp_path / "x.json"), "fraction": 0.4,
-               "scope": "global", "bits": 6, "stochastic": False, "include_num_batches_tracked": True,
-               "max_entries": 2}
+    samples = {
+        "scale": 0.2,
+        "sigma": 0.3,
+        "percentile": 90.0,
+        "seed": 3,
+        "clip_norm": 1.5,
+        "noise_multiplier": 0.8,
+        "delta": 1e-6,
+        "epsilon_max": 8.0,
+        "ledger_path": str(tmp_path / "x.json"),
+        "fraction": 0.4,
+        "scope": "global",
+        "bits": 6,
+        "stochastic": False,
+        "include_num_batches_tracked": True,
+        "max_entries": 2,
+    }
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     assert "name" not in params
     kwargs = {p: samples[p] for p in params}
@@ -331,9 +355,15 @@ def test_every_registered_defense_has_an_importable_filter() -> None:
     from medpfl_app.filters import FILTER_PATHS, filter_config
 
     assert FILTER_PATHS.names() == DEFENSES.names()
-    samples = {"laplace_noise": {"scale": 0.1}, "gaussian_noise": {"sigma": 0.1},
-               "client_dp": {"clip_norm": 1.0, "noise_multiplier": 1.0}, "top_k": {"fraction": 0.5},
-               "uniform_quantization": {"bits": 8}, "sign_quantization": {}, "drop_bn_stats": {}}
+    samples = {
+        "laplace_noise": {"scale": 0.1},
+        "gaussian_noise": {"sigma": 0.1},
+        "client_dp": {"clip_norm": 1.0, "noise_multiplier": 1.0},
+        "top_k": {"fraction": 0.5},
+        "uniform_quantization": {"bits": 8},
+        "sign_quantization": {},
+        "drop_bn_stats": {},
+    }
     for key in DEFENSES:
         entry = filter_config(key, **samples[key])
         module, _, cls = entry["path"].rpartition(".")

@@ -40,8 +40,10 @@ def test_default_template_installs_and_nvflare_builds_every_scope(tmp_path) -> N
         out = scope.task_result_filters["out"]
         assert [type(f) for f in out] == [DropBatchNormStatsFilter, ClientDPFilter]
         assert isinstance(scope.task_data_filters["in"][0], GlobalModelRecorder)
-    assert manager.get_scope("strict").task_result_filters["out"][1].noise_multiplier > \
-        manager.get_scope("private").task_result_filters["out"][1].noise_multiplier
+    assert (
+        manager.get_scope("strict").task_result_filters["out"][1].noise_multiplier
+        > manager.get_scope("private").task_result_filters["out"][1].noise_multiplier
+    )
     assert not list((site / "local").glob("*.tmp"))
 
 
@@ -65,19 +67,31 @@ def _mutated(edit):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda p: p["scopes"][0]["task_result_filters"].append({"path": "medpfl_app.filters.nope.X"}),
-         "cannot import"),
+        (
+            lambda p: p["scopes"][0]["task_result_filters"].append({"path": "medpfl_app.filters.nope.X"}),
+            "cannot import",
+        ),
         (lambda p: p["scopes"][1]["task_result_filters"][1]["args"].update(clip_norm=0), "clip_norm"),
         (lambda p: p["scopes"][0]["task_result_filters"][0].update(name="x"), "unsupported keys"),
         (lambda p: p.update(default_scope="secret"), "default_scope"),
         (lambda p: p["scopes"].append(copy.deepcopy(p["scopes"][0])), "defined twice"),
         (lambda p: p["scopes"][0]["task_result_filters"].append({"path": "json.JSONDecoder"}), "not an NVFlare Filter"),
         (lambda p: p["scopes"][0].update(tasks=["train"]), "unsupported keys"),
-        (lambda p: p["scopes"][0]["task_result_filters"][1]["args"].update(ledger_path="other.json"),
-         "different ledgers"),
+        (
+            lambda p: p["scopes"][0]["task_result_filters"][1]["args"].update(ledger_path="other.json"),
+            "different ledgers",
+        ),
     ],
-    ids=["unknown-path", "bad-args", "name-key", "unknown-default", "duplicate", "not-a-filter", "task-list",
-         "split-ledgers"],
+    ids=[
+        "unknown-path",
+        "bad-args",
+        "name-key",
+        "unknown-default",
+        "duplicate",
+        "not-a-filter",
+        "task-list",
+        "split-ledgers",
+    ],
 )
 def test_bad_policies_are_refused_with_one_clear_error(edit, match) -> None:
     """Each mistake yields a MedPFLError naming the scope/filter and the fix."""
@@ -124,8 +138,11 @@ def test_installed_private_scope_defends_a_full_weights_result_end_to_end(tmp_pa
     ctx.set_prop(ReservedKey.IDENTITY_NAME, "site-1", private=False, sticky=True)
     ctx.set_prop(FLContextKey.TASK_ID, "t-1", private=True, sticky=False)
     rng = np.random.default_rng(0)
-    global_model = {"fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
-                    "bn.running_mean": np.zeros(4, np.float32), "bn.running_var": np.ones(4, np.float32)}
+    global_model = {
+        "fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "bn.running_mean": np.zeros(4, np.float32),
+        "bn.running_var": np.ones(4, np.float32),
+    }
     data = DXO(DataKind.WEIGHTS, global_model).to_shareable()
     for f in scope.task_data_filters["in"]:
         data = f.process(data, ctx)

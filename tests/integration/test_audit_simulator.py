@@ -97,12 +97,16 @@ def test_an_audited_run_logs_no_traceback_and_no_deprecation(simulated_audit) ->
     deprecation warning. Any drain progress the server logged ends with the drain done."""
     from medpfl_app.audit.drain_progress import DrainProgress
 
-    logs = [simulated_audit.log_file, *sorted(p for p in simulated_audit.workspace.rglob("*")
-                                               if p.is_file() and p.suffix in (".txt", ".log", ".json"))]
+    logs = [
+        simulated_audit.log_file,
+        *sorted(
+            p for p in simulated_audit.workspace.rglob("*") if p.is_file() and p.suffix in (".txt", ".log", ".json")
+        ),
+    ]
     assert any(p.name == "log.txt" and p.parent.name == "server" for p in logs), logs
     for path in logs:
         text = path.read_text(errors="replace")
-        assert "Traceback" not in text, f"{path}:\n{text[text.find('Traceback') - 400:][:2000]}"
+        assert "Traceback" not in text, f"{path}:\n{text[text.find('Traceback') - 400 :][:2000]}"
         assert "NotReadyToEndRun" not in text, path
     console = simulated_audit.log_file.read_text(errors="replace")
     assert "deprecated" not in console.lower()

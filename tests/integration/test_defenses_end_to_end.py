@@ -47,7 +47,9 @@ def test_dp_sgd_sites_report_a_growing_sample_level_epsilon(simulated_dp_sgd) ->
         assert facts[1]["epsilon_scope"] == "site ledger"
     assert all(not [k for k in r["entries"] if "running_" in k] for r in records)
     # Each site kept its steps in its own workspace's ledger (found from the run folder), one release per round.
-    ledgers = {path.parent.parent.name: json.loads(path.read_text())
-               for path in simulated_dp_sgd.workspace.rglob("medpfl/dp_sgd_ledger.json")}
+    ledgers = {
+        path.parent.parent.name: json.loads(path.read_text())
+        for path in simulated_dp_sgd.workspace.rglob("medpfl/dp_sgd_ledger.json")
+    }
     assert sorted(ledgers) == sorted(SIM_SITES)
     assert all(len(state["releases"]) == 2 for state in ledgers.values())

@@ -54,7 +54,8 @@ def test_site_folders_become_site_1_to_n_with_absolute_paths(tmp_path: Path, sam
         original = json.loads(samples.site_datalists[site].read_text())
         assert written["classes"] == original["classes"]
         assert [Path(i["image"]) for i in written["training"]] == [
-            samples.site_datalists[site].parent / i["image"] for i in original["training"]]
+            samples.site_datalists[site].parent / i["image"] for i in original["training"]
+        ]
         assert all(Path(i["image"]).is_absolute() for i in written["training"])
     sources = json.loads((tmp_path / "data" / SOURCES_NAME).read_text())
     assert sources["synthetic"] is False and sources["sites"]["site-2"] == str(samples.root / "site-2")

@@ -51,14 +51,22 @@ def external_audit(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites):
     were seen while rounds started."""
     root = tmp_path_factory.mktemp("sim_external_audit")
     spec = replace(
-        audited("sim_external_audit", "audited job, site script as an external process", num_rounds=len(ROUNDS),
-                launch_external_process=True),
+        audited(
+            "sim_external_audit",
+            "audited job, site script as an external process",
+            num_rounds=len(ROUNDS),
+            launch_external_process=True,
+        ),
         min_clients=len(SIM_SITES),
     )
     job = export_job(spec, root / "jobs")
     seen: dict[int, bytes] = {}
     simulation = run_simulation(
-        job, root / "workspace", sites=SIM_SITES, timeout_s=900, env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)},
+        job,
+        root / "workspace",
+        sites=SIM_SITES,
+        timeout_s=900,
+        env={"MEDPFL_DATA_ROOT": str(demo_data_2_sites.root)},
         on_round=lambda _: seen.update(_external_trainers(root.resolve())),
     )
     return job, simulation, seen

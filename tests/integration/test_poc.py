@@ -12,8 +12,8 @@ import pytest
 
 from medpfl_app.jobs.builder import export_job
 from medpfl_app.poc import system
-from medpfl_app.poc.submit import submit_and_wait
 from medpfl_app.poc.sites import configure_site_data, install_site_privacy
+from medpfl_app.poc.submit import submit_and_wait
 
 from .conftest import SIM_SITES, received_updates, small_job
 

@@ -27,7 +27,9 @@ def test_only_unfinished_jobs_are_abandoned_and_the_rest_of_their_meta_is_kept(t
     assert unfinished_jobs(store) == {PHANTOM: "RUNNING"}
     assert abandon_phantom_jobs(store) == [PHANTOM]
     assert json.loads((store / PHANTOM / "meta").read_text()) == {
-        "job_id": PHANTOM, "name": "poc_job", "status": ABANDONED
+        "job_id": PHANTOM,
+        "name": "poc_job",
+        "status": ABANDONED,
     }
     assert json.loads((store / DONE / "meta").read_text())["status"] == "FINISHED:COMPLETED"
     assert abandon_phantom_jobs(store) == []

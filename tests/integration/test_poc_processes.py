@@ -46,10 +46,32 @@ def fake_poc(tmp_path: Path):
 
     processes = {
         "watchdog": launch(["bash", str(site / "startup" / "sub_start.sh")], tmp_path),
-        "service": launch([sys.executable, "-c", SERVICE_CODE, "-m", "nvflare.private.fed.app.client.client_train",
-                           "-m", str(site), "-s", "fed_client.json"], site),
-        "admin": launch([sys.executable, "-c", "import time; time.sleep(300)", "-m", "nvflare.fuel.hci.tools.admin",
-                         "-m", str(admin / "startup")], admin),
+        "service": launch(
+            [
+                sys.executable,
+                "-c",
+                SERVICE_CODE,
+                "-m",
+                "nvflare.private.fed.app.client.client_train",
+                "-m",
+                str(site),
+                "-s",
+                "fed_client.json",
+            ],
+            site,
+        ),
+        "admin": launch(
+            [
+                sys.executable,
+                "-c",
+                "import time; time.sleep(300)",
+                "-m",
+                "nvflare.fuel.hci.tools.admin",
+                "-m",
+                str(admin / "startup"),
+            ],
+            admin,
+        ),
         "bystander": launch(["sleep", "300"], site),
     }
     (site / "pid.fl").write_text(str(processes["service"].pid))

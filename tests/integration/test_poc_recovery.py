@@ -53,10 +53,24 @@ def _running_poc(root: Path):
         configure_site_data(layout, demo=True, data_root=None)
         system.start(layout, timeout_s=300)
         admin = layout.admin_dir
-        bystanders.append(subprocess.Popen(  # stands in for an admin console the operator left open
-            [sys.executable, "-c", "import time; time.sleep(900)", "-m", "nvflare.fuel.hci.tools.admin",
-             "-m", f"{admin}/startup/..", "-s", "fed_admin.json"],  # fl_admin.sh's command line
-            cwd=admin, start_new_session=True, stdin=subprocess.DEVNULL))
+        bystanders.append(
+            subprocess.Popen(  # stands in for an admin console the operator left open
+                [
+                    sys.executable,
+                    "-c",
+                    "import time; time.sleep(900)",
+                    "-m",
+                    "nvflare.fuel.hci.tools.admin",
+                    "-m",
+                    f"{admin}/startup/..",
+                    "-s",
+                    "fed_admin.json",
+                ],  # fl_admin.sh's command line
+                cwd=admin,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
+        )
         bystanders.append(subprocess.Popen(["sleep", "900"], cwd=layout.site_dir("site-1"), start_new_session=True))
         yield layout, bystanders
     finally:
@@ -98,8 +112,9 @@ def _kill_site_2_in_round_1(layout: system.PocLayout) -> None:
     while time.monotonic() < deadline:
         logs = layout.site_dir("server").glob("*/log.txt")
         if any("Round 1 started" in path.read_text(errors="replace") for path in logs):
-            site = next(p for p in find_poc_processes(layout.prod_dir)
-                        if (p.service, p.role) == ("site-2", ProcessRole.SERVICE))
+            site = next(
+                p for p in find_poc_processes(layout.prod_dir) if (p.service, p.role) == ("site-2", ProcessRole.SERVICE)
+            )
             os.kill(site.pid, signal.SIGKILL)
             return
         time.sleep(1.0)

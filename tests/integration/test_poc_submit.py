@@ -34,8 +34,10 @@ class _Session:
     def get_client_job_status(self) -> list[dict]:
         self.checks += 1
         site_2 = {"client_name": "site-2", "job_id": JOB, "status": "started"}
-        return [{"client_name": "site-1", "job_id": JOB, "status": "started"},
-                site_2 if self.checks == 1 else {"client_name": "site-2", "status": "no_jobs"}]
+        return [
+            {"client_name": "site-1", "job_id": JOB, "status": "started"},
+            site_2 if self.checks == 1 else {"client_name": "site-2", "status": "no_jobs"},
+        ]
 
     def abort_job(self, job_id: str) -> None:
         self.aborted = True

@@ -26,7 +26,9 @@ def test_two_sites_two_rounds_change_the_global_model(simulated_fedavg) -> None:
     weights = saved.get("model", saved)
     initial = ImageClassifier(image_size=32, learning_rate=3e-3, seed=0).state_dict()
     assert set(weights) == set(initial)
-    changed = [key for key in initial if initial[key].is_floating_point() and not torch.equal(weights[key], initial[key])]
+    changed = [
+        key for key in initial if initial[key].is_floating_point() and not torch.equal(weights[key], initial[key])
+    ]
     assert "net.classifier.weight" in changed
     assert all(torch.isfinite(torch.as_tensor(weights[key])).all() for key in changed)
 
@@ -63,5 +65,6 @@ def test_a_site_with_a_missing_image_fails_with_one_clear_message(tmp_path: Path
     # in NVFlare between the min_responses abort and the end of the round, so the global model is not asserted.)
     from_broken_site = [r for r in received_updates(tmp_path / "workspace") if r.get("site") == "site-2"]
     assert from_broken_site, "the server records the broken site's failed result"
-    assert all(r["return_code"] != "OK" and r.get("data_kind") is None and not r.get("entries")
-               for r in from_broken_site), from_broken_site
+    assert all(
+        r["return_code"] != "OK" and r.get("data_kind") is None and not r.get("entries") for r in from_broken_site
+    ), from_broken_site

@@ -38,8 +38,9 @@ def _with_audit_plan(plan: dict):
     ],
 )
 def test_export_refuses_a_bad_audit_plan_and_writes_nothing(tmp_path: Path, plan: dict, expected: str) -> None:
-    with pytest.raises(MedPFLError, match=r"job bad_plan: app/config/config_fed_server.json: AuditFilter plan: "
-                       + expected) as error:
+    with pytest.raises(
+        MedPFLError, match=r"job bad_plan: app/config/config_fed_server.json: AuditFilter plan: " + expected
+    ) as error:
         export_job(_with_audit_plan(plan), tmp_path)
     assert error.value.fix  # the fix names what to write instead
     assert list(tmp_path.iterdir()) == []
@@ -110,8 +111,9 @@ def test_submit_signs_a_staged_copy_and_leaves_the_repositorys_jobs_untouched(tm
 
 
 def _git_status_of_jobs() -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--", "jobs/"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--", "jobs/"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
 
 
 class _SigningSession:

@@ -37,7 +37,12 @@ def _skimage_ssim(recon: np.ndarray, truth: np.ndarray) -> float:
     if channel_axis is None:
         recon, truth = recon[0], truth[0]
     return structural_similarity(
-        recon, truth, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        recon,
+        truth,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
         channel_axis=channel_axis,
     )
 
@@ -94,8 +99,13 @@ def test_evaluate_reconstruction_reports_matched_scores() -> None:
     """The report matches before scoring, so a shuffled perfect reconstruction is a perfect score."""
     _, truth = _pair((3, 1, 16, 16))
     report = evaluate_reconstruction(
-        truth[torch.tensor([1, 2, 0])], truth, recovered_labels=[2, 1, 0], true_labels=[0, 1, 1],
-        prior=truth.mean(dim=0), pool=torch.cat([truth, truth.flip(-1)]), pool_indices=[0, 1, 2],
+        truth[torch.tensor([1, 2, 0])],
+        truth,
+        recovered_labels=[2, 1, 0],
+        true_labels=[0, 1, 1],
+        prior=truth.mean(dim=0),
+        pool=torch.cat([truth, truth.flip(-1)]),
+        pool_indices=[0, 1, 2],
     )
     assert report.order == (2, 0, 1)
     assert report.asr == 1.0 and min(report.ssim) == pytest.approx(1.0)

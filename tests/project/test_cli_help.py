@@ -19,7 +19,7 @@ def _option_help(help_text: str, action: argparse.Action) -> str:
     lines = help_text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith(action.option_strings[0]))
     block = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("   ") or line.strip().startswith("-"):
             break
         block.append(line)
@@ -34,8 +34,11 @@ def _stated_defaults() -> list:
             default = action.default
             if not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []:
                 continue
-            found.append(pytest.param(command, action, _option_help(help_text, action),
-                                      id=f"{command} {action.option_strings[0]}"))
+            found.append(
+                pytest.param(
+                    command, action, _option_help(help_text, action), id=f"{command} {action.option_strings[0]}"
+                )
+            )
     return found
 
 
@@ -49,7 +52,8 @@ def test_the_walk_finds_every_sub_command() -> None:
 def test_every_option_with_a_default_shows_it(command: str, action: argparse.Action, shown: str) -> None:
     value = re.escape(str(action.default))
     assert re.search(rf"default:?\s+['\"`]?(\./)?{value}", shown, re.IGNORECASE), (
-        f"`{command} --help` does not show the default {action.default!r} of {action.option_strings[0]}: {shown!r}")
+        f"`{command} --help` does not show the default {action.default!r} of {action.option_strings[0]}: {shown!r}"
+    )
 
 
 def test_options_without_a_meaningful_default_state_none() -> None:

@@ -73,7 +73,16 @@ def test_console_script_reports_bad_input_in_one_message(tmp_path: Path) -> None
 def test_production_project_template_provisions(tmp_path: Path) -> None:
     """`nvflare provision` accepts the template and makes one kit per hospital, the server and the admins."""
     done = subprocess.run(
-        [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "poc_workspace/templates/production/project.yml"), "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "nvflare.cli",
+            "provision",
+            "-p",
+            str(REPO / "poc_workspace/templates/production/project.yml"),
+            "-w",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
