@@ -20,6 +20,7 @@ from medpfl_app.audit.facts import FACT_KEYS, MODEL_KEYS
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.errors import MedPFLError
 
+
 @dataclass(frozen=True, eq=False)
 class AuditItem:
     """One received update, copied out of the shareable so NVFlare may change or free the original.
@@ -67,7 +68,9 @@ def not_auditable_reason(data_kind: str | None, data: Any, meta: Mapping[str, An
             return f"update entry {name!r} is {type(value).__name__}, not a numeric array (encrypted or unknown format)"
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            algorithm = f" (processed by {str(meta['processed_algorithm'])[:60]!r})" if meta.get("processed_algorithm") else ""
+            algorithm = (
+                f" (processed by {str(meta['processed_algorithm'])[:60]!r})" if meta.get("processed_algorithm") else ""
+            )
             return f"update entry {name!r} has non-numeric dtype {array.dtype}{algorithm}: the server sees no plaintext"
     missing = [key for key in MODEL_KEYS if meta.get(key) is None]
     if missing:
@@ -195,14 +198,22 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     image_shape = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]))
     started = time.monotonic()
     knowledge = knowledge_from_update(
-        net, item.global_weights, update, meta, image_shape=image_shape, num_classes=int(meta["num_classes"]),
-        kind=kind, prefix=meta.get("state_dict_prefix") or "auto",
+        net,
+        item.global_weights,
+        update,
+        meta,
+        image_shape=image_shape,
+        num_classes=int(meta["num_classes"]),
+        kind=kind,
+        prefix=meta.get("state_dict_prefix") or "auto",
     )
     images_declared = knowledge.images
     indicators: dict[str, Any] = {
         "images_per_update": images_declared,
         "local_steps": knowledge.local_steps,
-        "update_norm": float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in _update_arrays(knowledge)))),
+        "update_norm": float(
+            np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in _update_arrays(knowledge)))
+        ),
         "bn_statistics_exposed": bool(knowledge.bn_running_stats),
         "bn_layers_exposed": len([k for k in (knowledge.bn_running_stats or {}) if k.endswith("running_mean")]),
     }
@@ -220,11 +231,21 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     indicators["cheap_steps_s"] = round(time.monotonic() - started, 4)
 
     budget: dict[str, Any] = {
-        "attack": plan.attack, "iterations": 0, "restarts": plan.restarts, "stages_run": 0,
-        "time_budget_s": plan.time_limit_s, "time_limit_s": plan.time_limit_s, "escalations": plan.escalations,
-        "escalation_factor": plan.escalation_factor, "max_images": plan.max_images,
-        "max_local_steps": plan.max_local_steps, "stop_loss": plan.stop_loss, "options": dict(plan.options),
-        "ladder_complete": False, "settle": None, "not_attacked": None,
+        "attack": plan.attack,
+        "iterations": 0,
+        "restarts": plan.restarts,
+        "stages_run": 0,
+        "time_budget_s": plan.time_limit_s,
+        "time_limit_s": plan.time_limit_s,
+        "escalations": plan.escalations,
+        "escalation_factor": plan.escalation_factor,
+        "max_images": plan.max_images,
+        "max_local_steps": plan.max_local_steps,
+        "stop_loss": plan.stop_loss,
+        "options": dict(plan.options),
+        "ladder_complete": False,
+        "settle": None,
+        "not_attacked": None,
     }
     model_info = _model_info(meta, item, net)
     not_attacked = _not_attacked(plan, images_declared, knowledge.local_steps)
@@ -244,12 +265,17 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
         labels_source=result.labels_source,
     )
     budget.update(
-        stages_run=len(ladder.stages), best_stage=ladder.best_stage,
+        stages_run=len(ladder.stages),
+        best_stage=ladder.best_stage,
         iterations=sum(stage.iterations for stage in ladder.stages),
         restarts=max(stage.restarts for stage in ladder.stages),
-        evaluations=int(result.evaluations), update_mode=best.update_mode,
-        wall_time_s=round(ladder.time_spent_s, 3), time_spent_s=round(ladder.time_spent_s, 3),
-        stop_reason=ladder.final.stop_reason, ladder_complete=ladder.complete, settle=ladder.settle,
+        evaluations=int(result.evaluations),
+        update_mode=best.update_mode,
+        wall_time_s=round(ladder.time_spent_s, 3),
+        time_spent_s=round(ladder.time_spent_s, 3),
+        stop_reason=ladder.final.stop_reason,
+        ladder_complete=ladder.complete,
+        settle=ladder.settle,
     )
     return AuditOutcome(
         server_indicators=indicators,
@@ -296,15 +322,22 @@ def warm_up_audit() -> float:
     import torch
 
     from medpfl_app.attacks import UpdateKind, build_attack
-    from medpfl_app.attacks.site import simulate_site_update
     from medpfl_app.attacks.knowledge import knowledge_from_update
+    from medpfl_app.attacks.site import simulate_site_update
     from medpfl_app.models.global_model import build_seeded_network
 
     started = time.monotonic()
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=2, image_size=16, seed=0, dp_sgd=False)
-    site = simulate_site_update(net, torch.rand(1, 1, 16, 16), torch.zeros(1, dtype=torch.long),
-                                kind=UpdateKind.WEIGHT_DIFF, learning_rate=0.1, batch_size=1)
-    knowledge = knowledge_from_update(net, site.global_weights, site.update, site.meta, image_shape=(1, 16, 16),
-                                      num_classes=2)
+    site = simulate_site_update(
+        net,
+        torch.rand(1, 1, 16, 16),
+        torch.zeros(1, dtype=torch.long),
+        kind=UpdateKind.WEIGHT_DIFF,
+        learning_rate=0.1,
+        batch_size=1,
+    )
+    knowledge = knowledge_from_update(
+        net, site.global_weights, site.update, site.meta, image_shape=(1, 16, 16), num_classes=2
+    )
     build_attack("gradinv", iterations=2, restarts=1, objective="l2", signed=False).run(knowledge)
     return time.monotonic() - started

@@ -639,8 +639,9 @@ class AuditProcess:
         if child is not None and not child.process.is_alive():
             pid = child.process.pid
             self._discard(child, wait_s=0.0)
-            logger.warning("MedPFL audit: the idle worker process %s %s; starting a new one", pid,
-                           _exit_detail(child.exitcode))
+            logger.warning(
+                "MedPFL audit: the idle worker process %s %s; starting a new one", pid, _exit_detail(child.exitcode)
+            )
             child = None
         if child is not None:
             return child
@@ -682,8 +683,13 @@ class AuditProcess:
             raise AuditCrashed(None, f"failed to start: {payload.type_name}: {payload.message}")
         child.info = payload
         self.startup_s = time.monotonic() - child.started
-        logger.info("MedPFL audit: worker process %s ready in %.2f s (priority %d, torch threads %s)",
-                    payload.pid, self.startup_s, payload.priority, payload.torch_threads)
+        logger.info(
+            "MedPFL audit: worker process %s ready in %.2f s (priority %d, torch threads %s)",
+            payload.pid,
+            self.startup_s,
+            payload.priority,
+            payload.torch_threads,
+        )
 
     def _crashed(self, child: _Child, when: str) -> AuditIsolationError:
         self._discard(child, wait_s=GRACEFUL_STOP_S)  # it closed its pipe: let it finish exiting for its exit code

@@ -87,10 +87,17 @@ class StageResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "stage": str(self.stage), "attack": self.attack, "images": self.images, "local_steps": self.local_steps,
-            "update_mode": self.update_mode, "iterations": self.iterations, "restarts": self.restarts,
-            "wall_time_s": round(self.wall_time_s, 3), "stop_reason": self.stop_reason,
-            "whole_update": self.whole_update, "convergence": self.convergence.to_json(),
+            "stage": str(self.stage),
+            "attack": self.attack,
+            "images": self.images,
+            "local_steps": self.local_steps,
+            "update_mode": self.update_mode,
+            "iterations": self.iterations,
+            "restarts": self.restarts,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "stop_reason": self.stop_reason,
+            "whole_update": self.whole_update,
+            "convergence": self.convergence.to_json(),
         }
 
 
@@ -140,9 +147,14 @@ def stage_budgets(plan: AuditPlan) -> list[StageBudget]:
     budgets = [StageBudget(Stage.SCREENING, plan.screening_iterations, 1, None)] if plan.screening_iterations else []
     budgets.append(StageBudget(Stage.FULL, plan.iterations, plan.restarts, None))
     for level in range(1, plan.escalations + 1):
-        budgets.append(StageBudget(
-            Stage.ESCALATION, plan.iterations * plan.escalation_factor**level, plan.restarts * 2**level, None,
-        ))
+        budgets.append(
+            StageBudget(
+                Stage.ESCALATION,
+                plan.iterations * plan.escalation_factor**level,
+                plan.restarts * 2**level,
+                None,
+            )
+        )
     return budgets
 
 
@@ -188,14 +200,20 @@ def run_ladder(
             settle = _more_time_hint(plan, stages, budgets[index + 1] if index + 1 < len(budgets) else budget)
             break
         if index == len(budgets) - 1 and stage.convergence.status is not Convergence.STALLED:
-            settle = (f"the attack was still {stage.convergence.status} after {stage.iterations} iterations at the "
-                      f"last escalation: raise iterations or escalations in the audit plan")
+            settle = (
+                f"the attack was still {stage.convergence.status} after {stage.iterations} iterations at the "
+                f"last escalation: raise iterations or escalations in the audit plan"
+            )
     best_index = min(range(len(results)), key=lambda i: _loss_key(results[i]))
     matched = any(stage.convergence.status is Convergence.MATCHED for stage in stages)
     complete = matched or plateau or (len(stages) == len(budgets) and not stages[-1].cut_by_time)
     return LadderOutcome(
-        stages=tuple(stages), best=results[best_index], best_stage=best_index, complete=complete,
-        time_budget_s=plan.time_limit_s, time_spent_s=clock() - started,
+        stages=tuple(stages),
+        best=results[best_index],
+        best_stage=best_index,
+        complete=complete,
+        time_budget_s=plan.time_limit_s,
+        time_spent_s=clock() - started,
         settle=None if complete and stages[best_index].convergence.status.settled else settle,
     )
 
@@ -208,8 +226,13 @@ def attack_stage(plan: AuditPlan) -> StageRunner:
 
     def run(knowledge: AttackerKnowledge, budget: StageBudget) -> AttackResult:
         attack = build_attack(
-            plan.attack, **plan.options, iterations=budget.iterations, restarts=budget.restarts, seed=plan.seed,
-            stop_loss=plan.stop_loss, time_limit_s=budget.time_limit_s,
+            plan.attack,
+            **plan.options,
+            iterations=budget.iterations,
+            restarts=budget.restarts,
+            seed=plan.seed,
+            stop_loss=plan.stop_loss,
+            time_limit_s=budget.time_limit_s,
         )
         torch.manual_seed(plan.seed)
         return attack.run(knowledge)
@@ -225,10 +248,16 @@ def _stage_result(budget: StageBudget, result: AttackResult) -> StageResult:
 
         convergence = assess_convergence([math.inf, result.matching_loss], moved=0.0)
     return StageResult(
-        stage=budget.stage, attack=result.attack, images=int(result.reconstructions.shape[0]),
-        local_steps=int(config.get("simulated_steps", 1)), update_mode=str(config.get("resolved_update_mode", "")),
-        iterations=int(result.iterations), restarts=budget.restarts, wall_time_s=float(result.wall_time_s),
-        stop_reason=result.stop_reason, convergence=convergence,
+        stage=budget.stage,
+        attack=result.attack,
+        images=int(result.reconstructions.shape[0]),
+        local_steps=int(config.get("simulated_steps", 1)),
+        update_mode=str(config.get("resolved_update_mode", "")),
+        iterations=int(result.iterations),
+        restarts=budget.restarts,
+        wall_time_s=float(result.wall_time_s),
+        stop_reason=result.stop_reason,
+        convergence=convergence,
     )
 
 
@@ -256,8 +285,12 @@ def _projected_seconds(stages: list[StageResult], budget: StageBudget) -> float 
         return None
     iterations = float(budget.iterations)
     last = stages[-1].convergence
-    if (last.status is Convergence.IMPROVING and last.iterations > 0 and 0 < last.final_loss < last.initial_loss
-            and math.isfinite(last.initial_loss)):
+    if (
+        last.status is Convergence.IMPROVING
+        and last.iterations > 0
+        and 0 < last.final_loss < last.initial_loss
+        and math.isfinite(last.initial_loss)
+    ):
         rate = math.log(last.initial_loss / last.final_loss) / last.iterations
         to_match = math.log(max(last.final_loss / MATCH_TOLERANCE, 1.0)) / rate
         iterations = max(1.0, min(iterations, to_match))
@@ -265,15 +298,17 @@ def _projected_seconds(stages: list[StageResult], budget: StageBudget) -> float 
 
 
 def _more_time_hint(plan: AuditPlan, stages: list[StageResult], next_budget: StageBudget) -> str:
-    """"raise time_limit_s to N s", N projected from the measured seconds per iteration-restart so far."""
+    """ "raise time_limit_s to N s", N projected from the measured seconds per iteration-restart so far."""
     spent = sum(s.wall_time_s for s in stages)
     projected = _projected_seconds(stages, next_budget)
     needed = spent + (projected or 0.0)
     if projected is None or not math.isfinite(needed):
         return "raise time_limit_s in the audit plan (no stage finished within it)"
-    return (f"raise time_limit_s in the audit plan to about {math.ceil(needed * 1.2)} s (now "
-            f"{plan.time_limit_s:g} s) so the {next_budget.stage} stage of {next_budget.iterations} iterations × "
-            f"{next_budget.restarts} restarts can finish")
+    return (
+        f"raise time_limit_s in the audit plan to about {math.ceil(needed * 1.2)} s (now "
+        f"{plan.time_limit_s:g} s) so the {next_budget.stage} stage of {next_budget.iterations} iterations × "
+        f"{next_budget.restarts} restarts can finish"
+    )
 
 
 def _loss_key(result: AttackResult) -> float:

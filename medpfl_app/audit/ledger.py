@@ -3,8 +3,9 @@
 Compliance teams read it (through `medpfl report`); nothing else may change it. A crash mid-write leaves at most
 a truncated last line, which `read_ledger` detects and skips while keeping every earlier record.
 
-Record schema ``medpfl.audit/2`` (plain JSON; unknown keys are allowed for forward compatibility; ``read_ledger``
-also returns records of the older ``medpfl.audit/1``, whose ``risk`` was ``low|medium|high|unknown``):
+Record schema ``medpfl.audit/2``, the contract `medpfl_app.audit.contracts.record.AuditRecord` (plain JSON; unknown
+keys are allowed for forward compatibility; ``read_ledger`` also returns records of the older ``medpfl.audit/1``,
+whose ``risk`` was ``low|medium|high|unknown``):
 
 ``schema``, ``job_id``, ``site``, ``round``, ``time`` (UTC ISO 8601),
 ``status``: ``audited`` | ``not_audited`` (the audit could not run: queue full, internal error) |
@@ -44,15 +45,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.audit.contracts.record import (
+    AUDIT_RECORD_SCHEMA,
+    READABLE_SCHEMAS,
+    RISK_LEVELS,
+    STATUSES,
+    AuditRecord,
+)
 from medpfl_app.errors import MedPFLError
 
-SCHEMA = "medpfl.audit/2"
-#: Schemas `read_ledger` returns (older runs' ledgers stay readable).
-READABLE_SCHEMAS = ("medpfl.audit/1", SCHEMA)
+__all__ = [
+    "LEDGER_FILE",
+    "READABLE_SCHEMAS",
+    "RISK_LEVELS",
+    "SCHEMA",
+    "STATUSES",
+    "AuditLedger",
+    "LedgerContents",
+    "bounded_json",
+    "find_ledgers",
+    "read_ledger",
+]
+
+#: The schema every record is written with (`medpfl_app.audit.contracts.record.AuditRecord`).
+SCHEMA = AUDIT_RECORD_SCHEMA
 LEDGER_FILE = "audit_ledger.jsonl"
-STATUSES = ("audited", "not_audited", "not_auditable")
-RISK_LEVELS = tuple(str(level) for level in RiskLevel)
 
 
 def utc_now() -> str:
@@ -85,17 +102,16 @@ class AuditLedger:
         ``sanitized: true`` — a record is always written, never lost to an encoding error.
         """
         written = {"schema": SCHEMA, "time": utc_now(), **record}
-        if written.get("status") not in STATUSES:
+        if written["schema"] != SCHEMA:
             raise MedPFLError(
-                f"audit record status {written.get('status')!r} is not one of {STATUSES}",
-                fix="set status to audited, not_audited or not_auditable",
+                f"audit record schema {str(written['schema'])[:40]!r} is not {SCHEMA}",
+                fix="build records with medpfl_app.audit.worker.build_record",
             )
-        if written.get("risk") not in RISK_LEVELS:
-            raise MedPFLError(f"audit record risk {written.get('risk')!r} is unknown", fix=f"use one of {RISK_LEVELS}")
         changed: list[bool] = []
         written = bounded_json(written, changed)
         if changed:
             written["sanitized"] = True
+        AuditRecord.from_json(written)  # the contract's reader: a record it would refuse is never written
         line = json.dumps(written, sort_keys=True, allow_nan=False) + "\n"
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -165,7 +181,8 @@ class LedgerContents:
 
 
 def read_ledger(path: str | os.PathLike[str]) -> LedgerContents:
-    """Read every intact record; a truncated or corrupt line is skipped and reported, never fatal."""
+    """Read every intact record; a truncated or corrupt line, or one `AuditRecord.from_json` refuses (another
+    schema, a field of the wrong type), is skipped and reported, never fatal."""
     path = Path(path)
     if not path.is_file():
         raise MedPFLError(f"no audit ledger at {path}", fix="pass the downloaded job folder that holds the ledger")
@@ -179,10 +196,12 @@ def read_ledger(path: str | os.PathLike[str]) -> LedgerContents:
         except json.JSONDecodeError:
             skipped.append(number)
             continue
-        if isinstance(record, dict) and record.get("schema") in READABLE_SCHEMAS:
-            records.append(record)
-        else:
+        try:
+            AuditRecord.from_json(record)  # a record of either readable schema, its fields of the right types
+        except MedPFLError:
             skipped.append(number)
+            continue
+        records.append(record)
     return LedgerContents(records=tuple(records), skipped_lines=tuple(skipped))
 
 

@@ -76,13 +76,22 @@ class AuditPlan:
             raise MedPFLError(
                 f"unknown audit attack {self.attack!r}", fix=f"use 'none' or one of {', '.join(ATTACKS.names())}"
             )
-        for label, minimum in (("iterations", 1), ("restarts", 1), ("max_images", 1), ("max_local_steps", 1),
-                               ("every_n_rounds", 1), ("escalations", 0), ("escalation_factor", 2),
-                               ("screening_iterations", 0)):
+        for label, minimum in (
+            ("iterations", 1),
+            ("restarts", 1),
+            ("max_images", 1),
+            ("max_local_steps", 1),
+            ("every_n_rounds", 1),
+            ("escalations", 0),
+            ("escalation_factor", 2),
+            ("screening_iterations", 0),
+        ):
             value = getattr(self, label)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise MedPFLError(f"audit plan {label} must be an integer >= {minimum}, got {value!r}",
-                                  fix=f"set {label} >= {minimum}")
+                raise MedPFLError(
+                    f"audit plan {label} must be an integer >= {minimum}, got {value!r}",
+                    fix=f"set {label} >= {minimum}",
+                )
         if self.time_limit_s is not None and (
             isinstance(self.time_limit_s, bool) or not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s))
         ):
@@ -94,10 +103,18 @@ class AuditPlan:
             raise MedPFLError("audit plan stop_loss must be >= 0", fix="use 0 to disable early stopping")
         from medpfl_app.attacks import MatchingConfig
 
-        known = {f.name for f in fields(MatchingConfig)} - {"iterations", "restarts", "stop_loss", "seed", "time_limit_s"}
+        known = {f.name for f in fields(MatchingConfig)} - {
+            "iterations",
+            "restarts",
+            "stop_loss",
+            "seed",
+            "time_limit_s",
+        }
         unknown = sorted(set(self.options) - known)
         if unknown:
-            raise MedPFLError(f"unknown audit attack option(s) {unknown}", fix=f"use fields of MatchingConfig: {sorted(known)}")
+            raise MedPFLError(
+                f"unknown audit attack option(s) {unknown}", fix=f"use fields of MatchingConfig: {sorted(known)}"
+            )
         object.__setattr__(self, "options", dict(self.options))
         if not self.score_timeout_s > 0:
             raise MedPFLError("audit plan score_timeout_s must be > 0", fix="e.g. 30")
@@ -114,8 +131,10 @@ class AuditPlan:
         if "sites" in values:
             sites = values["sites"] or ()
             if isinstance(sites, str) or not all(isinstance(site, str) for site in sites):
-                raise MedPFLError(f"audit plan sites must be a list of site names, got {sites!r}",
-                                  fix='write e.g. "sites": ["site-1"] (an empty list audits every site)')
+                raise MedPFLError(
+                    f"audit plan sites must be a list of site names, got {sites!r}",
+                    fix='write e.g. "sites": ["site-1"] (an empty list audits every site)',
+                )
             values["sites"] = tuple(sites)
         return cls(**values)
 

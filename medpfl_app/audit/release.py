@@ -160,12 +160,16 @@ def accept_originals(payload: Any, num_reconstructions: int, *, max_size: int = 
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise MedPFLError("the site's originals are not a (K, C, h, w) uint8 array", fix="send downsized uint8")
     if max(images.shape[-2:]) > max_size or images.shape[1] not in (1, 3):
-        raise MedPFLError(f"the site's originals have shape {images.shape}", fix=f"at most {max_size} px, 1 or 3 channels")
+        raise MedPFLError(
+            f"the site's originals have shape {images.shape}", fix=f"at most {max_size} px, 1 or 3 channels"
+        )
     if not isinstance(indices, Sequence) or len(indices) != images.shape[0]:
         raise MedPFLError("the site's originals do not say which reconstruction each matches", fix="send indices")
     checked = [int(i) for i in indices if isinstance(i, (int, np.integer)) and not isinstance(i, bool)]
-    if len(checked) != len(indices) or len(set(checked)) != len(checked) or any(
-        not 0 <= i < num_reconstructions for i in checked
+    if (
+        len(checked) != len(indices)
+        or len(set(checked)) != len(checked)
+        or any(not 0 <= i < num_reconstructions for i in checked)
     ):
         raise MedPFLError("the site's original indices are not distinct reconstruction indices", fix="send 0..N-1")
     return ReleasedOriginals(reconstruction_indices=tuple(checked), images=images)

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medpfl_app.attacks.convergence import Convergence
+from medpfl_app.audit.contracts.record import RecordStatus
+from medpfl_app.audit.contracts.score import ScoreStatus
 from medpfl_app.audit.verdict import RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 
@@ -124,10 +126,13 @@ class AttackEvidence:
             f"{indicators.get('local_steps')} local steps), {budget.get('stages_run', 0)} ladder stage(s), "
             f"{budget.get('iterations', 0)} iterations: matching loss {_loss(indicators.get('attack_initial_loss'))} "
             f"→ {_loss(indicators.get('attack_matching_loss'))} ({status})"
-            if convergence is not None else f"no attack ran ({not_attacked or 'no reconstruction'})"
+            if convergence is not None
+            else f"no attack ran ({not_attacked or 'no reconstruction'})"
         )
         return cls(
-            description=description, convergence=convergence, complete=budget.get("ladder_complete") is True,
+            description=description,
+            convergence=convergence,
+            complete=budget.get("ladder_complete") is True,
             not_attacked=not_attacked if isinstance(not_attacked, str) else None,
             settle=budget.get("settle") if isinstance(budget.get("settle"), str) else None,
         )
@@ -139,19 +144,19 @@ def _loss(value: Any) -> str:
 
 def assess_verdict(
     *,
-    status: str,
+    status: RecordStatus | str,
     reason: str | None,
     site_scores: Mapping[str, Any] | None,
     attack: AttackEvidence,
     policy: RiskPolicy = RiskPolicy(),
 ) -> Verdict:
     """The verdict on one audit record under ``policy`` (see the module docstring)."""
-    if status == "not_auditable":
+    if status == RecordStatus.NOT_AUDITABLE:
         return Verdict(RiskLevel.NOT_AUDITABLE, reason or "the update cannot be attacked")
-    if status != "audited":
+    if status != RecordStatus.AUDITED:
         return Verdict(RiskLevel.NOT_AUDITED, reason or "the update was not audited")
     scores = site_scores or {}
-    if scores.get("status") == "scored":
+    if scores.get("status") == ScoreStatus.SCORED:
         return _scored_verdict(scores, attack, policy)
     why = scores.get("reason") or "the site sent no scores"
     if attack.convergence is Convergence.MATCHED:
@@ -176,25 +181,43 @@ def _scored_verdict(scores: Mapping[str, Any], attack: AttackEvidence, policy: R
     p_value = _number(scores, "identifiability_p_value")
     relative = _number(scores, "relative_leakage")
     identified = p_value is not None and p_value < policy.significance
-    measured = (f"best SSIM {_fmt(ssim_max)}, attack success rate {_fmt(success)} (SSIM ≥ {_fmt(threshold)}), "
-                f"label accuracy {_fmt(labels)}, identification excess over chance {_fmt(excess)} (p = {_fmt(p_value)})")
+    measured = (
+        f"best SSIM {_fmt(ssim_max)}, attack success rate {_fmt(success)} (SSIM ≥ {_fmt(threshold)}), "
+        f"label accuracy {_fmt(labels)}, identification excess over chance {_fmt(excess)} (p = {_fmt(p_value)})"
+    )
     if ssim_max is not None and ssim_max >= policy.ssim_high or (success is not None and success > 0):
-        return Verdict(RiskLevel.HIGH, f"the site measured a reconstruction close to a true image: {measured}; "
-                                       f"{attack.description}")
+        return Verdict(
+            RiskLevel.HIGH,
+            f"the site measured a reconstruction close to a true image: {measured}; {attack.description}",
+        )
     if labels == 1.0 and identified and excess is not None and excess >= policy.identifiability_high:
-        return Verdict(RiskLevel.HIGH, f"every label recovered and the reconstructions identify their images "
-                                       f"significantly above chance: {measured}; {attack.description}")
-    if (ssim_max is not None and ssim_max >= policy.ssim_medium) or identified or (
-        relative is not None and relative >= policy.relative_leakage_medium
+        return Verdict(
+            RiskLevel.HIGH,
+            f"every label recovered and the reconstructions identify their images "
+            f"significantly above chance: {measured}; {attack.description}",
+        )
+    if (
+        (ssim_max is not None and ssim_max >= policy.ssim_medium)
+        or identified
+        or (relative is not None and relative >= policy.relative_leakage_medium)
     ):
-        return Verdict(RiskLevel.MEDIUM, f"partial leakage measured by the site: {measured}, relative leakage "
-                                         f"{_fmt(relative)}; {attack.description}")
+        return Verdict(
+            RiskLevel.MEDIUM,
+            f"partial leakage measured by the site: {measured}, relative leakage "
+            f"{_fmt(relative)}; {attack.description}",
+        )
     if attack.not_attacked:
-        return Verdict(RiskLevel.INCONCLUSIVE, f"the whole update was not attacked: {attack.not_attacked}",
-                       settle=_cap_hint(attack.not_attacked))
+        return Verdict(
+            RiskLevel.INCONCLUSIVE,
+            f"the whole update was not attacked: {attack.not_attacked}",
+            settle=_cap_hint(attack.not_attacked),
+        )
     if attack.complete and attack.convergence is not None and attack.convergence.settled:
-        how = ("matched the update yet did not reconstruct the images"
-               if attack.convergence is Convergence.MATCHED else "stalled at its best loss")
+        how = (
+            "matched the update yet did not reconstruct the images"
+            if attack.convergence is Convergence.MATCHED
+            else "stalled at its best loss"
+        )
         return Verdict(RiskLevel.LOW, f"the completed attack ladder {how}: {measured}; {attack.description}")
     return Verdict(
         RiskLevel.INCONCLUSIVE,

@@ -219,9 +219,7 @@ def _private_folder(path: Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is masked by the umask, and an existing folder keeps its own
 
 
-def write_round_samples(
-    run_dir: str | os.PathLike[str], record: RoundSamples, *, keep: int = KEEP_ROUNDS
-) -> Path:
+def write_round_samples(run_dir: str | os.PathLike[str], record: RoundSamples, *, keep: int = KEEP_ROUNDS) -> Path:
     """Write ``record`` atomically and owner-only, then delete all but the ``keep`` most recent rounds.
 
     Args:
@@ -253,8 +251,9 @@ def _rounds_in(folder: Path) -> tuple[int, ...]:
     return tuple(sorted(int(match.group(1)) for name in names if (match := _RECORD_NAME.match(name))))
 
 
-def _write_round_file(run_dir: str | os.PathLike[str], relative: Path, round_number: int, content: dict[str, Any],
-                      keep: int) -> Path:
+def _write_round_file(
+    run_dir: str | os.PathLike[str], relative: Path, round_number: int, content: dict[str, Any], keep: int
+) -> Path:
     """Write ``<run_dir>/<relative>/round_<n>.json`` atomically, owner-only (0600 in 0700 folders); keep the
     ``keep`` most recent rounds."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -314,13 +313,15 @@ def read_round_samples(
             ) from None
         raise RoundSamplesUnavailable(f"the site has no record of its samples for round {number}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise RoundSamplesUnavailable(f"the site's record of round {number} is unreadable",
-                                      detail=f"{path}: {error}") from None
+        raise RoundSamplesUnavailable(
+            f"the site's record of round {number} is unreadable", detail=f"{path}: {error}"
+        ) from None
     try:
         record = RoundSamples.from_dict(json.loads(text))
     except ValueError as error:  # json.JSONDecodeError is a ValueError
-        raise RoundSamplesUnavailable(f"the site's record of round {number} is invalid",
-                                      detail=f"{path}: {error}") from None
+        raise RoundSamplesUnavailable(
+            f"the site's record of round {number} is invalid", detail=f"{path}: {error}"
+        ) from None
     if (record.job_id, record.site, record.round) != (job_id, site, number):
         raise RoundSamplesUnavailable(
             f"the site's record of round {number} belongs to another job, site or round",
@@ -366,7 +367,8 @@ class SentUpdate:
         if not is_digest(self.digest):
             raise ValueError("digest must be a 'sha256:' digest of 64 hex digits")
         if self.declared_images is not None and (
-            isinstance(self.declared_images, bool) or not isinstance(self.declared_images, int)
+            isinstance(self.declared_images, bool)
+            or not isinstance(self.declared_images, int)
             or self.declared_images < 1
         ):
             raise ValueError(f"declared_images must be a positive integer or None, got {self.declared_images!r}")
@@ -435,13 +437,15 @@ def read_sent_update(run_dir: str | os.PathLike[str], round_number: Any, *, job_
     except FileNotFoundError:
         raise RoundSamplesUnavailable(f"this site sent no update in round {number} (none recorded)") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise RoundSamplesUnavailable(f"the site's record of its round {number} update is unreadable",
-                                      detail=f"{path}: {error}") from None
+        raise RoundSamplesUnavailable(
+            f"the site's record of its round {number} update is unreadable", detail=f"{path}: {error}"
+        ) from None
     try:
         record = SentUpdate.from_dict(json.loads(text))
     except ValueError as error:
-        raise RoundSamplesUnavailable(f"the site's record of its round {number} update is invalid",
-                                      detail=f"{path}: {error}") from None
+        raise RoundSamplesUnavailable(
+            f"the site's record of its round {number} update is invalid", detail=f"{path}: {error}"
+        ) from None
     if (record.job_id, record.site, record.round) != (job_id, site, number):
         raise RoundSamplesUnavailable(
             f"the site's record of its round {number} update belongs to another job, site or round",
@@ -472,8 +476,9 @@ def find_client_run_dir(
         MedPFLError: No candidate is the job's app folder of this site.
     """
     if not job_id or not site:
-        raise MedPFLError("the training script knows no job id or site name",
-                          fix="run it through NVFlare's Client API (flare.init())")
+        raise MedPFLError(
+            "the training script knows no job id or site name", fix="run it through NVFlare's Client API (flare.init())"
+        )
     app = f"app_{site}"
     here = Path(cwd).resolve()
     starts: list[Path] = []
@@ -560,14 +565,14 @@ def load_training_pool(
     try:
         settings = resolve_site_data(site, workspace_dir=workspace_dir, environ=environ)
     except MedPFLError as error:
-        raise RoundSamplesUnavailable("the site's training data was not found",
-                                      detail=str(error)) from None
+        raise RoundSamplesUnavailable("the site's training data was not found", detail=str(error)) from None
     try:
         site_data = load_site_data(settings.datalist, site=site, num_classes=training_set.num_classes)
     except MedPFLError as error:
         raise RoundSamplesUnavailable("the site's training list could not be read", detail=str(error)) from None
     if (len(site_data.training), training_set_digest(site_data.training)) != (
-        training_set.num_images, training_set.digest
+        training_set.num_images,
+        training_set.digest,
     ):
         raise RoundSamplesUnavailable(
             "the site's training data is not what it trained on (the list or its files changed since)",
@@ -581,6 +586,7 @@ def load_training_pool(
         images = torch.stack([torch.as_tensor(item["image"]).float() for item in items])
         labels = tuple(int(torch.as_tensor(item["label"]).reshape(-1)[0]) for item in items)
     except Exception as error:  # noqa: BLE001 - any loader failure becomes one path-free reason
-        raise RoundSamplesUnavailable(f"the site's training images could not be loaded ({type(error).__name__})",
-                                      detail=str(error)) from None
+        raise RoundSamplesUnavailable(
+            f"the site's training images could not be loaded ({type(error).__name__})", detail=str(error)
+        ) from None
     return TrainingPool(images=images, labels=labels, training_set=training_set)

@@ -13,14 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from medpfl_app.audit.contracts.score import SCORE_KEYS, ScoreReply, ScoreStatus, check_scalars_only
 from medpfl_app.errors import MedPFLError
 
-#: The only keys a site's score reply may carry (checked before anything is sent).
-SCORE_KEYS = (
-    "status", "reason", "psnr_mean", "psnr_max", "ssim_mean", "ssim_max", "attack_success_rate", "label_accuracy",
-    "identifiability", "identifiability_chance", "identifiability_excess", "identifiability_p_value",
-    "relative_leakage", "ssim_threshold", "images_used", "reconstructions_scored",
-)
+__all__ = ["SCORE_KEYS", "check_scalars_only", "pair_reconstructions", "score_reconstructions"]
 
 
 def score_reconstructions(
@@ -84,24 +80,23 @@ def score_reconstructions(
         else None
     )
     relative = report.relative_leakage
-    scores = {
-        "status": "scored",
-        "reason": None,
-        "psnr_mean": _finite(np.mean(report.psnr)),
-        "psnr_max": _finite(np.max(report.psnr)),
-        "ssim_mean": _finite(np.mean(report.ssim)),
-        "ssim_max": _finite(np.max(report.ssim)),
-        "attack_success_rate": _finite(report.asr),
-        "label_accuracy": _finite(report.label_accuracy),
-        "identifiability": _finite(ident.share) if ident is not None else None,
-        "identifiability_chance": _finite(ident.chance_mean) if ident is not None else None,
-        "identifiability_excess": _finite(ident.excess) if ident is not None else None,
-        "identifiability_p_value": _finite(ident.p_value) if ident is not None else None,
-        "relative_leakage": _finite(max(relative)) if relative else None,
-        "ssim_threshold": float(ssim_threshold),
-        "images_used": int(used_images.shape[0]),
-        "reconstructions_scored": len(rows),
-    }
+    scores = ScoreReply(
+        status=ScoreStatus.SCORED,
+        psnr_mean=_finite(np.mean(report.psnr)),
+        psnr_max=_finite(np.max(report.psnr)),
+        ssim_mean=_finite(np.mean(report.ssim)),
+        ssim_max=_finite(np.max(report.ssim)),
+        attack_success_rate=_finite(report.asr),
+        label_accuracy=_finite(report.label_accuracy),
+        identifiability=_finite(ident.share) if ident is not None else None,
+        identifiability_chance=_finite(ident.chance_mean) if ident is not None else None,
+        identifiability_excess=_finite(ident.excess) if ident is not None else None,
+        identifiability_p_value=_finite(ident.p_value) if ident is not None else None,
+        relative_leakage=_finite(max(relative)) if relative else None,
+        ssim_threshold=float(ssim_threshold),
+        images_used=int(used_images.shape[0]),
+        reconstructions_scored=len(rows),
+    ).to_json()
     check_scalars_only(scores)
     return scores
 
@@ -146,18 +141,3 @@ def _finite(value: Any) -> float | None:
     if math.isinf(value):  # identical images give infinite PSNR: report a capped, JSON-safe number
         return 100.0 if value > 0 else -100.0
     return None if math.isnan(value) else value
-
-
-def check_scalars_only(scores: dict[str, Any]) -> None:
-    """Refuse anything but the known keys with ``None``, bool, int, float or short str values.
-
-    Raises:
-        MedPFLError: A key outside `SCORE_KEYS` or a non-scalar value (it would leave the site).
-    """
-    for key, value in scores.items():
-        if key not in SCORE_KEYS:
-            raise MedPFLError(f"site score key {key!r} is not allowed to leave the site", fix=f"use {SCORE_KEYS}")
-        if value is not None and not isinstance(value, (bool, int, float, str)):
-            raise MedPFLError(f"site score {key!r} is a {type(value).__name__}, not a scalar", fix="send scalars only")
-        if isinstance(value, str) and len(value) > 500:
-            raise MedPFLError(f"site score {key!r} is an over-long string", fix="send a short reason")

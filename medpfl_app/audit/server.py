@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
@@ -35,6 +34,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
+from medpfl_app.audit.contracts.record import RecordStatus
+from medpfl_app.audit.contracts.score import ScoreReply, ScoreRequest
 from medpfl_app.audit.core import AuditItem, copy_arrays, not_auditable_reason
 from medpfl_app.audit.drain_progress import DrainProgress, drain_progress
 from medpfl_app.audit.end_of_run import CHECK_WAIT_S, EndOfRunHold, hold_end_of_run
@@ -263,12 +264,18 @@ class AuditFilter(Filter):
         self._drain_finished = True
         left = sum(worker.backlog().values())
         if worker.pending():
-            self.log_warning(fl_ctx, f"MedPFL audit: stopped holding the end of the run after "
-                                     f"{self._hold.waited_s():.0f} s (drain_timeout_s {self.drain_timeout_s:g}) "
-                                     f"with {left} updates not yet audited")
+            self.log_warning(
+                fl_ctx,
+                f"MedPFL audit: stopped holding the end of the run after "
+                f"{self._hold.waited_s():.0f} s (drain_timeout_s {self.drain_timeout_s:g}) "
+                f"with {left} updates not yet audited",
+            )
         elif self._drain_total:  # only ledger writes were left: nothing worth a line
-            self.log_info(fl_ctx, DrainProgress(round=None, left=0, total=self._drain_total).log_line()
-                          + f" in {self._hold.waited_s():.0f} s")
+            self.log_info(
+                fl_ctx,
+                DrainProgress(round=None, left=0, total=self._drain_total).log_line()
+                + f" in {self._hold.waited_s():.0f} s",
+            )
 
     def _render_report(self, fl_ctx: FLContext) -> None:
         """Write the HTML/JSON reports beside the ledger, so `download_job` delivers them with it.
@@ -284,12 +291,16 @@ class AuditFilter(Filter):
             if os.path.isfile(ledger):
                 thumbnails = self._thumbnail_dir if self.store_reconstructions else None
                 paths = render_report(
-                    os.path.dirname(os.path.dirname(ledger)), os.path.dirname(ledger),
+                    os.path.dirname(os.path.dirname(ledger)),
+                    os.path.dirname(ledger),
                     # only this job's own, opted-in store: never a folder the job did not write
                     thumbnails_from=thumbnails if thumbnails and stored_any(thumbnails) else None,
                 )
-                self.log_info(fl_ctx, f"MedPFL audit: report written to {paths.html}"
-                                      + (f" with {len(paths.thumbnails)} thumbnails" if paths.thumbnails else ""))
+                self.log_info(
+                    fl_ctx,
+                    f"MedPFL audit: report written to {paths.html}"
+                    + (f" with {len(paths.thumbnails)} thumbnails" if paths.thumbnails else ""),
+                )
         except Exception as error:  # noqa: BLE001 - reporting must never disturb the end of the job
             self.log_warning(fl_ctx, f"MedPFL audit: could not render the report: {error!r}")
 
@@ -332,8 +343,14 @@ class AuditFilter(Filter):
             runner = AuditProcess(memory_limit_mb=self.memory_limit_mb)
             runner.warm_up()  # torch imports in the child while the first round trains
         self._worker = AuditWorker(
-            ledger, self._plan, policy=self._policy, scorer=self._score_at_site, max_queue=self.max_queue,
-            job_id=fl_ctx.get_job_id(), on_record=self._act_on_record, ssim_threshold=self.ssim_threshold,
+            ledger,
+            self._plan,
+            policy=self._policy,
+            scorer=self._score_at_site,
+            max_queue=self.max_queue,
+            job_id=fl_ctx.get_job_id(),
+            on_record=self._act_on_record,
+            ssim_threshold=self.ssim_threshold,
             runner=runner,
         )
         try:
@@ -353,9 +370,13 @@ class AuditFilter(Filter):
                 worker = self._worker
                 if worker is not None:
                     peer = fl_ctx.get_peer_context()
-                    worker.note(site=peer.get_identity_name() if peer else None, round_number=_round_of(shareable),
-                                status="not_audited", reason=f"internal error in the audit filter: {error!r}",
-                                meta={POLICY_ACTION_KEY: action} if action else None)
+                    worker.note(
+                        site=peer.get_identity_name() if peer else None,
+                        round_number=_round_of(shareable),
+                        status=RecordStatus.NOT_AUDITED,
+                        reason=f"internal error in the audit filter: {error!r}",
+                        meta={POLICY_ACTION_KEY: action} if action else None,
+                    )
             except Exception:  # noqa: BLE001
                 pass
         if action is not None:
@@ -366,8 +387,10 @@ class AuditFilter(Filter):
         """What keeps this update out of aggregation: non-finite values, or the exclude_site policy (never raises)."""
         non_finite = non_finite_entry(shareable)
         if non_finite is not None:
-            return {"action": REJECTED_NON_FINITE,
-                    "reason": f"update entry {non_finite!r} holds NaN or Inf values: rejected, not aggregated"}
+            return {
+                "action": REJECTED_NON_FINITE,
+                "reason": f"update entry {non_finite!r} holds NaN or Inf values: rejected, not aggregated",
+            }
         if not self._excluded:
             return None
         try:
@@ -390,8 +413,9 @@ class AuditFilter(Filter):
         meta[POLICY_ACTION_KEY] = dict(action)
         DXO(data_kind=kind, data={}, meta=meta).update_shareable(shareable)
         try:
-            self.log_warning(fl_ctx, f"MedPFL audit policy {action['action']}: update not aggregated "
-                                     f"({action['reason']})")
+            self.log_warning(
+                fl_ctx, f"MedPFL audit policy {action['action']}: update not aggregated ({action['reason']})"
+            )
         except Exception:  # noqa: BLE001
             pass
         return shareable
@@ -402,40 +426,65 @@ class AuditFilter(Filter):
         site = peer.get_identity_name() if peer else shareable.get_peer_prop("__identity_name__", None)
         round_number = _round_of(shareable)
         if not self._plan.selects(site, round_number):  # recorded, so the report never counts it as lost
-            worker.note(site=site, round_number=round_number, status="not_audited",
-                        reason="not selected by the audit plan (its every_n_rounds or sites)",
-                        meta={POLICY_ACTION_KEY: policy_action} if policy_action else None)
+            worker.note(
+                site=site,
+                round_number=round_number,
+                status=RecordStatus.NOT_AUDITED,
+                reason="not selected by the audit plan (its every_n_rounds or sites)",
+                meta={POLICY_ACTION_KEY: policy_action} if policy_action else None,
+            )
             return
         try:
             dxo = from_shareable(shareable)
         except ValueError:
-            worker.note(site=site, round_number=round_number, status="not_auditable",
-                        reason=not_auditable_reason(None, None, None))
+            worker.note(
+                site=site,
+                round_number=round_number,
+                status=RecordStatus.NOT_AUDITABLE,
+                reason=not_auditable_reason(None, None, None),
+            )
             return
         meta = dxo.meta if isinstance(dxo.meta, dict) else {}
         if policy_action is not None and policy_action["action"] == REJECTED_NON_FINITE:
-            worker.note(site=site, round_number=round_number, status="not_audited", reason=policy_action["reason"],
-                        meta={POLICY_ACTION_KEY: policy_action})
+            worker.note(
+                site=site,
+                round_number=round_number,
+                status=RecordStatus.NOT_AUDITED,
+                reason=policy_action["reason"],
+                meta={POLICY_ACTION_KEY: policy_action},
+            )
             return
         try:
             kept = validate_meta(meta, model=self._model)
         except InvalidMeta as error:  # untrusted meta: recorded, never allocated from
-            worker.note(site=site, round_number=round_number, status="not_audited",
-                        reason=f"invalid meta ({error.problem}; {error.fix})",
-                        meta={POLICY_ACTION_KEY: policy_action} if policy_action else {})
+            worker.note(
+                site=site,
+                round_number=round_number,
+                status=RecordStatus.NOT_AUDITED,
+                reason=f"invalid meta ({error.problem}; {error.fix})",
+                meta={POLICY_ACTION_KEY: policy_action} if policy_action else {},
+            )
             return
         if policy_action is not None:
             kept[POLICY_ACTION_KEY] = policy_action
-        reason = not_auditable_reason(dxo.data_kind, dxo.data, kept) or self._size_refusal(dxo.data, fl_ctx,
-                                                                                             round_number)
+        reason = not_auditable_reason(dxo.data_kind, dxo.data, kept) or self._size_refusal(
+            dxo.data, fl_ctx, round_number
+        )
         if reason is not None:
-            worker.note(site=site, round_number=round_number, status="not_auditable", reason=reason, meta=kept)
+            worker.note(
+                site=site, round_number=round_number, status=RecordStatus.NOT_AUDITABLE, reason=reason, meta=kept
+            )
             return
         job_id = fl_ctx.get_job_id()
         item = AuditItem(
-            site=site, round=round_number, job_id=job_id,
-            data_kind=dxo.data_kind, update=copy_arrays(dxo.data),
-            global_weights=cached_global_weights(job_id, round_number), meta=kept, received_at=time.time(),
+            site=site,
+            round=round_number,
+            job_id=job_id,
+            data_kind=dxo.data_kind,
+            update=copy_arrays(dxo.data),
+            global_weights=cached_global_weights(job_id, round_number),
+            meta=kept,
+            received_at=time.time(),
         )
         worker.submit(item)
 
@@ -447,8 +496,10 @@ class AuditFilter(Filter):
         expected = sum(_values_in(v) for v in weights.values())
         received = sum(_values_in(v) for v in data.values())
         if received > 2 * expected + 1024:
-            return (f"the update holds {received} values, far more than the {expected} of the global model it "
-                    "answers: not copied for the audit")
+            return (
+                f"the update holds {received} values, far more than the {expected} of the global model it "
+                "answers: not copied for the audit"
+            )
         return None
 
     # --- policy action (runs on the ledger thread, after the record is durable) --------------------------------
@@ -467,11 +518,17 @@ class AuditFilter(Filter):
                 return
             self._excluded = {**self._excluded, site: finding}  # replaced whole: process() reads it unlocked
             with self._engine.new_context() as fl_ctx:
-                self.log_warning(fl_ctx, f"MedPFL audit policy exclude_site: {site}'s next updates will not be "
-                                         f"aggregated: {finding}; see the audit ledger")
+                self.log_warning(
+                    fl_ctx,
+                    f"MedPFL audit policy exclude_site: {site}'s next updates will not be "
+                    f"aggregated: {finding}; see the audit ledger",
+                )
                 if not self._sites_left(fl_ctx):
-                    self._stop(f"MedPFL audit policy exclude_site: every site is excluded (last: {finding}); "
-                               "see the audit ledger", fl_ctx)
+                    self._stop(
+                        f"MedPFL audit policy exclude_site: every site is excluded (last: {finding}); "
+                        "see the audit ledger",
+                        fl_ctx,
+                    )
             return
         with self._engine.new_context() as fl_ctx:
             self._stop(f"MedPFL audit policy stop_job: {finding}; see the audit ledger", fl_ctx)
@@ -531,15 +588,17 @@ class AuditFilter(Filter):
 
         try:
             if self._thumbnail_dir is None or round_number is None:
-                self.logger.warning(f"MedPFL audit: no thumbnails for {site} round {round_number}: no run folder "
-                                    "or no round number")
+                self.logger.warning(
+                    f"MedPFL audit: no thumbnails for {site} round {round_number}: no run folder or no round number"
+                )
                 return
             store_round(self._thumbnail_dir, site, int(round_number), reconstructions, originals)
         except Exception as error:  # noqa: BLE001 - thumbnails must never cost the audit record
             self.logger.warning(f"MedPFL audit: could not store thumbnails for {site} round {round_number}: {error!r}")
 
-    def _ask_site(self, site: str, round_number: int | None, reconstructions, labels, *,
-                  update_digest: str | None = None):
+    def _ask_site(
+        self, site: str, round_number: int | None, reconstructions, labels, *, update_digest: str | None = None
+    ):
         """``(scores, originals)``: the site's scalar scores and any synthetic demo originals it released.
 
         ``update_digest`` names the update (`medpfl_app.audit.update_digest`); a site refuses a request without
@@ -553,13 +612,17 @@ class AuditFilter(Filter):
         if engine is None:
             return unavailable_scores("the server engine is not available"), None
         request = Shareable()
-        request[sc.REQUEST_ROUND] = round_number
-        request[sc.REQUEST_DIGEST] = update_digest
-        request[sc.REQUEST_RECONSTRUCTIONS] = np.ascontiguousarray(reconstructions, dtype=np.float32)
-        request[sc.REQUEST_LABELS] = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-        request[sc.REQUEST_THRESHOLD] = float(self.ssim_threshold)
-        if self.store_reconstructions:  # only then: a server that stores nothing has no use for ground truth
-            request[sc.REQUEST_ORIGINALS] = True
+        request.update(
+            ScoreRequest(
+                round=round_number,
+                update_digest=update_digest,
+                reconstructions=reconstructions,
+                labels=labels,
+                ssim_threshold=float(self.ssim_threshold),
+                # only then: a server that stores nothing has no use for ground truth
+                originals_wanted=bool(self.store_reconstructions),
+            ).to_json()
+        )
         timeout = self._plan.score_timeout_s
         with engine.new_context() as fl_ctx:
             replies = engine.send_aux_request(
@@ -579,10 +642,8 @@ class AuditFilter(Filter):
         scores = reply.get(sc.REPLY_SCORES)
         if not isinstance(scores, dict):
             return unavailable_scores(f"{site} sent no scores"), None
-        from medpfl_app.audit.scoring import check_scalars_only
-
-        check_scalars_only(scores)
-        return dict(scores), self._originals_from(site, round_number, reply, reconstructions)
+        parsed = ScoreReply.from_json(scores)  # raises on anything but known scalar scores
+        return parsed.to_json(), self._originals_from(site, round_number, reply, reconstructions)
 
     def _originals_from(self, site: str, round_number: int | None, reply: Shareable, reconstructions):
         """The reply's released originals, checked; None when not asked for, refused or malformed (logged)."""
@@ -593,8 +654,9 @@ class AuditFilter(Filter):
         if not self.store_reconstructions or payload is None:
             refused = reply.get(sc.REPLY_ORIGINALS_REFUSED)
             if self.store_reconstructions and refused:
-                self.logger.info(f"MedPFL audit: {site} released no originals for round {round_number}: "
-                                 f"{str(refused)[:300]}")
+                self.logger.info(
+                    f"MedPFL audit: {site} released no originals for round {round_number}: {str(refused)[:300]}"
+                )
             return None
         try:
             return accept_originals(payload, len(reconstructions))

@@ -69,17 +69,23 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
+from medpfl_app.audit.contracts.score import (  # the request's keys, re-exported for the server and the tests
+    REQUEST_DIGEST,
+    REQUEST_LABELS,
+    REQUEST_ORIGINALS,
+    REQUEST_RECONSTRUCTIONS,
+    REQUEST_ROUND,
+    REQUEST_THRESHOLD,
+    SCORE_TOPIC,
+    ScoreReply,
+    ScoreRequest,
+    ScoreStatus,
+)
 from medpfl_app.audit.end_of_run import CHECK_WAIT_S, EndOfRunHold, hold_end_of_run
 
-SCORE_TOPIC = "medpfl.audit.score"
 #: Sent by the server once its audit queue is drained at the end of the job: the site need not wait any longer.
 RELEASE_TOPIC = "medpfl.audit.release"
-REQUEST_RECONSTRUCTIONS = "reconstructions"
-REQUEST_LABELS = "labels"
-REQUEST_ROUND = "round"
-REQUEST_THRESHOLD = "ssim_threshold"
-#: `medpfl_app.audit.update_digest.update_digest` of the update the server received (and attacked).
-REQUEST_DIGEST = "update_digest"
+#: The reply's `medpfl_app.audit.contracts.score.ScoreReply` (``to_json``).
 REPLY_SCORES = "scores"
 #: Set on a refused request: the short reason (no path, no sample); the scores then say ``unavailable``.
 REPLY_REFUSED = "refused"
@@ -87,8 +93,6 @@ REPLY_REFUSED = "refused"
 SERVER_ROOT_CELL = "server"
 #: Labels are class indices below this, whatever the site's data says (a bound on what a request may carry).
 MAX_LABEL = 100_000
-#: Set by a server that stores thumbnails: it would accept downsized originals (the site decides; demo data only).
-REQUEST_ORIGINALS = "originals_wanted"
 #: `medpfl_app.audit.release.ReleasedOriginals.to_payload`, only from a site that released synthetic demo originals.
 REPLY_ORIGINALS = "demo_originals"
 #: Why the site did not release originals (a short reason naming no path or sample); only when they were asked for.
@@ -121,26 +125,24 @@ def score_request(found: RoundImages | str, request: Shareable) -> dict[str, Any
         `medpfl_app.audit.scoring.score_reconstructions`' scalars, or ``{"status": "unavailable", "reason": ...}``
         with a reason that names no file or sample.
     """
-    import numpy as np
-
     from medpfl_app.audit.scoring import score_reconstructions
 
     if isinstance(found, str):
-        return {"status": "unavailable", "reason": found}
+        return ScoreReply.unavailable(found).to_json()
     try:
+        parsed = ScoreRequest.from_json(request)
         positions = list(found.positions)
-        recovered = request.get(REQUEST_LABELS)
         return score_reconstructions(
-            np.asarray(request.get(REQUEST_RECONSTRUCTIONS), dtype=np.float32),
+            parsed.reconstructions,
             found.pool[positions],
             used_positions=positions,
             pool=found.pool,
-            recovered_labels=None if recovered is None else [int(v) for v in np.asarray(recovered).reshape(-1)],
+            recovered_labels=None if parsed.labels is None else [int(v) for v in parsed.labels],
             true_labels=[found.labels[p] for p in positions],
-            ssim_threshold=float(request.get(REQUEST_THRESHOLD) or 0.9),
+            ssim_threshold=parsed.ssim_threshold,
         )
     except Exception as error:  # noqa: BLE001 - the reply must carry a reason, not a traceback
-        return {"status": "unavailable", "reason": f"site scoring failed: {type(error).__name__}"}
+        return ScoreReply.unavailable(f"site scoring failed: {type(error).__name__}").to_json()
 
 
 def release_originals(found: RoundImages | str, request: Shareable, refusal: str | None, max_size: int):
@@ -204,8 +206,9 @@ def sender_refusal(origin: Any, claimed: Any, job_id: str | None, server_identit
     return None
 
 
-def request_refusal(request: Shareable, *, image_shape: tuple[int, int, int], max_images: int,
-                    num_classes: int | None) -> Refusal | None:
+def request_refusal(
+    request: Shareable, *, image_shape: tuple[int, int, int], max_images: int, num_classes: int | None
+) -> Refusal | None:
     """Check a request's reconstructions, labels and threshold against the site's own images, before any work.
 
     Args:
@@ -228,8 +231,9 @@ def request_refusal(request: Shareable, *, image_shape: tuple[int, int, int], ma
     if recon.ndim != 4 or tuple(recon.shape[1:]) != tuple(image_shape):
         return malformed(f"the reconstructions do not have the site's image shape {tuple(image_shape)}")
     if not 1 <= recon.shape[0] <= max_images:
-        return malformed(f"{recon.shape[0]} reconstructions, outside 1 to {max_images} (the images the update "
-                         "declared)")
+        return malformed(
+            f"{recon.shape[0]} reconstructions, outside 1 to {max_images} (the images the update declared)"
+        )
     labels = request.get(REQUEST_LABELS)
     if labels is not None:
         if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.ndim != 1:
@@ -240,8 +244,9 @@ def request_refusal(request: Shareable, *, image_shape: tuple[int, int, int], ma
         if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= top):
             return malformed(f"a label lies outside 0 to {top - 1}")
     threshold = request.get(REQUEST_THRESHOLD)
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
-                                  or not 0.0 < float(threshold) <= 1.0):
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < float(threshold) <= 1.0
+    ):
         return malformed("the SSIM threshold is not a number in (0, 1]")
     return None
 
@@ -294,10 +299,17 @@ class AuditSiteScorer(FLComponent):
         max_reconstructions: int = 256,
     ) -> None:
         super().__init__()
-        if isinstance(original_max_size, bool) or not isinstance(original_max_size, int) or not 4 <= original_max_size <= 64:
+        if (
+            isinstance(original_max_size, bool)
+            or not isinstance(original_max_size, int)
+            or not 4 <= original_max_size <= 64
+        ):
             raise ValueError(f"original_max_size must be an integer in [4, 64], got {original_max_size!r}")
-        if (isinstance(max_reconstructions, bool) or not isinstance(max_reconstructions, int)
-                or not 1 <= max_reconstructions <= 4096):
+        if (
+            isinstance(max_reconstructions, bool)
+            or not isinstance(max_reconstructions, int)
+            or not 1 <= max_reconstructions <= 4096
+        ):
             raise ValueError(f"max_reconstructions must be an integer in [1, 4096], got {max_reconstructions!r}")
         self.max_reconstructions = max_reconstructions
         self.wait_at_end_s = wait_at_end_s
@@ -344,8 +356,11 @@ class AuditSiteScorer(FLComponent):
         elif event_type == EventType.END_RUN:
             counts = self.refusal_counts()
             if counts:
-                self.log_warning(fl_ctx, f"MedPFL audit: {self._site} refused {sum(counts.values())} score or "
-                                         f"release requests in this job: {counts}")
+                self.log_warning(
+                    fl_ctx,
+                    f"MedPFL audit: {self._site} refused {sum(counts.values())} score or "
+                    f"release requests in this job: {counts}",
+                )
 
     def refusal_counts(self) -> dict[str, int]:
         """Requests refused so far in this job, by `Refusal.kind`."""
@@ -367,8 +382,11 @@ class AuditSiteScorer(FLComponent):
             time.sleep(0.1)
             cell = engine.get_cell()
         if cell is None:
-            self.log_warning(fl_ctx, "MedPFL audit: no client job cell to receive score requests on: every score "
-                                     "request will be refused (the sender cannot be verified)")
+            self.log_warning(
+                fl_ctx,
+                "MedPFL audit: no client job cell to receive score requests on: every score "
+                "request will be refused (the sender cannot be verified)",
+            )
             return
         for topic in (SCORE_TOPIC, RELEASE_TOPIC):
             cell.register_request_cb(channel=CellChannel.AUX_COMMUNICATION, topic=topic, cb=self._on_cell_request)
@@ -402,8 +420,10 @@ class AuditSiteScorer(FLComponent):
                 if isinstance(request, Shareable) and request.get_cookie_jar():
                     reply.set_cookie_jar(request.get_cookie_jar())
             except Exception as error:  # noqa: BLE001 - one line at the site, a bare error code to the sender
-                self.logger.warning(f"MedPFL audit: {self._site} could not handle a {_quoted(topic, 40)} request "
-                                    f"from cell {_quoted(origin)}: {type(error).__name__}")
+                self.logger.warning(
+                    f"MedPFL audit: {self._site} could not handle a {_quoted(topic, 40)} request "
+                    f"from cell {_quoted(origin)}: {type(error).__name__}"
+                )
                 reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
             reply.set_peer_context(gen_new_peer_ctx(fl_ctx))
         return new_cell_message({MessageHeaderKey.RETURN_CODE: CellReturnCode.OK}, reply)
@@ -442,8 +462,10 @@ class AuditSiteScorer(FLComponent):
 
     def _log_unavailable(self, round_number: Any, unavailable) -> None:
         if unavailable.detail:
-            self.logger.warning(f"MedPFL audit: {self._site} cannot score round {_quoted(round_number, 30)}: "
-                                f"{unavailable.reason} ({unavailable.detail})")
+            self.logger.warning(
+                f"MedPFL audit: {self._site} cannot score round {_quoted(round_number, 30)}: "
+                f"{unavailable.reason} ({unavailable.detail})"
+            )
 
     def _training_pool(self, training_set):
         """The site's training images for ``training_set``, loaded once and kept on this component.
@@ -472,8 +494,7 @@ class AuditSiteScorer(FLComponent):
         except Exception as error:  # noqa: BLE001 - a background warm-up must never take the site down
             self.logger.warning(f"MedPFL audit: could not load the site's training images ahead: {error!r}")
 
-    def _on_request(self, topic: str, request: Shareable, fl_ctx: FLContext, *, origin: str | None = None
-                    ) -> Shareable:
+    def _on_request(self, topic: str, request: Shareable, fl_ctx: FLContext, *, origin: str | None = None) -> Shareable:
         """Score the server's reconstructions of this site's own update, once; refuse anything else.
 
         Args:
@@ -501,27 +522,36 @@ class AuditSiteScorer(FLComponent):
             refusal = None
             with self._lock:
                 if (record.round, digest) in self._answered:
-                    refusal = Refusal("replay", f"refused: the round {record.round} update was already scored "
-                                                "(the site answers once per update)")
+                    refusal = Refusal(
+                        "replay",
+                        f"refused: the round {record.round} update was already scored "
+                        "(the site answers once per update)",
+                    )
                 else:
                     self._answered.add((record.round, digest))
             if refusal is not None:
                 return self._refuse(fl_ctx, refusal, origin, claimed, round_number)
             found = self._images_of(record)
         scores = score_request(found, request)
-        self.log_info(fl_ctx, f"MedPFL audit: scored the server's reconstructions of round {round_number} (request "
-                              f"from cell {_quoted(origin)}): {scores.get('status')}"
-                              + (f" ({scores.get('reason')})" if scores.get("status") != "scored" else ""))
+        self.log_info(
+            fl_ctx,
+            f"MedPFL audit: scored the server's reconstructions of round {round_number} (request "
+            f"from cell {_quoted(origin)}): {scores.get('status')}"
+            + (f" ({scores.get('reason')})" if scores.get("status") != ScoreStatus.SCORED else ""),
+        )
         reply = make_reply(ReturnCode.OK)
-        reply[REPLY_SCORES] = scores
+        reply[REPLY_SCORES] = ScoreReply.from_json(scores).to_json()  # only `SCORE_KEYS` leave the site
         if request.get(REQUEST_ORIGINALS):
             released = release_originals(found, request, self._refusal(site), self.original_max_size)
             if isinstance(released, str):
                 self.log_info(fl_ctx, f"MedPFL audit: originals of round {round_number} not released: {released}")
                 reply[REPLY_ORIGINALS_REFUSED] = released
             else:
-                self.log_info(fl_ctx, f"MedPFL audit: released {len(released.reconstruction_indices)} downsized "
-                                      f"synthetic demo originals of round {round_number} for the report")
+                self.log_info(
+                    fl_ctx,
+                    f"MedPFL audit: released {len(released.reconstruction_indices)} downsized "
+                    f"synthetic demo originals of round {round_number} for the report",
+                )
                 reply[REPLY_ORIGINALS] = released.to_payload()
         return reply
 
@@ -548,19 +578,26 @@ class AuditSiteScorer(FLComponent):
             self._scored_rounds.add(round_number)  # the server asked for this round: no need to wait for it
         digest = request.get(REQUEST_DIGEST)
         if not same_digest(digest, sent.digest):
-            return Refusal("wrong_update", f"refused: the update digest does not match the update this site sent "
-                                           f"in round {round_number}")
+            return Refusal(
+                "wrong_update",
+                f"refused: the update digest does not match the update this site sent in round {round_number}",
+            )
         record = self._round_record(round_number)
         if isinstance(record, str):
             return record, sent.digest
         data = record.training_set.data
         limit = min(self.max_reconstructions, sent.declared_images or len(record.positions))
-        refusal = request_refusal(request, image_shape=(data.in_channels, data.image_size, data.image_size),
-                                  max_images=limit, num_classes=record.training_set.num_classes)
+        refusal = request_refusal(
+            request,
+            image_shape=(data.in_channels, data.image_size, data.image_size),
+            max_images=limit,
+            num_classes=record.training_set.num_classes,
+        )
         return refusal if refusal is not None else (record, sent.digest)
 
-    def _refuse(self, fl_ctx: FLContext, refusal: Refusal, origin: Any, claimed: Any,
-                round_number: Any = None) -> Shareable:
+    def _refuse(
+        self, fl_ctx: FLContext, refusal: Refusal, origin: Any, claimed: Any, round_number: Any = None
+    ) -> Shareable:
         """Log the refusal in one line, count it, and reply with the reason and unavailable scores."""
         with self._lock:
             self._refusals[refusal.kind] += 1
@@ -569,12 +606,9 @@ class AuditSiteScorer(FLComponent):
             f"MedPFL audit: {self._site} refused a score request for round {_quoted(round_number, 30)} from cell "
             f"{_quoted(origin)} naming {_quoted(claimed)}: {refusal.reason} [{refusal.kind}; {count} refused so far]"
         )
-        scores = {"status": "unavailable", "reason": refusal.reason}
-        from medpfl_app.audit.scoring import check_scalars_only
-
-        check_scalars_only(scores)
         reply = make_reply(ReturnCode.OK)
-        reply[REPLY_SCORES] = scores
+        # Through the contract's reader: only `SCORE_KEYS` with scalar values ever leave the site.
+        reply[REPLY_SCORES] = ScoreReply.from_json(ScoreReply.unavailable(refusal.reason).to_json()).to_json()
         reply[REPLY_REFUSED] = refusal.reason
         return reply
 
@@ -595,14 +629,14 @@ class AuditSiteScorer(FLComponent):
             self._data_checked = True
         return self._data_refusal
 
-    def _on_release(self, topic: str, request: Shareable, fl_ctx: FLContext, *, origin: str | None = None
-                    ) -> Shareable:
+    def _on_release(self, topic: str, request: Shareable, fl_ctx: FLContext, *, origin: str | None = None) -> Shareable:
         """The server's audit is done: stop holding the end of the run (only the server may say so)."""
         if sender_refusal(origin, None, self._job_id, None) is not None:
             with self._lock:
                 self._refusals["not_server"] += 1
-            self.logger.warning(f"MedPFL audit: {self._site} ignored a release from cell {_quoted(origin)}: "
-                                "not the server")
+            self.logger.warning(
+                f"MedPFL audit: {self._site} ignored a release from cell {_quoted(origin)}: not the server"
+            )
             return make_reply(ReturnCode.OK)
         self._released.set()
         return make_reply(ReturnCode.OK)
@@ -627,15 +661,22 @@ class AuditSiteScorer(FLComponent):
         if self._hold.start():
             with self._lock:
                 scored = rounds[-1] in self._scored_rounds
-            self.log_info(fl_ctx, f"MedPFL audit: {self._site} holds the end of the run until the server's audit "
-                                  f"is done (at most {self.wait_at_end_s:g} s)"
-                                  + ("" if scored else f"; its round {rounds[-1]} is not scored yet"))
+            self.log_info(
+                fl_ctx,
+                f"MedPFL audit: {self._site} holds the end of the run until the server's audit "
+                f"is done (at most {self.wait_at_end_s:g} s)"
+                + ("" if scored else f"; its round {rounds[-1]} is not scored yet"),
+            )
         if self._released.wait(min(self.check_wait_s, self._hold.left_s())):
-            self.log_info(fl_ctx, f"MedPFL audit: {self._site} released by the server after "
-                                  f"{self._hold.waited_s():.0f} s")
+            self.log_info(
+                fl_ctx, f"MedPFL audit: {self._site} released by the server after {self._hold.waited_s():.0f} s"
+            )
             return
         if self._hold.expired():
-            self.log_warning(fl_ctx, f"MedPFL audit: {self._site} stopped waiting for the server's audit after "
-                                     f"{self.wait_at_end_s:g} s (wait_at_end_s); its last scores may be missing")
+            self.log_warning(
+                fl_ctx,
+                f"MedPFL audit: {self._site} stopped waiting for the server's audit after "
+                f"{self.wait_at_end_s:g} s (wait_at_end_s); its last scores may be missing",
+            )
             return
         hold_end_of_run(fl_ctx)

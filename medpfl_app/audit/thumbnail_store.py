@@ -44,8 +44,10 @@ def png_bytes(image: np.ndarray) -> bytes:
 
     if image.ndim != 3:
         raise MedPFLError(f"expected a (C, H, W) image, got shape {image.shape}", fix="pass one image at a time")
-    picture = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), "RGB") if image.shape[0] == 3 else (
-        Image.fromarray(np.ascontiguousarray(image[0]), "L")
+    picture = (
+        Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), "RGB")
+        if image.shape[0] == 3
+        else (Image.fromarray(np.ascontiguousarray(image[0]), "L"))
     )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

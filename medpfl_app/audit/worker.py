@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from medpfl_app.audit.contracts.record import AuditRecord, RecordStatus
+from medpfl_app.audit.contracts.score import ScoreReply
 from medpfl_app.audit.core import (
     AuditItem,
     AuditOutcome,
@@ -32,7 +34,7 @@ from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 
 logger = logging.getLogger("medpfl.audit")
 
-#: ``scorer(item, reconstructions, labels) -> site_scores`` (plain scalars with ``status``): asks ``item.site`` to
+#: ``scorer(item, reconstructions, labels) -> site_scores`` (a `ScoreReply.to_json`): asks ``item.site`` to
 #: score the reconstructions of the update ``item`` holds (the request names that update by its digest).
 SiteScorer = Callable[[AuditItem, np.ndarray, np.ndarray | None], Mapping[str, Any]]
 
@@ -44,7 +46,7 @@ THREAT_MODEL = (
 
 def unavailable_scores(reason: str) -> dict[str, Any]:
     """Site scores that could not be obtained, with the reason (server indicators still stand)."""
-    return {"status": "unavailable", "reason": reason}
+    return ScoreReply.unavailable(reason).to_json()
 
 
 def metric_settings(ssim_threshold: float, significance: float = RiskPolicy().significance) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def build_record(
     job_id: str | None,
     site: str | None,
     round_number: int | None,
-    status: str,
+    status: RecordStatus | str,
     reason: str | None,
     meta: Mapping[str, Any],
     outcome: AuditOutcome | None,
@@ -76,45 +78,63 @@ def build_record(
     versions: Mapping[str, Any],
     settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One ledger record (schema ``medpfl.audit/2``, see `medpfl_app.audit.ledger`) from the audit's parts."""
+    """One ledger record (`AuditRecord`, schema ``medpfl.audit/2``, see `medpfl_app.audit.ledger`) from the audit's
+    parts, as the ledger takes it (`AuditRecord.to_json`: the ledger stamps the time)."""
     epsilon = epsilon_so_far(meta)
     indicators = dict(outcome.server_indicators) if outcome else {}
     budget = dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0}
     scores = dict(site_scores) if site_scores else unavailable_scores(reason or "no reconstruction to score")
     threat = {"declared": THREAT_MODEL, **(dict(outcome.threat_model) if outcome else {})}
     verdict = assess_verdict(
-        status=status, reason=reason, site_scores=scores,
-        attack=AttackEvidence.from_record(indicators, budget), policy=policy,
+        status=status,
+        reason=reason,
+        site_scores=scores,
+        attack=AttackEvidence.from_record(indicators, budget),
+        policy=policy,
     )
-    return {
-        "job_id": job_id,
-        "site": site,
-        "round": round_number,
-        "status": status,
-        "reason": reason,
-        "model": dict(outcome.model) if outcome else {
-            "network": meta.get("network"), "num_classes": meta.get("num_classes"), "config_hash": None,
+    return AuditRecord(
+        job_id=job_id,
+        site=site,
+        round=round_number,
+        status=RecordStatus(status),
+        reason=reason,
+        model=dict(outcome.model)
+        if outcome
+        else {
+            "network": meta.get("network"),
+            "num_classes": meta.get("num_classes"),
+            "config_hash": None,
             "num_parameters": None,
         },
-        "versions": dict(versions),
-        "threat_model": threat,
-        "defenses": list(meta.get("medpfl_defenses") or []),
-        "filter_history": list(meta.get("filter_history") or []),
-        "epsilon": epsilon,
-        "server_indicators": indicators,
-        "site_scores": scores,
-        "risk": str(verdict.level),
-        "verdict": verdict.to_json(),
-        "risk_policy": policy.to_dict(),
-        "attack_budget": budget,
-        "ladder": [dict(stage) for stage in outcome.ladder] if outcome else [],
-        "ladder_complete": bool(budget.get("ladder_complete")),
-        "metric_settings": dict(settings) if settings is not None else metric_settings(0.9),
-        "training_facts": {key: meta.get(key) for key in ("batch_size", "local_steps", "learning_rate", "optimizer",
-                                                         "num_train_images", "bn_buffers_included", "dp_sgd")},
+        versions=dict(versions),
+        threat_model=threat,
+        defenses=tuple(meta.get("medpfl_defenses") or ()),
+        filter_history=tuple(meta.get("filter_history") or ()),
+        epsilon=epsilon,
+        server_indicators=indicators,
+        site_scores=scores,
+        risk=str(verdict.level),
+        verdict=verdict,
+        risk_policy=policy.to_dict(),
+        attack_budget=budget,
+        ladder=tuple(dict(stage) for stage in outcome.ladder) if outcome else (),
+        ladder_complete=bool(budget.get("ladder_complete")),
+        metric_settings=dict(settings) if settings is not None else metric_settings(0.9),
+        training_facts={
+            key: meta.get(key)
+            for key in (
+                "batch_size",
+                "local_steps",
+                "learning_rate",
+                "optimizer",
+                "num_train_images",
+                "bn_buffers_included",
+                "dp_sgd",
+            )
+        },
         # Set when the audit policy kept this update out of aggregation (`AuditFilter(on_high_risk="exclude_site")`).
-        "policy_action": meta.get("medpfl_policy_action"),
-    }
+        policy_action=meta.get("medpfl_policy_action"),
+    ).to_json()
 
 
 class AuditWorker:
@@ -185,8 +205,10 @@ class AuditWorker:
             self._sites_seen.add(item.site)
             share = self.site_share()
             if self._queued.get(item.site, 0) >= share:
-                reason = (f"{item.site} already has {share} updates waiting, its share of the audit queue "
-                          f"({self._items.maxsize} places over {len(self._sites_seen)} sites)")
+                reason = (
+                    f"{item.site} already has {share} updates waiting, its share of the audit queue "
+                    f"({self._items.maxsize} places over {len(self._sites_seen)} sites)"
+                )
             else:
                 try:
                     self._items.put_nowait(item)
@@ -195,7 +217,9 @@ class AuditWorker:
                     return True
                 except queue.Full:
                     reason = f"audit queue full ({self._items.maxsize} updates waiting): the attack thread is behind"
-        self.note(site=item.site, round_number=item.round, status="not_audited", meta=item.meta, reason=reason)
+        self.note(
+            site=item.site, round_number=item.round, status=RecordStatus.NOT_AUDITED, meta=item.meta, reason=reason
+        )
         return False
 
     def expect_sites(self, sites: Iterable[str]) -> None:
@@ -207,15 +231,33 @@ class AuditWorker:
         """Places one site may hold in the queue: an equal share over the sites seen so far (at least one)."""
         return max(1, self._items.maxsize // max(1, len(self._sites_seen)))
 
-    def note(self, *, site: str | None, round_number: int | None, status: str, reason: str,
-             meta: Mapping[str, Any] | None = None) -> None:
+    def note(
+        self,
+        *,
+        site: str | None,
+        round_number: int | None,
+        status: RecordStatus,
+        reason: str,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         """Record an update that was not audited or is not auditable (written by the ledger thread)."""
-        self._records.put(self._record(job_id=self.job_id, site=site, round_number=round_number, status=status,
-                                       reason=reason, meta=meta or {}, outcome=None, site_scores=None))
+        self._records.put(
+            self._record(
+                job_id=self.job_id,
+                site=site,
+                round_number=round_number,
+                status=status,
+                reason=reason,
+                meta=meta or {},
+                outcome=None,
+                site_scores=None,
+            )
+        )
 
     def _record(self, **parts: Any) -> dict[str, Any]:
-        return build_record(**parts, policy=self.policy, plan=self.plan, versions=self._versions,
-                            settings=self._metric_settings)
+        return build_record(
+            **parts, policy=self.policy, plan=self.plan, versions=self._versions, settings=self._metric_settings
+        )
 
     def pending(self) -> int:
         """Updates and records not yet in the ledger."""
@@ -271,9 +313,13 @@ class AuditWorker:
                     return
                 self._records.put(self._audit_one(item))
             except BaseException as error:  # noqa: BLE001 - a broken audit must still leave a record
-                self.note(site=getattr(item, "site", None), round_number=getattr(item, "round", None),
-                          status="not_audited", reason=f"internal audit error: {error!r}",
-                          meta=getattr(item, "meta", None))
+                self.note(
+                    site=getattr(item, "site", None),
+                    round_number=getattr(item, "round", None),
+                    status=RecordStatus.NOT_AUDITED,
+                    reason=f"internal audit error: {error!r}",
+                    meta=getattr(item, "meta", None),
+                )
             finally:
                 if item is not None:
                     with self._queued_lock:
@@ -294,8 +340,16 @@ class AuditWorker:
             from medpfl_app.errors import MedPFLError
 
             reason = f"{error.problem} ({error.fix})" if isinstance(error, MedPFLError) else f"audit failed: {error!r}"
-            return self._record(job_id=self.job_id or item.job_id, site=item.site, round_number=item.round,
-                                status="not_audited", reason=reason, meta=item.meta, outcome=None, site_scores=None)
+            return self._record(
+                job_id=self.job_id or item.job_id,
+                site=item.site,
+                round_number=item.round,
+                status=RecordStatus.NOT_AUDITED,
+                reason=reason,
+                meta=item.meta,
+                outcome=None,
+                site_scores=None,
+            )
         scores: Mapping[str, Any] | None
         if outcome.reconstructions is None:
             scores = unavailable_scores("the plan ran no optimisation attack: nothing to score")
@@ -308,8 +362,16 @@ class AuditWorker:
                 scores = unavailable_scores(f"asking the site for scores failed: {error!r}")
         self.audited += 1
         self.audit_seconds += time.monotonic() - started
-        record = self._record(job_id=self.job_id or item.job_id, site=item.site, round_number=item.round,
-                              status="audited", reason=None, meta=item.meta, outcome=outcome, site_scores=scores)
+        record = self._record(
+            job_id=self.job_id or item.job_id,
+            site=item.site,
+            round_number=item.round,
+            status=RecordStatus.AUDITED,
+            reason=None,
+            meta=item.meta,
+            outcome=outcome,
+            site_scores=scores,
+        )
         record["attack_budget"]["audit_wall_time_s"] = round(time.monotonic() - started, 3)
         record["attack_budget"]["queue_wait_s"] = round(max(0.0, started_wall(item, started)), 3)
         return record

@@ -76,13 +76,9 @@ class DPCost:
 
 
 def check_delta(delta: object) -> float:
-    ok = isinstance(delta, int | float) and not isinstance(delta, bool)
-    require(
-        ok and 0 < delta < 1,
-        f"delta must be in (0, 1), got {delta!r}",  # type: ignore[operator]
-        "set delta well below 1/number-of-sites (e.g. 1e-5)",
-    )
-    return float(delta)  # type: ignore[arg-type]
+    ok = isinstance(delta, int | float) and not isinstance(delta, bool) and 0 < delta < 1
+    require(ok, f"delta must be in (0, 1), got {delta!r}", "set delta well below 1/number-of-sites (e.g. 1e-5)")
+    return float(delta)  # type: ignore[arg-type]  # a number here: `require` raised otherwise
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medpfl_app.audit.contracts.record import RecordStatus
 from medpfl_app.audit.verdict import LEVEL_MEANINGS, RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.fields import BOUNDS, checked, flag, fmt, mapping, text
@@ -36,7 +37,10 @@ MEANINGS: dict[str, str] = {str(level): meaning for level, meaning in LEVEL_MEAN
 AUDITED_LEVELS: tuple[str, ...] = tuple(
     str(level) for level in RiskLevel if level not in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE)
 )
-_STATUS_LEVELS = {"not_audited": RiskLevel.NOT_AUDITED, "not_auditable": RiskLevel.NOT_AUDITABLE}
+_STATUS_LEVELS = {
+    str(RecordStatus.NOT_AUDITED): RiskLevel.NOT_AUDITED,
+    str(RecordStatus.NOT_AUDITABLE): RiskLevel.NOT_AUDITABLE,
+}
 
 
 def worse(a: RiskLevel, b: RiskLevel) -> RiskLevel:
@@ -127,12 +131,11 @@ class RecordView:
         """Identifiability with its chance baseline, excess over chance and p-value, as recorded."""
         if self.identifiability is None:
             return "not measured"
-        extra = [f"chance {fmt(self.identifiability_chance, '.2f')}" if self.identifiability_chance is not None
-                 else None,
-                 f"excess {fmt(self.identifiability_excess, '+.2f')}" if self.identifiability_excess is not None
-                 else None,
-                 f"p = {fmt(self.identifiability_p_value, '.2g')}" if self.identifiability_p_value is not None
-                 else None]
+        extra = [
+            f"chance {fmt(self.identifiability_chance, '.2f')}" if self.identifiability_chance is not None else None,
+            f"excess {fmt(self.identifiability_excess, '+.2f')}" if self.identifiability_excess is not None else None,
+            f"p = {fmt(self.identifiability_p_value, '.2g')}" if self.identifiability_p_value is not None else None,
+        ]
         shown = [e for e in extra if e]
         return f"{self.identifiability:.2f}" + (f" ({', '.join(shown)})" if shown else "")
 
@@ -140,12 +143,15 @@ class RecordView:
         """Iterations and restarts spent, wall time and the time budget."""
         if self.status != "audited":
             return "no attack ran"
-        parts = [f"{fmt(self.iterations, 'd', '?')} iteration{'s' if self.iterations != 1 else ''}",
-                 f"{fmt(self.restarts, 'd', '?')} restart{'s' if self.restarts != 1 else ''}",
-                 f"{fmt(self.wall_time_s, '.1f', '?')} s attack wall time"]
+        parts = [
+            f"{fmt(self.iterations, 'd', '?')} iteration{'s' if self.iterations != 1 else ''}",
+            f"{fmt(self.restarts, 'd', '?')} restart{'s' if self.restarts != 1 else ''}",
+            f"{fmt(self.wall_time_s, '.1f', '?')} s attack wall time",
+        ]
         if self.time_spent_s is not None or self.time_budget_s is not None:
-            parts.append(f"{fmt(self.time_spent_s, '.1f', '?')} s of a {fmt(self.time_budget_s, 'g', '?')} s "
-                         "time budget")
+            parts.append(
+                f"{fmt(self.time_spent_s, '.1f', '?')} s of a {fmt(self.time_budget_s, 'g', '?')} s time budget"
+            )
         elif self.time_limit_s is not None:
             parts.append(f"limit {self.time_limit_s:g} s per attack")
         return ", ".join(parts)
@@ -175,15 +181,27 @@ class RecordView:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON of what the report shows for this record."""
         return {
-            "site": self.site, "round": self.round, "status": self.status, "schema": self.schema,
-            "level": self.level, "evidence": self.evidence, "settle": self.settle,
+            "site": self.site,
+            "round": self.round,
+            "status": self.status,
+            "schema": self.schema,
+            "level": self.level,
+            "evidence": self.evidence,
+            "settle": self.settle,
             "evidence_recorded": self.evidence_recorded,
-            "ladder": [s.stage for s in self.stages], "ladder_complete": self.ladder_complete,
-            "iterations": self.iterations, "restarts": self.restarts, "wall_time_s": self.wall_time_s,
-            "time_budget_s": self.time_budget_s, "time_spent_s": self.time_spent_s,
-            "loss_start": _json_float(self.loss_start), "loss_end": _json_float(self.loss_end),
-            "convergence": self.convergence, "stop_reason": self.stop_reason,
-            "identifiability": self.identifiability, "identifiability_chance": self.identifiability_chance,
+            "ladder": [s.stage for s in self.stages],
+            "ladder_complete": self.ladder_complete,
+            "iterations": self.iterations,
+            "restarts": self.restarts,
+            "wall_time_s": self.wall_time_s,
+            "time_budget_s": self.time_budget_s,
+            "time_spent_s": self.time_spent_s,
+            "loss_start": _json_float(self.loss_start),
+            "loss_end": _json_float(self.loss_end),
+            "convergence": self.convergence,
+            "stop_reason": self.stop_reason,
+            "identifiability": self.identifiability,
+            "identifiability_chance": self.identifiability_chance,
             "identifiability_excess": self.identifiability_excess,
             "identifiability_p_value": self.identifiability_p_value,
             "invalid_values": list(self.invalid),
@@ -205,8 +223,11 @@ CHECKED_SECTIONS: tuple[str, ...] = ("site_scores", "epsilon", "attack_budget", 
 def _checked_sections(record: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, float | None]]:
     """Every bounded number of `CHECKED_SECTIONS`, range-checked once (out of range: ``None`` and a note)."""
     return {
-        name: {key: checked(value, key, problems, where=name)
-               for key, value in mapping(record.get(name)).items() if key in BOUNDS}
+        name: {
+            key: checked(value, key, problems, where=name)
+            for key, value in mapping(record.get(name)).items()
+            if key in BOUNDS
+        }
         for name in CHECKED_SECTIONS
     }
 
@@ -220,11 +241,22 @@ def record_view(record: Mapping[str, Any], index: int) -> RecordView:
     indicators = mapping(record.get("server_indicators"))
     problems: list[str] = []
     numbers = _checked_sections(record, problems)
-    score, spent, server, epsilon = (numbers["site_scores"].get, numbers["attack_budget"].get,
-                                     numbers["server_indicators"].get, numbers["epsilon"].get)
+    score, spent, server, epsilon = (
+        numbers["site_scores"].get,
+        numbers["attack_budget"].get,
+        numbers["server_indicators"].get,
+        numbers["epsilon"].get,
+    )
     raw_ladder = record.get("ladder")
-    stages = tuple(Stage.from_json(s, problems, where=f"ladder[{i}]") for i, s in enumerate(raw_ladder)
-                   if isinstance(s, Mapping)) if isinstance(raw_ladder, list) else ()
+    stages = (
+        tuple(
+            Stage.from_json(s, problems, where=f"ladder[{i}]")
+            for i, s in enumerate(raw_ladder)
+            if isinstance(s, Mapping)
+        )
+        if isinstance(raw_ladder, list)
+        else ()
+    )
     round_number = record.get("round")
     site = record.get("site")
     wall = spent("wall_time_s")
@@ -254,16 +286,20 @@ def record_view(record: Mapping[str, Any], index: int) -> RecordView:
         ladder_complete=flag(record.get("ladder_complete")),
         iterations=(_whole(total([s.iterations for s in stages])) if stages else _whole(spent("iterations"))),
         restarts=_whole(total([s.restarts for s in stages])) if stages else _whole(spent("restarts")),
-        wall_time_s=total([s.wall_time_s for s in stages]) if stages else (
-            wall if wall is not None else server("attack_wall_time_s")),
+        wall_time_s=total([s.wall_time_s for s in stages])
+        if stages
+        else (wall if wall is not None else server("attack_wall_time_s")),
         time_limit_s=spent("time_limit_s"),
         time_budget_s=spent("time_budget_s"),
         time_spent_s=spent("time_spent_s"),
         loss_start=stages[0].initial_loss if stages else None,
         loss_end=stages[-1].final_loss if stages else server("attack_matching_loss"),
         convergence=stages[-1].convergence if stages else None,
-        stop_reason=(stages[-1].stop_reason if stages
-                     else text(budget.get("stop_reason")) or text(indicators.get("attack_stop_reason"))),
+        stop_reason=(
+            stages[-1].stop_reason
+            if stages
+            else text(budget.get("stop_reason")) or text(indicators.get("attack_stop_reason"))
+        ),
         not_attacked=text(budget.get("not_attacked")),
         epsilon_client=epsilon("client_dp"),
         epsilon_sample=epsilon("dp_sgd"),
@@ -288,11 +324,13 @@ def _invalid_values(
     note = f"values outside their valid range, not used: {'; '.join(problems)}"
     if not level.measured:
         return level, f"{evidence} [{note}]", settle
-    return (RiskLevel.INCONCLUSIVE,
-            f"the record's level {level} is not shown as a measurement: the record holds {note} (recorded "
-            f"evidence: {evidence})",
-            "a re-audit of this update whose record holds valid values (the site's scores or the audit's numbers "
-            "were out of range)")
+    return (
+        RiskLevel.INCONCLUSIVE,
+        f"the record's level {level} is not shown as a measurement: the record holds {note} (recorded "
+        f"evidence: {evidence})",
+        "a re-audit of this update whose record holds valid values (the site's scores or the audit's numbers "
+        "were out of range)",
+    )
 
 
 def _verdict_of(record: Mapping[str, Any], view: RecordView) -> tuple[RiskLevel, str, str | None, bool]:
@@ -315,8 +353,9 @@ def _verdict_of(record: Mapping[str, Any], view: RecordView) -> tuple[RiskLevel,
         level = verdict.level
         if risk_level is not None and risk_level != verdict.level:
             level = worse(risk_level, verdict.level)
-            evidence += (f" (the record's risk {risk_level} and its verdict's level {verdict.level} differ; the worse "
-                         "is shown)")
+            evidence += (
+                f" (the record's risk {risk_level} and its verdict's level {verdict.level} differ; the worse is shown)"
+            )
         return level, evidence, verdict.settle, True
     level = risk_level if risk_level is not None else _STATUS_LEVELS.get(view.status, RiskLevel.INCONCLUSIVE)
     if view.status in _STATUS_LEVELS and level not in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE):

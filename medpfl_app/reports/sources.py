@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpfl_app.audit.contracts.record import READABLE_SCHEMAS
 from medpfl_app.errors import MedPFLError
 
 #: Ledger record schemas this report reads: ``/1`` (risk high|medium|low|unknown) and ``/2`` (`RiskLevel` with a
-#: verdict, an attack ladder and metric settings).
-LEDGER_SCHEMAS: tuple[str, ...] = ("medpfl.audit/1", "medpfl.audit/2")
+#: verdict, an attack ladder and metric settings); those of the record contract
+#: (`medpfl_app.audit.contracts.record.AuditRecord`). The report reads each record's fields leniently itself
+#: (`medpfl_app.reports.records`): a value out of range or of the wrong type is shown as such, never fatal.
+LEDGER_SCHEMAS: tuple[str, ...] = READABLE_SCHEMAS
 #: The server's arrivals file, beside the ledger in ``<run dir>/medpfl/``.
 ARRIVALS_FOLDER = "medpfl"
 ARRIVALS_FILE = "received_updates.jsonl"
@@ -51,8 +54,10 @@ def unreadable_text(lines: Sequence[int], file: str = "audit_ledger.jsonl") -> s
     if not count:
         return f"every line of {file} was read"
     numbers = ", ".join(map(str, lines))
-    return (f"{count} line{'s' if count != 1 else ''} of {file} could not be read and "
-            f"{'were' if count != 1 else 'was'} skipped (line{'s' if count != 1 else ''} {numbers})")
+    return (
+        f"{count} line{'s' if count != 1 else ''} of {file} could not be read and "
+        f"{'were' if count != 1 else 'was'} skipped (line{'s' if count != 1 else ''} {numbers})"
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,11 @@ def read_ledger_records(path: str | os.PathLike[str]) -> LedgerRead:
         elif not isinstance(value, dict):
             unreadable.append(Unreadable(number, "not a JSON object"))
         elif value.get("schema") not in LEDGER_SCHEMAS:
-            unreadable.append(Unreadable(number, f"schema {str(value.get('schema'))[:40]!r} is not one of "
-                                                 f"{', '.join(LEDGER_SCHEMAS)}"))
+            unreadable.append(
+                Unreadable(
+                    number, f"schema {str(value.get('schema'))[:40]!r} is not one of {', '.join(LEDGER_SCHEMAS)}"
+                )
+            )
         else:
             records.append(value)
     return LedgerRead(path=path, records=tuple(records), unreadable=tuple(unreadable))
@@ -163,9 +171,15 @@ def read_arrivals(path: str | os.PathLike[str]) -> ArrivalsRead:
             unreadable.append(Unreadable(number, f"no usable site / round (site {site!r}, round {round_number!r})"))
             continue
         kind, code = value.get("data_kind"), value.get("return_code")
-        arrivals.append(Arrival(line=number, site=site, round=round_number,
-                                data_kind=kind if isinstance(kind, str) else None,
-                                return_code=code if isinstance(code, str) else None))
+        arrivals.append(
+            Arrival(
+                line=number,
+                site=site,
+                round=round_number,
+                data_kind=kind if isinstance(kind, str) else None,
+                return_code=code if isinstance(code, str) else None,
+            )
+        )
     return ArrivalsRead(path=path, arrivals=tuple(arrivals), unreadable=tuple(unreadable))
 
 

@@ -14,7 +14,16 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-FACTS_VERSION = 1
+from medpfl_app.audit.contracts.training_facts import FACTS_VERSION, TrainingFacts
+
+__all__ = [
+    "FACTS_VERSION",
+    "FL_META_ATTRIBUTE",
+    "TrainingFactsCallback",
+    "bn_buffers_in_state_dict",
+    "bn_momentum",
+    "dp_sgd_facts",
+]
 FL_META_ATTRIBUTE = "__fl_meta__"  # read by NVFlare's FLCallback at on_train_end
 
 
@@ -54,9 +63,7 @@ def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
 
 
 def bn_momentum(module: nn.Module) -> float | None:
-    momenta = {
-        layer.momentum for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)
-    }
+    momenta = {layer.momentum for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)}
     return float(momenta.pop()) if len(momenta) == 1 and None not in momenta else None
 
 
@@ -79,6 +86,7 @@ class TrainingFactsCallback(Callback):
         self._start_step = 0
         self._batch_sizes: list[int] = []
         self._positions: list[int] = []
+        #: The facts of the last round as sent (`TrainingFacts.to_json`).
         self.last_facts: dict[str, Any] = {}
         # Site-local only (for the audit's site scorer): positions of the samples this round trained on. Never
         # put in the meta: sample identities must not leave the site.
@@ -101,26 +109,28 @@ class TrainingFactsCallback(Callback):
         # Opacus' DPOptimizer wraps the configured one; the audit needs the update rule (sgd/adam), not the wrapper.
         optimizer = getattr(optimizer, "original_optimizer", optimizer)
         learning_rate = float(optimizer.param_groups[0]["lr"]) if optimizer else None
-        self.last_facts = {
-            "medpfl_facts_version": FACTS_VERSION,
-            "batch_size": self.configured_batch_size,
-            "batch_sizes": sorted(set(self._batch_sizes)),
-            "local_steps": trainer.global_step - self._start_step,
-            "local_epochs": self.local_epochs,
-            "learning_rate": learning_rate,
-            "optimizer": type(optimizer).__name__.lower() if optimizer else None,
-            "num_train_images": self.num_train_images,
-            "num_images_seen": int(sum(self._batch_sizes)),
-            "bn_buffers_included": bn_buffers_in_state_dict(pl_module),
-            "bn_momentum": bn_momentum(pl_module),
-            "network": getattr(pl_module, "network", None),
-            "image_size": getattr(pl_module, "image_size", None),
-            "in_channels": getattr(pl_module, "in_channels", None),
-            "num_classes": getattr(pl_module, "num_classes", None),
-            "state_dict_prefix": "net.",
-            "torch_version": str(torch.__version__),
-            "dp_sgd": dp_sgd_facts(pl_module),
-        }
+        facts = TrainingFacts(
+            medpfl_facts_version=FACTS_VERSION,
+            batch_size=self.configured_batch_size,
+            batch_sizes=tuple(sorted(set(self._batch_sizes))),
+            local_steps=trainer.global_step - self._start_step,
+            local_epochs=self.local_epochs,
+            learning_rate=learning_rate,
+            optimizer=type(optimizer).__name__.lower() if optimizer else None,
+            num_train_images=self.num_train_images,
+            num_images_seen=int(sum(self._batch_sizes)),
+            bn_buffers_included=bn_buffers_in_state_dict(pl_module),
+            bn_momentum=bn_momentum(pl_module),
+            network=getattr(pl_module, "network", None),
+            image_size=getattr(pl_module, "image_size", None),
+            in_channels=getattr(pl_module, "in_channels", None),
+            num_classes=getattr(pl_module, "num_classes", None),
+            state_dict_prefix="net.",
+            torch_version=str(torch.__version__),
+            dp_sgd=dp_sgd_facts(pl_module),
+        )
+        # The update meta's wire format: every fact key, None where unknown (what the audit's reader expects).
+        self.last_facts = facts.to_json()
         ledger, session = getattr(pl_module, "dp_ledger", None), getattr(pl_module, "dp_session", None)
         if ledger is not None and session is not None:
             # Write-ahead: before FLCallback sends the update; a failure raises, so nothing is sent (fail closed).

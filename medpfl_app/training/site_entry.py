@@ -44,18 +44,31 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_steps", type=int, default=-1, help="cap local optimizer steps per round (-1: no cap)")
     parser.add_argument("--batch_size", type=int, default=0, help="override the site's batch size (0: site's own)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dp_noise_multiplier", type=float, default=0.0,
-                        help="> 0 turns on sample-level DP-SGD (Opacus) with this noise multiplier (0: off)")
+    parser.add_argument(
+        "--dp_noise_multiplier",
+        type=float,
+        default=0.0,
+        help="> 0 turns on sample-level DP-SGD (Opacus) with this noise multiplier (0: off)",
+    )
     parser.add_argument("--dp_max_grad_norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
     parser.add_argument("--dp_delta", type=float, default=1e-5, help="δ for which DP-SGD's ε is reported")
-    parser.add_argument("--dp_ledger", default="auto", metavar="auto|none",
-                        help="auto: charge DP-SGD steps to the site's ledger (where the site keeps it, by default "
-                             "<site workspace>/medpfl/dp_sgd_ledger.json), so ε adds up over jobs and restarts; "
-                             "none: ε counts this job only, refused inside a site workspace (only for experiments "
-                             "outside any NVFlare site). A path is refused: the site decides where its ledger is")
-    parser.add_argument("--site_override", action="append", default=[], metavar="SITE:KEY=VALUE[,KEY=VALUE]",
-                        help="per-site training settings (batch_size, max_steps, local_epochs, learning_rate), "
-                             "e.g. site-1:batch_size=1,max_steps=1; repeatable")
+    parser.add_argument(
+        "--dp_ledger",
+        default="auto",
+        metavar="auto|none",
+        help="auto: charge DP-SGD steps to the site's ledger (where the site keeps it, by default "
+        "<site workspace>/medpfl/dp_sgd_ledger.json), so ε adds up over jobs and restarts; "
+        "none: ε counts this job only, refused inside a site workspace (only for experiments "
+        "outside any NVFlare site). A path is refused: the site decides where its ledger is",
+    )
+    parser.add_argument(
+        "--site_override",
+        action="append",
+        default=[],
+        metavar="SITE:KEY=VALUE[,KEY=VALUE]",
+        help="per-site training settings (batch_size, max_steps, local_epochs, learning_rate), "
+        "e.g. site-1:batch_size=1,max_steps=1; repeatable",
+    )
     return parser
 
 
@@ -72,7 +85,9 @@ def parse_site_overrides(values: Sequence[str]) -> dict[str, dict[str, int | flo
     for value in values:
         site, sep, body = str(value).partition(":")
         if not sep or not site or not body:
-            raise MedPFLError(f"bad --site_override {value!r}", fix="write SITE:KEY=VALUE[,KEY=VALUE], e.g. site-1:batch_size=1")
+            raise MedPFLError(
+                f"bad --site_override {value!r}", fix="write SITE:KEY=VALUE[,KEY=VALUE], e.g. site-1:batch_size=1"
+            )
         for pair in body.split(","):
             key, eq, raw = pair.partition("=")
             if not eq or key not in SITE_OVERRIDE_KEYS:
@@ -94,8 +109,10 @@ def dp_sgd_config(args: argparse.Namespace) -> DPSGDConfig | None:
 
     noise = args.dp_noise_multiplier
     if not noise >= 0:  # also catches NaN
-        raise MedPFLError(f"--dp_noise_multiplier must be >= 0, got {noise}",
-                          fix="use 0 to turn DP-SGD off, or a positive noise multiplier such as 1.0")
+        raise MedPFLError(
+            f"--dp_noise_multiplier must be >= 0, got {noise}",
+            fix="use 0 to turn DP-SGD off, or a positive noise multiplier such as 1.0",
+        )
     if noise == 0:
         return None
     return DPSGDConfig(noise_multiplier=noise, max_grad_norm=args.dp_max_grad_norm, delta=args.dp_delta)
@@ -197,8 +214,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule)
         if module.dp_session is not None:
-            logger.info("site %s: DP-SGD ε = %.4g at δ = %g, cumulative over this job's local steps so far", site,
-                        module.dp_session.epsilon(), module.dp_session.config.delta)
+            logger.info(
+                "site %s: DP-SGD ε = %.4g at δ = %g, cumulative over this job's local steps so far",
+                site,
+                module.dp_session.epsilon(),
+                module.dp_session.config.delta,
+            )
 
 
 def _record_run_dir(job_id: str, site: str) -> Path | None:
@@ -208,8 +229,11 @@ def _record_run_dir(job_id: str, site: str) -> Path | None:
     try:
         return find_client_run_dir(job_id, site, cwd=Path.cwd(), script=sys.argv[0] if sys.argv else None)
     except MedPFLError as error:
-        logger.warning("MedPFL site %s keeps no record of its rounds' samples, so the audit cannot score this "
-                       "site's updates: %s", site, error)
+        logger.warning(
+            "MedPFL site %s keeps no record of its rounds' samples, so the audit cannot score this site's updates: %s",
+            site,
+            error,
+        )
         return None
 
 
@@ -246,12 +270,21 @@ class RoundSamplesRecorder:
         if self.run_dir is None or self.round_number is None:
             return None
         try:
-            record = RoundSamples(job_id=self.job_id, site=self.site, round=int(self.round_number),
-                                  positions=tuple(self.facts.last_positions), training_set=self.training_set)
+            record = RoundSamples(
+                job_id=self.job_id,
+                site=self.site,
+                round=int(self.round_number),
+                positions=tuple(self.facts.last_positions),
+                training_set=self.training_set,
+            )
             return write_round_samples(self.run_dir, record)
         except (OSError, ValueError) as error:
-            logger.warning("MedPFL site %s: could not record the samples of round %s, so the audit cannot score "
-                           "it: %r", self.site, self.round_number, error)
+            logger.warning(
+                "MedPFL site %s: could not record the samples of round %s, so the audit cannot score it: %r",
+                self.site,
+                self.round_number,
+                error,
+            )
             return None
 
     def callback(self) -> Callback:
@@ -292,7 +325,8 @@ def _prepare_site(args: argparse.Namespace, site: str):
     dp_config = dp_sgd_config(args)  # before loading data: a bad flag should fail fast
     dp_ledger = (
         dp_sgd_site_ledger(args.dp_ledger, workspace_dir=os.environ.get("MEDPFL_SITE_WORKSPACE"), start=Path.cwd())
-        if dp_config is not None else None
+        if dp_config is not None
+        else None
     )
     own = parse_site_overrides(args.site_override).get(site, {})
     if own:
@@ -331,8 +365,11 @@ def _prepare_site(args: argparse.Namespace, site: str):
         # Once for the whole job: the same accountant then counts the local steps of every round, after the steps
         # the site's ledger recorded in earlier jobs.
         train_loader = module.enable_dp_sgd(train_loader, dp_config, dp_ledger)
-        logger.info("site %s: DP-SGD ledger %s", site,
-                    dp_ledger.path if dp_ledger is not None else "none (ε counts this job only)")
+        logger.info(
+            "site %s: DP-SGD ledger %s",
+            site,
+            dp_ledger.path if dp_ledger is not None else "none (ε counts this job only)",
+        )
     datamodule = SiteDataModule(train_loader, val_loader)
     facts = TrainingFactsCallback(
         num_train_images=len(site_data.training),

@@ -61,7 +61,9 @@ def _update(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _shareable(data=None, *, kind=DataKind.WEIGHT_DIFF, meta=None, round_=0) -> Shareable:
-    shareable = DXO(data_kind=kind, data=_update() if data is None else data, meta=dict(FACTS) if meta is None else meta).to_shareable()
+    shareable = DXO(
+        data_kind=kind, data=_update() if data is None else data, meta=dict(FACTS) if meta is None else meta
+    ).to_shareable()
     shareable.set_header(AppConstants.CURRENT_ROUND, round_)
     return shareable
 
@@ -149,7 +151,9 @@ def test_process_is_unchanged_and_fast_when_the_audit_is_broken(tmp_path, monkey
     assert time.perf_counter() - started < FAST_S
     _assert_unchanged(before, shareable, returned)
     (record,) = _records(tmp_path, audit, 1)
-    assert record["status"] == "not_audited" and "attack exploded" in record["reason"] and record["risk"] == "not_audited"
+    assert (
+        record["status"] == "not_audited" and "attack exploded" in record["reason"] and record["risk"] == "not_audited"
+    )
 
 
 def test_process_survives_an_internal_error_in_the_filter(tmp_path, monkeypatch) -> None:
@@ -169,14 +173,21 @@ def test_process_survives_an_internal_error_in_the_filter(tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     ("make", "reason_part"),
     [
-        pytest.param(lambda: _shareable({"net.fc.weight": np.array([b"\x01\x02"])},
-                                        meta={**FACTS, "processed_algorithm": "CKKS"}), "processed by 'CKKS'", id="he"),
+        pytest.param(
+            lambda: _shareable(
+                {"net.fc.weight": np.array([b"\x01\x02"])}, meta={**FACTS, "processed_algorithm": "CKKS"}
+            ),
+            "processed by 'CKKS'",
+            id="he",
+        ),
         pytest.param(
             lambda: _shareable({"net.fc.weight": np.array(["a", "b"], dtype=object)}), "non-numeric", id="object-array"
         ),
         pytest.param(lambda: _shareable({"net.fc.weight": b"ciphertext"}), "not a numeric array", id="bytes"),
         pytest.param(lambda: _shareable(meta={"batch_size": 1}), "model facts", id="no-model"),
-        pytest.param(lambda: _shareable(kind=DataKind.METRICS, data={"accuracy": 0.5}), "no model weights", id="metrics"),
+        pytest.param(
+            lambda: _shareable(kind=DataKind.METRICS, data={"accuracy": 0.5}), "no model weights", id="metrics"
+        ),
     ],
 )
 def test_unattackable_updates_are_recorded_not_auditable(tmp_path, make, reason_part) -> None:
@@ -219,7 +230,10 @@ def test_constructor_args_are_stored_under_their_names() -> None:
     """NVFlare's exporter reads constructor args back from same-named attributes (pitfall 9)."""
     audit = AuditFilter(plan={"iterations": 5}, risk_policy={"ssim_high": 0.7}, max_queue=3, drain_timeout_s=9.0)
     assert (audit.plan, audit.risk_policy, audit.max_queue, audit.drain_timeout_s) == (
-        {"iterations": 5}, {"ssim_high": 0.7}, 3, 9.0,
+        {"iterations": 5},
+        {"ssim_high": 0.7},
+        3,
+        9.0,
     )
 
 
@@ -289,15 +303,20 @@ def _risky_outcome() -> AuditOutcome:
     """An audit whose reconstruction the site then scores as a leak (`_site_scores_leak`)."""
     return AuditOutcome(
         server_indicators={"bn_statistics_exposed": True, "images_per_update": 1, "attack_convergence": "matched"},
-        attack_budget={"attack": "fake", "iterations": 0}, threat_model={}, model={"network": "x"},
-        reconstructions=np.zeros((1, 1, 8, 8), np.float32), labels=np.zeros(1, np.int64),
+        attack_budget={"attack": "fake", "iterations": 0},
+        threat_model={},
+        model={"network": "x"},
+        reconstructions=np.zeros((1, 1, 8, 8), np.float32),
+        labels=np.zeros(1, np.int64),
     )
 
 
 def _site_scores_leak(monkeypatch) -> None:
     """site-1's scorer measures a close reconstruction (SSIM 0.95); other sites' updates carry no reconstruction."""
     scored = {"status": "scored", "ssim_max": 0.95, "attack_success_rate": 1.0, "ssim_threshold": 0.9}
-    monkeypatch.setattr(AuditFilter, "_ask_site", lambda self, site, round_number, recon, labels, **_: (dict(scored), None))
+    monkeypatch.setattr(
+        AuditFilter, "_ask_site", lambda self, site, round_number, recon, labels, **_: (dict(scored), None)
+    )
 
 
 def _filter_on(tmp_path, engine: _PanicEngine, **kwargs) -> tuple[AuditFilter, FLContext]:
@@ -330,7 +349,10 @@ def test_exclude_site_empties_that_sites_later_updates_and_still_audits_them(tmp
     excluded = from_shareable(later)
     assert excluded.data == {} and excluded.data_kind == DataKind.WEIGHT_DIFF
     action = excluded.meta["medpfl_policy_action"]
-    assert action["action"] == "excluded_from_aggregation" and "high privacy risk for site-1 in round 0" in action["reason"]
+    assert (
+        action["action"] == "excluded_from_aggregation"
+        and "high privacy risk for site-1 in round 0" in action["reason"]
+    )
     _assert_unchanged(before, other_in, other_out)
     records = _records(tmp_path, audit, 3)
     by_key = {(r["site"], r["round"]): r for r in records}

@@ -31,8 +31,21 @@ from medpfl_app.audit.worker import build_record
 from medpfl_app.errors import MedPFLError
 
 LEDGER_FIELDS = {
-    "job_id", "site", "round", "status", "reason", "model", "versions", "threat_model", "defenses", "filter_history",
-    "epsilon", "server_indicators", "site_scores", "risk", "attack_budget",
+    "job_id",
+    "site",
+    "round",
+    "status",
+    "reason",
+    "model",
+    "versions",
+    "threat_model",
+    "defenses",
+    "filter_history",
+    "epsilon",
+    "server_indicators",
+    "site_scores",
+    "risk",
+    "attack_budget",
 }
 
 
@@ -105,7 +118,11 @@ def _site_with_a_record(tmp_path, monkeypatch, round_number: int, positions) -> 
     workspace (as for NVFlare's client job process). Returns the scorer and the site's training images.
     """
     from medpfl_app.audit.round_samples import (
-        RoundSamples, SentUpdate, describe_training_set, load_training_pool, write_round_samples,
+        RoundSamples,
+        SentUpdate,
+        describe_training_set,
+        load_training_pool,
+        write_round_samples,
         write_sent_update,
     )
     from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
@@ -121,10 +138,22 @@ def _site_with_a_record(tmp_path, monkeypatch, round_number: int, positions) -> 
     training_set = describe_training_set(items, DataConfig(image_size=16), 4)
     run_dir = workspace / "job-parts"
     run_dir.mkdir()
-    write_round_samples(run_dir, RoundSamples(job_id="job-parts", site="site-1", round=round_number,
-                                              positions=tuple(positions), training_set=training_set))
-    write_sent_update(run_dir, SentUpdate(job_id="job-parts", site="site-1", round=round_number,
-                                          digest=update_digest(SENT_UPDATE), server_identity=SERVER))
+    write_round_samples(
+        run_dir,
+        RoundSamples(
+            job_id="job-parts", site="site-1", round=round_number, positions=tuple(positions), training_set=training_set
+        ),
+    )
+    write_sent_update(
+        run_dir,
+        SentUpdate(
+            job_id="job-parts",
+            site="site-1",
+            round=round_number,
+            digest=update_digest(SENT_UPDATE),
+            server_identity=SERVER,
+        ),
+    )
     scorer = AuditSiteScorer()
     scorer._bind("site-1", "job-parts", run_dir)
     return scorer, load_training_pool("site-1", training_set).images
@@ -169,7 +198,9 @@ def test_not_auditable_reasons() -> None:
     assert not_auditable_reason("WEIGHT_DIFF", good, facts) is None
     # auditability is decided from the payload: a plaintext update claiming encryption is still audited
     assert not_auditable_reason("WEIGHT_DIFF", good, {**facts, "processed_algorithm": "CKKS"}) is None
-    assert "CKKS" in not_auditable_reason("WEIGHT_DIFF", {"w": np.array([b"x"])}, {**facts, "processed_algorithm": "CKKS"})
+    assert "CKKS" in not_auditable_reason(
+        "WEIGHT_DIFF", {"w": np.array([b"x"])}, {**facts, "processed_algorithm": "CKKS"}
+    )
     assert "non-numeric" in not_auditable_reason("WEIGHT_DIFF", {"w": np.array(["x"])}, facts)
     assert "no model tensors" in not_auditable_reason("WEIGHTS", {}, facts)
     assert "model facts" in not_auditable_reason("WEIGHT_DIFF", good, {})
@@ -179,9 +210,19 @@ def test_plan_validation_and_sampling() -> None:
     plan = AuditPlan.from_dict({"every_n_rounds": 2, "sites": ["site-1"]})
     assert plan.selects("site-1", 0) and plan.selects("site-1", 4)
     assert not plan.selects("site-1", 1) and not plan.selects("site-2", 0)
-    for bad in ({"attack": "nope"}, {"iterations": 0}, {"options": {"bogus": 1}}, {"unknown": 1},
-                {"time_limit_s": 0}, {"time_limit_s": True}, {"options": {"time_limit_s": 5}},
-                {"time_limit_s": float("nan")}, {"sites": "site-1"}, {"escalations": -1}, {"escalation_factor": 1}):
+    for bad in (
+        {"attack": "nope"},
+        {"iterations": 0},
+        {"options": {"bogus": 1}},
+        {"unknown": 1},
+        {"time_limit_s": 0},
+        {"time_limit_s": True},
+        {"options": {"time_limit_s": 5}},
+        {"time_limit_s": float("nan")},
+        {"sites": "site-1"},
+        {"escalations": -1},
+        {"escalation_factor": 1},
+    ):
         with pytest.raises(MedPFLError):
             AuditPlan.from_dict(bad)
 
@@ -193,14 +234,38 @@ def _lenet_item(batch: int = 1, steps: int = 1, lr: float = 0.1) -> tuple[AuditI
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=16, seed=0, dp_sgd=False)
     images = _images(batch, size=16, seed=5)
-    site = simulate_site_update(net, images, torch.arange(batch) % 4, kind=UpdateKind.WEIGHT_DIFF,
-                                local_steps=steps, learning_rate=lr, batch_size=batch)
-    prefix = lambda d: {f"net.{k}": v.numpy() for k, v in d.items()}
-    meta = {**site.meta, "network": "lenet_sigmoid", "image_size": 16, "in_channels": 1, "num_classes": 4,
-            "state_dict_prefix": "net.", "medpfl_defenses": [{"defense": "laplace", "installed_by": "job"}],
-            "filter_history": ["LaplaceNoiseFilter"]}
-    item = AuditItem(site="site-1", round=0, job_id="j", data_kind="WEIGHT_DIFF", update=prefix(site.update),
-                     global_weights=prefix(site.global_weights), meta=meta)
+    site = simulate_site_update(
+        net,
+        images,
+        torch.arange(batch) % 4,
+        kind=UpdateKind.WEIGHT_DIFF,
+        local_steps=steps,
+        learning_rate=lr,
+        batch_size=batch,
+    )
+
+    def prefix(tensors):
+        return {f"net.{k}": v.numpy() for k, v in tensors.items()}
+
+    meta = {
+        **site.meta,
+        "network": "lenet_sigmoid",
+        "image_size": 16,
+        "in_channels": 1,
+        "num_classes": 4,
+        "state_dict_prefix": "net.",
+        "medpfl_defenses": [{"defense": "laplace", "installed_by": "job"}],
+        "filter_history": ["LaplaceNoiseFilter"],
+    }
+    item = AuditItem(
+        site="site-1",
+        round=0,
+        job_id="j",
+        data_kind="WEIGHT_DIFF",
+        update=prefix(site.update),
+        global_weights=prefix(site.global_weights),
+        meta=meta,
+    )
     return item, images
 
 
@@ -213,9 +278,19 @@ def test_audit_update_runs_the_plan_and_the_record_has_every_schema_field() -> N
     assert outcome.attack_budget["iterations"] <= plan.screening_iterations + 30
     assert outcome.attack_budget["attack"] == "gradinv" and outcome.ladder[0]["stage"] == "screening"
     assert outcome.model["network"] == "lenet_sigmoid" and outcome.model["config_hash"].startswith("sha256:")
-    record = build_record(job_id="j", site="site-1", round_number=0, status="audited", reason=None, meta=item.meta,
-                          outcome=outcome, site_scores={"status": "scored", "ssim_max": 0.1}, policy=RiskPolicy(),
-                          plan=plan, versions={"torch": torch.__version__})
+    record = build_record(
+        job_id="j",
+        site="site-1",
+        round_number=0,
+        status="audited",
+        reason=None,
+        meta=item.meta,
+        outcome=outcome,
+        site_scores={"status": "scored", "ssim_max": 0.1},
+        policy=RiskPolicy(),
+        plan=plan,
+        versions={"torch": torch.__version__},
+    )
     assert LEDGER_FIELDS <= set(record)
     assert record["defenses"][0]["defense"] == "laplace" and record["filter_history"] == ["LaplaceNoiseFilter"]
     assert "declared" in record["threat_model"] and record["risk"] == record["verdict"]["level"]
@@ -246,8 +321,9 @@ def test_the_attack_time_limit_is_applied_and_recorded() -> None:
 
 def test_missing_global_weights_are_refused() -> None:
     item, _ = _lenet_item()
-    no_weights = AuditItem(site="s", round=1, job_id="j", data_kind="WEIGHT_DIFF", update=item.update,
-                           global_weights=None, meta=item.meta)
+    no_weights = AuditItem(
+        site="s", round=1, job_id="j", data_kind="WEIGHT_DIFF", update=item.update, global_weights=None, meta=item.meta
+    )
     with pytest.raises(MedPFLError, match="no global weights"):
         audit_update(no_weights, AuditPlan(iterations=1))
 
@@ -321,8 +397,14 @@ def _reply(code: str = "OK", scores=None, refused: str | None = None) -> Shareab
 
 def _received(round_number: int = 2) -> AuditItem:
     """The server's copy of site-1's update (`SENT_UPDATE`) of ``round_number``."""
-    return AuditItem(site="site-1", round=round_number, job_id="job-parts", data_kind="WEIGHT_DIFF",
-                     update={k: v.copy() for k, v in SENT_UPDATE.items()}, global_weights=None)
+    return AuditItem(
+        site="site-1",
+        round=round_number,
+        job_id="job-parts",
+        data_kind="WEIGHT_DIFF",
+        update={k: v.copy() for k, v in SENT_UPDATE.items()},
+        global_weights=None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -331,9 +413,15 @@ def _received(round_number: int = 2) -> AuditItem:
         pytest.param({}, "no reply from site-1", id="unreachable"),
         pytest.param({"site-1": _reply("EXECUTION_EXCEPTION")}, "answered EXECUTION_EXCEPTION", id="error"),
         pytest.param({"site-1": _reply()}, "sent no scores", id="empty"),
-        pytest.param({"site-1": _reply(scores={"status": "unavailable", "reason": "refused: replay"},
-                                       refused="refused: replay")},
-                     "site-1 refused the score request: refused: replay", id="refused"),
+        pytest.param(
+            {
+                "site-1": _reply(
+                    scores={"status": "unavailable", "reason": "refused: replay"}, refused="refused: replay"
+                )
+            },
+            "site-1 refused the score request: refused: replay",
+            id="refused",
+        ),
     ],
 )
 def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_part) -> None:

@@ -19,6 +19,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.workspace import Workspace
 
+from medpfl_app.audit.core import AuditItem
 from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.release import (
     ReleasedOriginals,
@@ -27,7 +28,6 @@ from medpfl_app.audit.release import (
     downsize,
     matched_originals,
 )
-from medpfl_app.audit.core import AuditItem
 from medpfl_app.audit.round_samples import (
     RoundSamples,
     SentUpdate,
@@ -60,8 +60,14 @@ UPDATE = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "fc.bias": 
 
 def _item(round_number: int = 3) -> AuditItem:
     """The server's copy of SITE's update of ``round_number``."""
-    return AuditItem(site=SITE, round=round_number, job_id=JOB, data_kind="WEIGHT_DIFF",
-                     update={k: v.copy() for k, v in UPDATE.items()}, global_weights=None)
+    return AuditItem(
+        site=SITE,
+        round=round_number,
+        job_id=JOB,
+        data_kind="WEIGHT_DIFF",
+        update={k: v.copy() for k, v in UPDATE.items()},
+        global_weights=None,
+    )
 
 
 class _Engine:
@@ -122,10 +128,15 @@ def _record_round_3() -> torch.Tensor:
     training_set = describe_training_set(items, DataConfig(image_size=SIZE), 4)
     run_dir = Path.cwd() / JOB
     run_dir.mkdir(exist_ok=True)
-    write_round_samples(run_dir, RoundSamples(job_id=JOB, site=SITE, round=3, positions=(2, 0),
-                                              training_set=training_set))
-    write_sent_update(run_dir, SentUpdate(job_id=JOB, site=SITE, round=3, digest=update_digest(UPDATE),
-                                          declared_images=2, server_identity=SERVER))
+    write_round_samples(
+        run_dir, RoundSamples(job_id=JOB, site=SITE, round=3, positions=(2, 0), training_set=training_set)
+    )
+    write_sent_update(
+        run_dir,
+        SentUpdate(
+            job_id=JOB, site=SITE, round=3, digest=update_digest(UPDATE), declared_images=2, server_identity=SERVER
+        ),
+    )
     return load_training_pool(SITE, training_set).images
 
 
@@ -159,10 +170,21 @@ def _write_record(tmp_path: Path, scores: dict) -> None:
     from medpfl_app.audit.risk import RiskPolicy
     from medpfl_app.audit.worker import build_record
 
-    AuditLedger(tmp_path / "server" / JOB / "medpfl" / "audit_ledger.jsonl").append(build_record(
-        job_id=JOB, site=SITE, round_number=3, status="audited", reason=None, meta={}, outcome=None,
-        site_scores=scores, policy=RiskPolicy(), plan=AuditPlan(), versions={},
-    ))
+    AuditLedger(tmp_path / "server" / JOB / "medpfl" / "audit_ledger.jsonl").append(
+        build_record(
+            job_id=JOB,
+            site=SITE,
+            round_number=3,
+            status="audited",
+            reason=None,
+            meta={},
+            outcome=None,
+            site_scores=scores,
+            policy=RiskPolicy(),
+            plan=AuditPlan(),
+            versions={},
+        )
+    )
 
 
 def _assert_scalars_only(scores: dict) -> None:
@@ -239,7 +261,7 @@ def test_demo_data_with_both_options_on_stores_owner_only_pngs_and_the_report_em
     assert stat.S_IMODE(html_path.stat().st_mode) == 0o600  # it embeds the images
     html = html_path.read_text()
     assert html.count("data:image/png;base64,") == 4
-    section = html[html.index('<section id="thumbnails">'):]
+    section = html[html.index('<section id="thumbnails">') :]
     assert section.index('alt="original original_0.png"') < section.index('alt="reconstruction recon_0.png"')
     assert "synthetic demo" in section
     assert [p.name for p in _pngs(folder)] == ["original_0.png", "original_1.png", "recon_0.png", "recon_1.png"]
@@ -272,8 +294,9 @@ def _break_manifest(demo, change: str) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("change", ["no-manifest", "not-synthetic", "other-dataset", "datalist-changed",
-                                    "labels-changed"])
+@pytest.mark.parametrize(
+    "change", ["no-manifest", "not-synthetic", "other-dataset", "datalist-changed", "labels-changed"]
+)
 def test_other_data_is_refused_with_a_logged_reason_and_scalars_only(
     tmp_path: Path, site_data, change: str, caplog: pytest.LogCaptureFixture
 ) -> None:

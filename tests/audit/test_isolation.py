@@ -261,13 +261,26 @@ def _lenet_item() -> AuditItem:
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=16, seed=0, dp_sgd=False)
     images = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(5))
-    site = simulate_site_update(net, images, torch.tensor([2]), kind=UpdateKind.WEIGHT_DIFF, local_steps=1,
-                                learning_rate=0.1, batch_size=1)
-    meta = {**site.meta, "network": "lenet_sigmoid", "image_size": 16, "in_channels": 1, "num_classes": 4,
-            "state_dict_prefix": "net."}
-    return AuditItem(site="site-1", round=0, job_id="j", data_kind="WEIGHT_DIFF",
-                     update={f"net.{k}": v.numpy() for k, v in site.update.items()},
-                     global_weights={f"net.{k}": v.numpy() for k, v in site.global_weights.items()}, meta=meta)
+    site = simulate_site_update(
+        net, images, torch.tensor([2]), kind=UpdateKind.WEIGHT_DIFF, local_steps=1, learning_rate=0.1, batch_size=1
+    )
+    meta = {
+        **site.meta,
+        "network": "lenet_sigmoid",
+        "image_size": 16,
+        "in_channels": 1,
+        "num_classes": 4,
+        "state_dict_prefix": "net.",
+    }
+    return AuditItem(
+        site="site-1",
+        round=0,
+        job_id="j",
+        data_kind="WEIGHT_DIFF",
+        update={f"net.{k}": v.numpy() for k, v in site.update.items()},
+        global_weights={f"net.{k}": v.numpy() for k, v in site.global_weights.items()},
+        meta=meta,
+    )
 
 
 def test_real_audit_in_the_child_matches_inline(runner: AuditProcess) -> None:

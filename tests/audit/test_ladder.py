@@ -23,13 +23,21 @@ class FakeClock:
         return self.now
 
 
-def _result(losses: list[float], *, moved: float = 0.5, stop_reason: str = "budget", seconds: float = 1.0,
-            restarts: int = 1) -> AttackResult:
+def _result(
+    losses: list[float], *, moved: float = 0.5, stop_reason: str = "budget", seconds: float = 1.0, restarts: int = 1
+) -> AttackResult:
     return AttackResult(
-        attack="scripted", reconstructions=torch.zeros(2, 1, 8, 8), labels=torch.zeros(2, dtype=torch.long),
-        matching_loss=min(losses), restart_losses=(min(losses),), iterations=len(losses) - 1, wall_time_s=seconds,
-        config={"resolved_update_mode": "approximate", "simulated_steps": 1}, threat_model={},
-        stop_reason=stop_reason, convergence=assess_convergence(losses, moved=moved),
+        attack="scripted",
+        reconstructions=torch.zeros(2, 1, 8, 8),
+        labels=torch.zeros(2, dtype=torch.long),
+        matching_loss=min(losses),
+        restart_losses=(min(losses),),
+        iterations=len(losses) - 1,
+        wall_time_s=seconds,
+        config={"resolved_update_mode": "approximate", "simulated_steps": 1},
+        threat_model={},
+        stop_reason=stop_reason,
+        convergence=assess_convergence(losses, moved=moved),
     )
 
 
@@ -51,9 +59,14 @@ def _scripted(outcomes: list[tuple[list[float], str, float]], clock: FakeClock):
 
 def test_budgets_escalate_iterations_and_restarts() -> None:
     """Each escalation multiplies the iterations by the factor and doubles the restarts."""
-    budgets = stage_budgets(AuditPlan(screening_iterations=0, iterations=100, restarts=1, escalations=2, escalation_factor=4))
+    budgets = stage_budgets(
+        AuditPlan(screening_iterations=0, iterations=100, restarts=1, escalations=2, escalation_factor=4)
+    )
     assert [(b.stage, b.iterations, b.restarts) for b in budgets] == [
-        (Stage.FULL, 100, 1), (Stage.ESCALATION, 400, 2), (Stage.ESCALATION, 1600, 4)]
+        (Stage.FULL, 100, 1),
+        (Stage.ESCALATION, 400, 2),
+        (Stage.ESCALATION, 1600, 4),
+    ]
 
 
 def test_a_matched_full_stage_ends_the_ladder_complete() -> None:
@@ -98,7 +111,9 @@ def test_every_escalation_still_improving_completes_but_stays_unsettled() -> Non
     clock = FakeClock()
     outcomes = [(_improving(n), "budget", 1.0) for n in (30, 120, 480)]
     run, calls = _scripted(outcomes, clock)
-    outcome = run_ladder(None, AuditPlan(screening_iterations=0, iterations=30, escalations=2, time_limit_s=None), run, clock=clock)
+    outcome = run_ladder(
+        None, AuditPlan(screening_iterations=0, iterations=30, escalations=2, time_limit_s=None), run, clock=clock
+    )
     assert len(calls) == 3 and outcome.complete and not outcome.settled
     assert "raise iterations" in outcome.settle
 

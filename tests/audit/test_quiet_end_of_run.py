@@ -114,12 +114,17 @@ def blocked_audit(tmp_path, monkeypatch):
 # --- the progress line ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "progress",
-    [DrainProgress(round=5, left=2, total=3), DrainProgress(round=None, left=1, total=1),
-     DrainProgress(round=None, left=0, total=3)],
+    [
+        DrainProgress(round=5, left=2, total=3),
+        DrainProgress(round=None, left=1, total=1),
+        DrainProgress(round=None, left=0, total=3),
+    ],
 )
 def test_a_drain_line_is_read_back_from_an_nvflare_log_line(progress: DrainProgress) -> None:
-    line = f"2026-12-01 21:57:36,372 - AuditFilter - INFO - [identity=simulator_server, run=simulate_job]: " \
-           f"{progress.log_line()}"
+    line = (
+        f"2026-12-01 21:57:36,372 - AuditFilter - INFO - [identity=simulator_server, run=simulate_job]: "
+        f"{progress.log_line()}"
+    )
     assert DrainProgress.parse(line) == progress
 
 
@@ -131,12 +136,15 @@ def test_the_drain_line_says_round_and_updates_left() -> None:
     assert DrainProgress(round=1, left=1, total=1).describe() == "auditing round 1: 1 of 1 update left"
 
 
-@pytest.mark.parametrize("line", [
-    "2026-12-01 21:57:36,372 - INFO - Round 4 started.",
-    "MedPFL audit: ledger at /x/medpfl/audit_ledger.jsonl",
-    f"{DRAIN_PREFIX} something else entirely",
-    "",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "2026-12-01 21:57:36,372 - INFO - Round 4 started.",
+        "MedPFL audit: ledger at /x/medpfl/audit_ledger.jsonl",
+        f"{DRAIN_PREFIX} something else entirely",
+        "",
+    ],
+)
 def test_other_lines_are_no_drain_progress(line: str) -> None:
     assert DrainProgress.parse(line) is None
 
@@ -277,8 +285,10 @@ def test_the_simulation_watch_reports_rounds_and_drain_lines_in_log_order(tmp_pa
     events: list[object] = []
     watcher = _LogWatcher(log, on_round=events.append, on_drain=events.append)
     stamp = "2026-12-01 21:57:36,372 - INFO - "
-    log.write_text(f"{stamp}Round 0 started.\n{stamp}Round 1 started.\n{stamp}Round 1 started.\n"
-                   f"{stamp}[identity=simulator_server]: {DRAIN_PREFIX} auditing round 1: 2 of 3 upd")
+    log.write_text(
+        f"{stamp}Round 0 started.\n{stamp}Round 1 started.\n{stamp}Round 1 started.\n"
+        f"{stamp}[identity=simulator_server]: {DRAIN_PREFIX} auditing round 1: 2 of 3 upd"
+    )
     watcher.poll()
     assert events == [0, 1]
     with open(log, "a") as handle:

@@ -36,13 +36,19 @@ SIZE = 16
 
 
 def _training_set(num_images: int = 8, image_size: int = SIZE) -> TrainingSet:
-    return TrainingSet(num_images=num_images, digest="sha256:" + "0" * 64, data=DataConfig(image_size=image_size),
-                       num_classes=4)
+    return TrainingSet(
+        num_images=num_images, digest="sha256:" + "0" * 64, data=DataConfig(image_size=image_size), num_classes=4
+    )
 
 
 def _record(round_number: int, positions=(3, 1, 3), training_set: TrainingSet | None = None) -> RoundSamples:
-    return RoundSamples(job_id=JOB, site=SITE, round=round_number, positions=tuple(positions),
-                        training_set=training_set or _training_set())
+    return RoundSamples(
+        job_id=JOB,
+        site=SITE,
+        round=round_number,
+        positions=tuple(positions),
+        training_set=training_set or _training_set(),
+    )
 
 
 def _run_dir(tmp_path: Path) -> Path:
@@ -165,8 +171,9 @@ def test_both_execution_modes_find_the_same_run_folder(tmp_path: Path) -> None:
     (app / "custom").mkdir()
     (app / "custom" / "medpfl_site.py").write_text("")
     external = find_client_run_dir(JOB, SITE, cwd=app, script="custom/medpfl_site.py")
-    in_process = find_client_run_dir(JOB, SITE, cwd=tmp_path / "workspace",
-                                      script=str(app / "custom" / "medpfl_site.py"))
+    in_process = find_client_run_dir(
+        JOB, SITE, cwd=tmp_path / "workspace", script=str(app / "custom" / "medpfl_site.py")
+    )
     in_process_no_script = find_client_run_dir(JOB, SITE, cwd=tmp_path / "workspace")
     assert external == in_process == in_process_no_script == run_dir.resolve()
     with pytest.raises(MedPFLError, match="cannot find the run folder"):
@@ -219,8 +226,17 @@ def test_the_scorer_refuses_data_that_changed_or_is_missing(demo_site, monkeypat
 
 # --- what the site sent (read by the scorer to answer only for its own updates) ----------------------------------
 def _sent(round_number: int, digest: str = "sha256:" + "ab" * 32, **changes) -> rs.SentUpdate:
-    return rs.SentUpdate(**{"job_id": JOB, "site": SITE, "round": round_number, "digest": digest,
-                            "declared_images": 4, "server_identity": "simulator_server", **changes})
+    return rs.SentUpdate(
+        **{
+            "job_id": JOB,
+            "site": SITE,
+            "round": round_number,
+            "digest": digest,
+            "declared_images": 4,
+            "server_identity": "simulator_server",
+            **changes,
+        }
+    )
 
 
 def test_sent_update_records_round_trip_owner_only_and_bounded(tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ from medpfl_app.data.phantoms import generate_phantoms
 from medpfl_app.metrics.leakage import IDENTIFIABILITY_ALPHA, pairwise_ssim
 
 IDENTIFIABILITY_KEYS = (
-    "identifiability", "identifiability_chance", "identifiability_excess", "identifiability_p_value",
+    "identifiability",
+    "identifiability_chance",
+    "identifiability_excess",
+    "identifiability_p_value",
 )
 
 
@@ -41,7 +44,11 @@ def test_exact_reconstructions_identify_significantly(pool: torch.Tensor) -> Non
     """Reconstructions equal to the used images: every image identified, far above chance, scalars only."""
     used = [3, 9, 17, 30]
     scores = score_reconstructions(
-        pool[used].numpy(), pool[used], used_positions=used, pool=pool, recovered_labels=[3, 1, 1, 2],
+        pool[used].numpy(),
+        pool[used],
+        used_positions=used,
+        pool=pool,
+        recovered_labels=[3, 1, 1, 2],
         true_labels=[3, 1, 1, 2],
     )
 

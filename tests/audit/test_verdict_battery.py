@@ -77,8 +77,11 @@ def test_uninformative_reconstructions_identify_at_chance(kind) -> None:
     rnd = site_round(BY_NAME["batch 6 x 1 step, no defense"])
     shape = (6, *rnd.pool.shape[1:])
     rng = np.random.default_rng(3)
-    fake = {"uniform noise": rng.random(shape), "constant grey": np.full(shape, 0.5),
-            "the site's mean image": np.broadcast_to(rnd.pool.mean(0).numpy(), shape)}[kind].astype(np.float32)
+    fake = {
+        "uniform noise": rng.random(shape),
+        "constant grey": np.full(shape, 0.5),
+        "the site's mean image": np.broadcast_to(rnd.pool.mean(0).numpy(), shape),
+    }[kind].astype(np.float32)
     scores = score_at_site(rnd, fake, np.array([rnd.labels[i] for i in rnd.used_positions]))
     assert _not_significant(scores) and scores["ssim_max"] < 0.6
     settled = AttackEvidence("gradinv", None, complete=True)

@@ -13,11 +13,19 @@ SETTLED = AttackEvidence("gradinv on the whole update", Convergence.STALLED, com
 MATCHED = AttackEvidence("gradinv on the whole update", Convergence.MATCHED, complete=True)
 IMPROVING = AttackEvidence("gradinv", Convergence.IMPROVING, complete=False, settle="raise time_limit_s to about 90 s")
 NO_PROGRESS = AttackEvidence("gradinv", Convergence.NO_PROGRESS, complete=True)
-NOT_ATTACKED = AttackEvidence("no attack", None, complete=False,
-                              not_attacked="the update covers 80 images, above the plan's max_images 64")
+NOT_ATTACKED = AttackEvidence(
+    "no attack", None, complete=False, not_attacked="the update covers 80 images, above the plan's max_images 64"
+)
 
-FAILED = {"status": "scored", "ssim_max": 0.05, "attack_success_rate": 0.0, "label_accuracy": 0.5,
-          "identifiability_excess": 0.0, "identifiability_p_value": 0.7, "relative_leakage": -0.8}
+FAILED = {
+    "status": "scored",
+    "ssim_max": 0.05,
+    "attack_success_rate": 0.0,
+    "label_accuracy": 0.5,
+    "identifiability_excess": 0.0,
+    "identifiability_p_value": 0.7,
+    "relative_leakage": -0.8,
+}
 
 
 def _level(scores, attack, policy=RiskPolicy()) -> RiskLevel:
@@ -48,10 +56,8 @@ def test_low_needs_a_settled_complete_ladder() -> None:
     for attack in (IMPROVING, NO_PROGRESS, NOT_ATTACKED):
         verdict = assess_verdict(status="audited", reason=None, site_scores=FAILED, attack=attack)
         assert verdict.level is RiskLevel.INCONCLUSIVE and verdict.settle
-    assert "time_limit_s" in assess_verdict(status="audited", reason=None, site_scores=FAILED,
-                                            attack=IMPROVING).settle
-    assert "max_images" in assess_verdict(status="audited", reason=None, site_scores=FAILED,
-                                          attack=NOT_ATTACKED).settle
+    assert "time_limit_s" in assess_verdict(status="audited", reason=None, site_scores=FAILED, attack=IMPROVING).settle
+    assert "max_images" in assess_verdict(status="audited", reason=None, site_scores=FAILED, attack=NOT_ATTACKED).settle
     incomplete_stall = AttackEvidence("gradinv", Convergence.STALLED, complete=False)
     assert _level(FAILED, incomplete_stall) is RiskLevel.INCONCLUSIVE
 
@@ -70,8 +76,10 @@ def test_unaudited_records_keep_their_reason() -> None:
     """Not audited / not auditable records are levels of their own, with the reason as evidence."""
     verdict = assess_verdict(status="not_audited", reason="audit queue full", site_scores=None, attack=SETTLED)
     assert verdict.level is RiskLevel.NOT_AUDITED and verdict.evidence == "audit queue full"
-    assert assess_verdict(status="not_auditable", reason="encrypted", site_scores=None,
-                          attack=SETTLED).level is RiskLevel.NOT_AUDITABLE
+    assert (
+        assess_verdict(status="not_auditable", reason="encrypted", site_scores=None, attack=SETTLED).level
+        is RiskLevel.NOT_AUDITABLE
+    )
 
 
 def test_medium_for_partial_structure() -> None:
@@ -82,15 +90,25 @@ def test_medium_for_partial_structure() -> None:
 def test_policy_is_configurable_and_validated() -> None:
     strict = RiskPolicy.from_dict({"ssim_high": 0.3, "ssim_medium": 0.1})
     assert _level({**FAILED, "ssim_max": 0.35}, SETTLED, strict) is RiskLevel.HIGH
-    for bad in ({"ssim_high": 0.2, "ssim_medium": 0.5}, {"nonsense": 1}, {"significance": 0.9},
-                {"ssim_high": float("nan")}, {"identifiability_high": 0}):
+    for bad in (
+        {"ssim_high": 0.2, "ssim_medium": 0.5},
+        {"nonsense": 1},
+        {"significance": 0.9},
+        {"ssim_high": float("nan")},
+        {"identifiability_high": 0},
+    ):
         with pytest.raises(MedPFLError):
             RiskPolicy.from_dict(bad)
 
 
 def test_attack_evidence_reads_what_the_worker_wrote() -> None:
-    indicators = {"attack_convergence": "matched", "attack_initial_loss": 0.5, "attack_matching_loss": 1e-11,
-                  "images_per_update": 6, "local_steps": 1}
+    indicators = {
+        "attack_convergence": "matched",
+        "attack_initial_loss": 0.5,
+        "attack_matching_loss": 1e-11,
+        "images_per_update": 6,
+        "local_steps": 1,
+    }
     budget = {"attack": "gradinv", "stages_run": 1, "iterations": 500, "ladder_complete": True}
     evidence = AttackEvidence.from_record(indicators, budget)
     assert evidence.convergence is Convergence.MATCHED and evidence.complete

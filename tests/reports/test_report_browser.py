@@ -23,8 +23,16 @@ from medpfl_app.reports.pdf import print_pdf
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # The closed network refuses Chromium's background connections; these flags keep it from trying (see the machine
 # notes), and a fresh profile per launch comes from Playwright's temporary user-data-dir.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SKIP_ENV = "MEDPFL_SKIP_BROWSER_TESTS"
 ARTEFACTS_ENV = "MEDPFL_ARTEFACTS"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,14 +46,20 @@ def require_browser() -> None:
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"browser tests skipped explicitly ({SKIP_ENV}=1)")
     if CHROMIUM is None:
-        pytest.fail("Chromium is not installed, so the report's browser tests cannot run: install it "
-                    "(Debian/Ubuntu: apt-get install chromium; .ci/run does this), or set "
-                    f"{SKIP_ENV}=1 to skip these tests explicitly", pytrace=False)
+        pytest.fail(
+            "Chromium is not installed, so the report's browser tests cannot run: install it "
+            "(Debian/Ubuntu: apt-get install chromium; .ci/run does this), or set "
+            f"{SKIP_ENV}=1 to skip these tests explicitly",
+            pytrace=False,
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.fail("Playwright is not installed: pip install playwright (it drives the system's Chromium; no "
-                    f"browser download is needed), or set {SKIP_ENV}=1 to skip these tests", pytrace=False)
+        pytest.fail(
+            "Playwright is not installed: pip install playwright (it drives the system's Chromium; no "
+            f"browser download is needed), or set {SKIP_ENV}=1 to skip these tests",
+            pytrace=False,
+        )
 
 
 def artefacts() -> Path:
@@ -107,8 +121,9 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> No
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console",
-                    lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("request", lambda r: requests.append(r.url))
             dialogs: list[str] = []
@@ -156,8 +171,9 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("width", "name"), [(1280, "desktop"), (400, "narrow")])
-def test_representative_report_screenshots_fit_the_width(browser: Browser, tmp_path: Path, width: int,
-                                                         name: str) -> None:
+def test_representative_report_screenshots_fit_the_width(
+    browser: Browser, tmp_path: Path, width: int, name: str
+) -> None:
     """Desktop and narrow screenshots are written for CI; the page never scrolls sideways, the verdict leads."""
     require_browser()
     report = build_report(write_representative_run(tmp_path / "sim"), tmp_path / "out")

@@ -28,20 +28,28 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
     assert "not audited" in bad and "not auditable" in bad and "medium 0.45/17.0/- A2" in bad
     assert any(line.startswith("Verdict: Worst risk HIGH: site-hr, round 1") for line in lines)
     # an older run's ledger alone: coverage unknown, never "all measured"
-    assert ("  Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
-            "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable; received and lost: "
-            "unknown.") in lines
-    assert ("  by round: round 0: 3 recorded, 2 audited, 1 not audited; round 1: 3 recorded, 2 audited, 1 not "
-            "auditable; round 2: 3 recorded, 3 audited") in lines
-    assert any(line.startswith("  audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped "
-                               "(line 10)") for line in lines)
+    assert (
+        "  Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
+        "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable; received and lost: "
+        "unknown."
+    ) in lines
+    assert (
+        "  by round: round 0: 3 recorded, 2 audited, 1 not audited; round 1: 3 recorded, 2 audited, 1 not "
+        "auditable; round 2: 3 recorded, 3 audited"
+    ) in lines
+    assert any(
+        line.startswith("  audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 10)")
+        for line in lines
+    )
     assert any(line.startswith("Yardstick: metric settings not recorded by these records") for line in lines)
     a1 = next(line for line in lines if line.strip().startswith("A1:"))
-    assert ("(1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations run, 1 stopped by the time "
-            "limit)") in a1
+    assert (
+        "(1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations run, 1 stopped by the time limit)"
+    ) in a1
     assert "batch size 1" in a1 and "threat model: honest-but-curious server: knows the architecture" in a1
-    assert any(line.startswith("Policy: site-hr round 2 excluded from aggregation (high privacy risk")
-               for line in lines)
+    assert any(
+        line.startswith("Policy: site-hr round 2 excluded from aggregation (high privacy risk") for line in lines
+    )
     assert f"HTML report: {tmp_path / 'out' / 'audit_report.html'}" in out
     assert (tmp_path / "out" / "report_round_2.json").is_file()
     assert MALICIOUS_SITE in out  # printable text is kept as is; only control characters are replaced
@@ -49,8 +57,7 @@ def test_report_prints_table_verdict_and_paths(tmp_path: Path, capsys) -> None:
 
 def test_control_characters_in_site_names_do_not_reach_the_terminal(tmp_path: Path, capsys) -> None:
     """An escape sequence in a site name is printed escaped (``\\x1b``), never sent to the user's terminal."""
-    from report_cases import LedgerFile
-    from report_cases import record
+    from report_cases import LedgerFile, record
 
     ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record("evil\x1b[2Jsite", 0))
@@ -63,7 +70,9 @@ def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
     """No ledger under the folder: exit 2 with one message and its fix, no traceback."""
     done = subprocess.run(
         [sys.executable, "-m", "medpfl_app.cli.main", "report", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "no audit ledger (audit_ledger.jsonl) under" in done.stderr and "fix:" in done.stderr
@@ -72,8 +81,7 @@ def test_missing_ledger_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_records_without_site_or_round_and_garbage_lines_are_reported(tmp_path: Path, capsys) -> None:
     """A ledger with nothing usable still renders, and says what it could not place."""
-    from report_cases import LedgerFile
-    from report_cases import record
+    from report_cases import LedgerFile, record
 
     ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
     ledger.append(record(None, None, status="not_audited", reason="peer context had no site name", risk="unknown"))

@@ -59,8 +59,10 @@ def test_round_json_holds_that_rounds_records_and_a_summary(job: Path, tmp_path:
     assert summary["verdict"]["scores"]["ssim_max"] == pytest.approx(0.85)  # round 0's, not the job's worst
     assert summary["model_accuracy"] == pytest.approx(0.3)
     assert summary["ledger_lines_unreadable"] == [10]
-    assert summary["ledger_lines_unreadable_text"] == \
-        "1 line of audit_ledger.jsonl could not be read and was skipped (line 10)"
+    assert (
+        summary["ledger_lines_unreadable_text"]
+        == "1 line of audit_ledger.jsonl could not be read and was skipped (line 10)"
+    )
     statuses = {s["site"]: s["status"] for s in summary["sites"]}
     assert statuses[MALICIOUS_SITE] == "not_audited"
 
@@ -74,12 +76,16 @@ def test_verdict_names_the_worst_record_with_its_attack_budget_and_threat_model(
     text = verdict.group(0)
     assert "site-hr, round 1" in text and "SSIM 0.93" in text and "PSNR 29.5 dB" in text
     # Records differing only in what they measured (iterations, why they stopped) share one configuration.
-    assert ("attack invertinggradients (1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations "
-            "run, 1 stopped by the time limit)") in text
+    assert (
+        "attack invertinggradients (1 restart, ≤ 60 s, at most 4 images attacked per update; 180–300 iterations "
+        "run, 1 stopped by the time limit)"
+    ) in text
     assert "threat model honest-but-curious server [A1], this record 180 iterations" in text
     # an older run's ledger without an arrivals file: coverage unknown, counted from the records only
-    assert ("Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
-            "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable") in text
+    assert (
+        "Coverage unknown (no arrivals file beside the ledger): 9 records in the ledger: 7 audited (3 high, "
+        "1 medium, 0 unscored, 1 inconclusive, 2 low), 1 not audited, 1 not auditable"
+    ) in text
 
 
 def test_policy_actions_are_listed_in_html_round_json_and_only_when_taken(job: Path, tmp_path: Path) -> None:
@@ -91,8 +97,14 @@ def test_policy_actions_are_listed_in_html_round_json_and_only_when_taken(job: P
     assert "<td>2</td><td>site-hr</td><td>excluded from aggregation</td>" in section.group(0)
     assert "high privacy risk for site-hr in round 1" in section.group(0)
     round_2 = json.loads((tmp_path / "out" / "report_round_2.json").read_text())["summary"]["policy_actions"]
-    assert round_2 == [{"site": "site-hr", "round": 2, "action": "excluded_from_aggregation",
-                        "reason": "high privacy risk for site-hr in round 1 (attack invertinggradients, best SSIM 0.93)"}]
+    assert round_2 == [
+        {
+            "site": "site-hr",
+            "round": 2,
+            "action": "excluded_from_aggregation",
+            "reason": "high privacy risk for site-hr in round 1 (attack invertinggradients, best SSIM 0.93)",
+        }
+    ]
     assert json.loads((tmp_path / "out" / "report_round_1.json").read_text())["summary"]["policy_actions"] == []
 
     quiet = tmp_path / "quiet"
@@ -127,10 +139,9 @@ def test_table_has_every_site_and_round_coloured_by_risk(job: Path, tmp_path: Pa
     assert grid[(MALICIOUS_SITE, "0")]["data-risk"] == "not_audited"  # schema 1's "unknown", mapped by status
     assert grid[(MALICIOUS_SITE, "1")]["data-risk"] == "not_auditable"
     assert grid[("site-dp", "2")]["data-risk"] == "inconclusive"  # audited, no site scores, no level recorded
-    style = html[html.index("<style>"): html.index("</style>")]
+    style = html[html.index("<style>") : html.index("</style>")]
     levels = ("high", "medium", "unscored", "inconclusive", "low", "not_audited", "not_auditable")
-    colours = {level: re.search(rf"\.risk-{level} {{ background: (#[0-9a-f]{{6}})", style).group(1)
-               for level in levels}
+    colours = {level: re.search(rf"\.risk-{level} {{ background: (#[0-9a-f]{{6}})", style).group(1) for level in levels}
     assert len(set(colours.values())) == 7
 
 
@@ -143,38 +154,46 @@ def test_a_site_round_without_record_is_shown_as_missing(tmp_path: Path) -> None
     html = render_report(ledger.path).html.read_text()
     grid = {(c["data-site"], c["data-round"]): c["data-risk"] for c in _parse(html).cells}
     assert grid[("b", "1")] == "missing"
-    assert "Site-rounds without any record (whether an update arrived is unknown: no\n    arrivals file): b round 1." \
+    assert (
+        "Site-rounds without any record (whether an update arrived is unknown: no\n    arrivals file): b round 1."
         in html
+    )
 
 
 def test_not_audited_reasons_unavailable_scores_and_skipped_lines_are_listed(job: Path, tmp_path: Path) -> None:
     """Every reason for a missing measurement is listed (escaped), with the unreadable ledger line numbers."""
     html = render_report(job, tmp_path / "out").html.read_text()
-    gaps = html[html.index('<table id="gaps">'):]
+    gaps = html[html.index('<table id="gaps">') :]
     gaps = gaps[: gaps.index("</table>")]
-    assert "<td>1</td><td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" \
-           "<td>not auditable</td><td>1</td><td>update is HE-encrypted (CKKS)</td>" in gaps
+    assert (
+        "<td>1</td><td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>"
+        "<td>not auditable</td><td>1</td><td>update is HE-encrypted (CKKS)</td>" in gaps
+    )
     assert "audit queue full &lt;b&gt;bold&lt;/b&gt;" in gaps and "<b>bold</b>" not in html
-    section = html[html.index('<section id="not-measured">'): html.index('<section id="risk-levels">')]
+    section = html[html.index('<section id="not-measured">') : html.index('<section id="risk-levels">')]
     assert "site-dp did not answer within 30 s" in section and "site scores unavailable" in section
-    assert ("Audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 10): line 10 not JSON "
-            "(a truncated or corrupt line)") in section
+    assert (
+        "Audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 10): line 10 not JSON "
+        "(a truncated or corrupt line)"
+    ) in section
 
 
 def test_defense_chain_shows_each_stated_guarantee(job: Path, tmp_path: Path) -> None:
     """Each site's chain names every defense with its stated guarantee; an undefended site says so."""
     html = render_report(job, tmp_path / "out").html.read_text()
-    section = html[html.index('<section id="defenses">'):]
+    section = html[html.index('<section id="defenses">') :]
     section = section[: section.index("</section>")]
     rows = {m.group(1): m.group(2) for m in re.finditer(r'<tr data-site="([^"]+)">(.*?)</tr>', section, re.DOTALL)}
-    assert "<b>client dp</b> (clipping norm 1, noise multiplier 1) — formal guarantee: <i>(ε, δ)-DP at client " \
-           "level</i>" in rows["site-dp"]
+    assert (
+        "<b>client dp</b> (clipping norm 1, noise multiplier 1) — formal guarantee: <i>(ε, δ)-DP at client "
+        "level</i>" in rows["site-dp"]
+    )
     laplace = rows["&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"]
     assert "<b>laplace noise</b> (Laplace scale b 0.001) — heuristic: <i>heuristic (no formal guarantee)</i>" in laplace
     assert "<b>no defense</b>" in rows["site-hr"]
     # one row per site: per-round fields do not split a site's setup; model, batch size and local steps are columns
     assert len(rows) == 3
-    cells = re.findall(r'<td[^>]*>(.*?)</td>', rows["site-hr"], re.DOTALL)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows["site-hr"], re.DOTALL)
     assert cells[:4] == ["0–2", "small_cnn (1,000 parameters)", "1", "not recorded"]
     assert "=" not in re.sub(r"<[^>]+>", "", section).replace("src=x onerror=", "")  # no key=value dump
 
@@ -193,14 +212,14 @@ def test_plots_cover_leakage_epsilon_and_accuracy(job: Path, tmp_path: Path) -> 
     html = render_report(job, tmp_path / "out").html.read_text()
     plots = re.findall(r'<figure class="plot" data-plot="(\w+)">', html)
     assert plots == ["ssim", "psnr", "success", "epsilon", "accuracy"]
-    accuracy = html[html.index('data-plot="accuracy"'):]
+    accuracy = html[html.index('data-plot="accuracy"') :]
     accuracy = accuracy[: accuracy.index("</figure>")]
     assert "global model, round 2: 0.7" in accuracy and "round_metrics.jsonl" in accuracy
-    epsilon = html[html.index('<figure class="plot" data-plot="epsilon"'):]
+    epsilon = html[html.index('<figure class="plot" data-plot="epsilon"') :]
     assert "site-dp client-level, round 2: 4.5" in epsilon[: epsilon.index("</figure>")]
-    ssim = html[html.index('<figure class="plot" data-plot="ssim"'):]
+    ssim = html[html.index('<figure class="plot" data-plot="ssim"') :]
     assert "configurations A1, A2" in ssim[: ssim.index("</figure>")]
-    configs = html[html.index('<table id="configs" class="configs">'):]
+    configs = html[html.index('<table id="configs" class="configs">') :]
     configs = configs[: configs.index("</table>")]
     a1 = re.search(r'<tr data-tag="A1">(.*?)</tr>', configs, re.DOTALL).group(1)  # type: ignore[union-attr]
     assert "<td>invertinggradients</td>" in a1 and "batch size 1" in a1 and "at most 4 images attacked" in a1
@@ -282,7 +301,7 @@ def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None
     ledger.append(record("a", 0, risk_policy=policy))
     ledger.append(record("b", 0, risk_policy=policy))
     html = render_report(ledger.path).html.read_text()
-    table = html[html.index('<table id="thresholds">'):]
+    table = html[html.index('<table id="thresholds">') :]
     table = table[: table.index("</table>")]
     assert "<td>ssim high</td><td>high when the worst-image SSIM is at least 0.7</td>" in table
     assert "<td>ssim medium</td><td>at least medium when the worst-image SSIM is at least 0.35</td>" in table
@@ -292,13 +311,22 @@ def test_thresholds_shown_are_the_ones_the_records_carry(tmp_path: Path) -> None
 def test_a_level_from_server_indicators_alone_says_so(tmp_path: Path) -> None:
     """Without site scores the verdict names the server-side indicators that set the level, not image scores."""
     ledger = LedgerFile(tmp_path / "audit_ledger.jsonl")
-    ledger.append(record("a", 0, risk="medium", site_scores={"status": "unavailable", "reason": "site offline"},
-                         server_indicators={"labels_recovered": True, "bn_statistics_exposed": False}))
+    ledger.append(
+        record(
+            "a",
+            0,
+            risk="medium",
+            site_scores={"status": "unavailable", "reason": "site offline"},
+            server_indicators={"labels_recovered": True, "bn_statistics_exposed": False},
+        )
+    )
     ledger.append(record("b", 0, risk="low"))
     summary = json.loads(render_report(ledger.path).round_json[0].read_text())["summary"]["verdict"]
     assert summary["site"] == "a" and summary["risk"] == "medium"
-    assert "no site scores; level from server-side indicators: bn statistics exposed: no; labels recovered: yes" \
+    assert (
+        "no site scores; level from server-side indicators: bn statistics exposed: no; labels recovered: yes"
         in summary["headline"]
+    )
     assert "worst image" not in summary["headline"]
 
 
@@ -310,7 +338,7 @@ def test_released_originals_are_shown_above_their_reconstructions(job: Path, tmp
     _png(recon / "site-hr" / "round_1" / "original_1.png", 90)
     _png(recon / "site-dp" / "round_0" / "recon_0.png", 10)
     html = render_report(job, tmp_path / "out", thumbnails_from=recon).html.read_text()
-    section = html[html.index('<section id="thumbnails">'):]
+    section = html[html.index('<section id="thumbnails">') :]
     rows = re.findall(r'<tr class="(originals|reconstructions)">(.*?)</tr>', section, flags=re.DOTALL)
     # site-dp first (sorted): reconstructions only; then site-hr, whose pairs show originals above reconstructions.
     assert [kind for kind, _ in rows] == ["reconstructions", "originals"]

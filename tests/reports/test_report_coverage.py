@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from report_cases import LedgerFile, SCHEMA_2, record2, stage, write_arrivals
+from report_cases import SCHEMA_2, LedgerFile, record2, stage, write_arrivals
 
 from medpfl_app.cli.main import main
 from medpfl_app.errors import MedPFLError
@@ -28,8 +28,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def _low(site: str, round_number: int) -> dict:
-    return record2(site, round_number, "low", f"{site} r{round_number}: ladder complete, matched, best SSIM 0.10",
-                   ladder=[stage("screening", "stalled", 0.4, 0.01), stage("full", "matched", 0.5, 1e-11)])
+    return record2(
+        site,
+        round_number,
+        "low",
+        f"{site} r{round_number}: ladder complete, matched, best SSIM 0.10",
+        ladder=[stage("screening", "stalled", 0.4, 0.01), stage("full", "matched", 0.5, 1e-11)],
+    )
 
 
 def _round(paths_or_dir: Path, round_number: int) -> dict:
@@ -60,10 +65,14 @@ def test_lost_updates_truncated_line_and_rounds_without_records(tmp_path: Path) 
     coverage = report.verdict["coverage"]
     assert coverage["known"] is True
     assert [(r["round"], r["received"], r["audited"], r["lost"]) for r in coverage["rounds"]] == [
-        (0, 3, 3, 0), (1, 3, 1, 2), (2, 3, 0, 3)]
+        (0, 3, 3, 0),
+        (1, 3, 1, 2),
+        (2, 3, 0, 3),
+    ]
     assert coverage["total"]["received"] == 9 and coverage["total"]["lost"] == 5
-    assert coverage["unreadable_ledger_text"] == \
-        "1 line of audit_ledger.jsonl could not be read and was skipped (line 5)"
+    assert (
+        coverage["unreadable_ledger_text"] == "1 line of audit_ledger.jsonl could not be read and was skipped (line 5)"
+    )
     lost = [(g["site"], g["round"], g["count"]) for g in coverage["gaps"] if g["kind"] == "lost"]
     assert lost == [("site-b", 1, 1), ("site-c", 1, 1), ("site-a", 2, 1), ("site-b", 2, 1), ("site-c", 2, 1)]
     assert {g["cause"] for g in coverage["gaps"]} == {LOST_CAUSE}
@@ -72,13 +81,25 @@ def test_lost_updates_truncated_line_and_rounds_without_records(tmp_path: Path) 
     assert "5 received updates lost (no audit record)" in report.verdict["headline"]
     # round 2 has no record at all: it still gets its JSON report
     round_2 = _round(tmp_path / "out", 2)
-    assert round_2["coverage"]["rounds"] == [{"round": 2, "received": 3, "records": 0, "audited": 0, "not_audited": 0,
-                                              "not_auditable": 0, "lost": 3, "measured": 0,
-                                              "levels": round_2["coverage"]["rounds"][0]["levels"]}]
+    assert round_2["coverage"]["rounds"] == [
+        {
+            "round": 2,
+            "received": 3,
+            "records": 0,
+            "audited": 0,
+            "not_audited": 0,
+            "not_auditable": 0,
+            "lost": 3,
+            "measured": 0,
+            "levels": round_2["coverage"]["rounds"][0]["levels"],
+        }
+    ]
     assert round_2["sites_lost"] == ["site-a", "site-b", "site-c"]
     text = _html_text(report.paths.html.read_text())
-    assert "Coverage: 9 received, 4 audited (0 high, 0 medium, 0 unscored, 0 inconclusive, 4 low), 0 not audited, " \
-           "0 not auditable, 5 lost" in text
+    assert (
+        "Coverage: 9 received, 4 audited (0 high, 0 medium, 0 unscored, 0 inconclusive, 4 low), 0 not audited, "
+        "0 not auditable, 5 lost" in text
+    )
     assert f"2 site-b lost 1 {LOST_CAUSE}" in text  # the gaps table row: round, site, gap, updates, cause
     assert "Audit ledger: 1 line of audit_ledger.jsonl could not be read and was skipped (line 5)" in text
 
@@ -93,9 +114,11 @@ def test_every_received_update_measured_low_is_low(tmp_path: Path) -> None:
     report = build_report(ledger.path)
     assert report.verdict["risk"] == "low"
     assert report.verdict["headline"].startswith("LOW: all 2 received updates were measured low under attack gradinv")
-    assert report.verdict["coverage"]["text"].startswith("Coverage: 2 received, 2 audited (0 high, 0 medium, "
-                                                         "0 unscored, 0 inconclusive, 2 low), 0 not audited, "
-                                                         "0 not auditable, 0 lost")
+    assert report.verdict["coverage"]["text"].startswith(
+        "Coverage: 2 received, 2 audited (0 high, 0 medium, "
+        "0 unscored, 0 inconclusive, 2 low), 0 not audited, "
+        "0 not auditable, 0 lost"
+    )
 
 
 def test_without_arrivals_coverage_is_unknown_never_all_measured(tmp_path: Path, capsys) -> None:
@@ -123,10 +146,28 @@ def test_not_audited_not_auditable_failed_tasks_and_unmatched_records_are_named(
     with open(run / "received_updates.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"site": null, "round": 0}\n{"site": "site-a", "rou')  # unplaceable, then truncated
     ledger = LedgerFile(run / "audit_ledger.jsonl", schema=SCHEMA_2)
-    ledger.append(record2("site-a", 0, "not_audited", "audit queue full", status="not_audited",
-                          reason="audit queue full (8 updates waiting): the attack thread is behind", ladder=[]))
-    ledger.append(record2("site-b", 0, "not_auditable", "encrypted", status="not_auditable",
-                          reason="update is HE-encrypted (CKKS)", ladder=[]))
+    ledger.append(
+        record2(
+            "site-a",
+            0,
+            "not_audited",
+            "audit queue full",
+            status="not_audited",
+            reason="audit queue full (8 updates waiting): the attack thread is behind",
+            ladder=[],
+        )
+    )
+    ledger.append(
+        record2(
+            "site-b",
+            0,
+            "not_auditable",
+            "encrypted",
+            status="not_auditable",
+            reason="update is HE-encrypted (CKKS)",
+            ladder=[],
+        )
+    )
     ledger.append(_low("site-c", 0))
     ledger.append(_low("site-e", 0))  # the arrivals file does not list it
     report = build_report(ledger.path, tmp_path / "out")
@@ -137,8 +178,13 @@ def test_not_audited_not_auditable_failed_tasks_and_unmatched_records_are_named(
     assert gaps[("site-e", "no_arrival")].startswith("audit record without a matching line in the arrivals file")
     assert report.verdict["coverage"]["unreadable_arrival_lines"] == [5, 6]
     total = report.verdict["coverage"]["total"]
-    assert (total["received"], total["audited"], total["not_audited"], total["not_auditable"], total["lost"]) == \
-        (4, 2, 1, 1, 1)
+    assert (total["received"], total["audited"], total["not_audited"], total["not_auditable"], total["lost"]) == (
+        4,
+        2,
+        1,
+        1,
+        1,
+    )
     assert report.verdict["risk"] == "inconclusive"  # lows, but not every received update was measured
     text = _html_text(report.paths.html.read_text())
     assert "Arrivals file: 2 lines of received_updates.jsonl could not be read and were skipped: line 5" in text
@@ -147,8 +193,11 @@ def test_not_audited_not_auditable_failed_tasks_and_unmatched_records_are_named(
 def test_arrivals_alone_name_the_possible_crash(tmp_path: Path) -> None:
     """No ledger, but an arrivals file: the error says updates arrived and the audit may have died before writing."""
     write_arrivals(tmp_path / "run" / "medpfl", [("site-a", 0), ("site-b", 0)])
-    with pytest.raises(MedPFLError, match="lists 2 received updates: either the job ran without the audit, or its "
-                                          "server stopped before writing the first audit record"):
+    with pytest.raises(
+        MedPFLError,
+        match="lists 2 received updates: either the job ran without the audit, or its "
+        "server stopped before writing the first audit record",
+    ):
         render_report(tmp_path / "run")
 
 
@@ -230,8 +279,10 @@ def _wait_for(condition, child: subprocess.Popen, what: str, deadline_s: float =
     end = time.monotonic() + deadline_s
     while not condition():
         if child.poll() is not None:
-            raise AssertionError(f"the server process exited ({child.returncode}) before {what}: "
-                                 f"{child.stderr.read() if child.stderr else ''}")
+            raise AssertionError(
+                f"the server process exited ({child.returncode}) before {what}: "
+                f"{child.stderr.read() if child.stderr else ''}"
+            )
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}")
         time.sleep(0.05)
@@ -243,11 +294,17 @@ def test_server_killed_mid_job_report_shows_received_vs_audited_with_the_gap(tmp
     folder = run / "medpfl"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(run), "site-a,site-b,site-c", "4", "site-b:2", str(HERE)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
-        _wait_for(lambda: (folder / "training_done").exists() and (folder / "stuck_in_audit").exists(), child,
-                  "all rounds arrived and the audit got stuck")
+        _wait_for(
+            lambda: (folder / "training_done").exists() and (folder / "stuck_in_audit").exists(),
+            child,
+            "all rounds arrived and the audit got stuck",
+        )
         os.killpg(child.pid, signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
     finally:
@@ -259,8 +316,10 @@ def test_server_killed_mid_job_report_shows_received_vs_audited_with_the_gap(tmp
 
     assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert ("by round: round 0: 3 received, 3 audited; round 1: 3 received, 3 audited; round 2: 3 received, "
-            "1 audited, 2 lost; round 3: 3 received, 0 audited, 3 lost") in out
+    assert (
+        "by round: round 0: 3 received, 3 audited; round 1: 3 received, 3 audited; round 2: 3 received, "
+        "1 audited, 2 lost; round 3: 3 received, 0 audited, 3 lost"
+    ) in out
     assert f"gap: site-b round 2: lost: {LOST_CAUSE}" in out
     assert "Verdict: INCONCLUSIVE: every audited update measured low" in out
 
@@ -271,16 +330,20 @@ def test_server_killed_mid_job_report_shows_received_vs_audited_with_the_gap(tmp
         assert (counts["received"], counts["audited"], counts["lost"]) == (received, audited, lost), round_number
         assert summary["verdict"]["risk"] == ("low" if lost == 0 else "inconclusive" if audited else "not_audited")
     gaps = _round(tmp_path / "out", 2)["coverage"]["gaps"]
-    assert gaps == [{"site": "site-b", "round": 2, "kind": "lost", "count": 1, "cause": LOST_CAUSE},
-                    {"site": "site-c", "round": 2, "kind": "lost", "count": 1, "cause": LOST_CAUSE}]
+    assert gaps == [
+        {"site": "site-b", "round": 2, "kind": "lost", "count": 1, "cause": LOST_CAUSE},
+        {"site": "site-c", "round": 2, "kind": "lost", "count": 1, "cause": LOST_CAUSE},
+    ]
 
     paths = render_report(run, tmp_path / "again")
     html = paths.html.read_text()
     text = _html_text(html)
-    assert "Coverage: 12 received, 7 audited (0 high, 0 medium, 0 unscored, 0 inconclusive, 7 low), 0 not audited, " \
-           "0 not auditable, 5 lost" in text
+    assert (
+        "Coverage: 12 received, 7 audited (0 high, 0 medium, 0 unscored, 0 inconclusive, 7 low), 0 not audited, "
+        "0 not auditable, 5 lost" in text
+    )
     for round_number, (received, audited, lost) in expected.items():
-        row = html[html.index(f'<tr data-round="{round_number}">', html.index('id="coverage-rounds"')):]
+        row = html[html.index(f'<tr data-round="{round_number}">', html.index('id="coverage-rounds"')) :]
         row = row[: row.index("</tr>")]
         assert f'<td class="received">{received}</td>' in row and f'<td class="audited">{audited}</td>' in row
         assert f'<td class="lost">{lost}</td>' in row

@@ -26,20 +26,41 @@ JOB_ID = "2f1c7a9e-0d5b-4c1e-9a43-7b1d2f0e8c11"
 
 
 def _low(site: str, round_number: int) -> dict[str, Any]:
-    return record2(site, round_number, "low", f"{site} r{round_number}: ladder complete, matched, best SSIM 0.10",
-                   ladder=[stage("screening", "stalled", 0.4, 0.01), stage("full", "matched", 0.5, 1e-11)])
+    return record2(
+        site,
+        round_number,
+        "low",
+        f"{site} r{round_number}: ladder complete, matched, best SSIM 0.10",
+        ladder=[stage("screening", "stalled", 0.4, 0.01), stage("full", "matched", 0.5, 1e-11)],
+    )
 
 
 def _server_config(num_rounds: Any, **args: Any) -> dict[str, Any]:
-    return {"format_version": 2, "workflows": [
-        {"id": "controller", "path": "nvflare.app_common.workflows.fedavg.FedAvg",
-         "args": {"num_rounds": num_rounds, **args}},
-        {"id": "cross_site_validate", "path": "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
-         "args": {}}]}
+    return {
+        "format_version": 2,
+        "workflows": [
+            {
+                "id": "controller",
+                "path": "nvflare.app_common.workflows.fedavg.FedAvg",
+                "args": {"num_rounds": num_rounds, **args},
+            },
+            {
+                "id": "cross_site_validate",
+                "path": "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval",
+                "args": {},
+            },
+        ],
+    }
 
 
-def _downloaded_job(root: Path, updates: list[tuple[str, int]], *, meta: dict[str, Any] | None,
-                    config: dict[str, Any] | None, arrivals: bool = True) -> Path:
+def _downloaded_job(
+    root: Path,
+    updates: list[tuple[str, int]],
+    *,
+    meta: dict[str, Any] | None,
+    config: dict[str, Any] | None,
+    arrivals: bool = True,
+) -> Path:
     """``<root>/<job id>/`` with the server's meta (``meta``), the run folder and its ledger + arrivals."""
     job = root / JOB_ID
     run = job / "workspace"
@@ -60,8 +81,14 @@ def _downloaded_job(root: Path, updates: list[tuple[str, int]], *, meta: dict[st
 
 
 def _meta(status: str, sites: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"name": "fedavg_audit", "job_id": JOB_ID, "status": status, "min_clients": 2,
-            "deploy_map": {"app_server": ["server"], "app_site": sites or ["site-1", "site-2"]}, **extra}
+    return {
+        "name": "fedavg_audit",
+        "job_id": JOB_ID,
+        "status": status,
+        "min_clients": 2,
+        "deploy_map": {"app_server": ["server"], "app_site": sites or ["site-1", "site-2"]},
+        **extra,
+    }
 
 
 def _html_text(path: Path) -> str:
@@ -70,8 +97,12 @@ def _html_text(path: Path) -> str:
 
 def test_aborted_job_names_the_missing_site_the_rounds_never_run_and_the_end_status(tmp_path: Path) -> None:
     """site-2 sent round 0 and never rejoined; the job was aborted in round 1 of a 6-round plan (rounds 0–5)."""
-    job = _downloaded_job(tmp_path, [("site-1", 0), ("site-2", 0), ("site-1", 1)],
-                          meta=_meta("FINISHED:ABORTED"), config=_server_config(6))
+    job = _downloaded_job(
+        tmp_path,
+        [("site-1", 0), ("site-2", 0), ("site-1", 1)],
+        meta=_meta("FINISHED:ABORTED"),
+        config=_server_config(6),
+    )
 
     report = build_report(job, tmp_path / "out")
 
@@ -88,8 +119,11 @@ def test_aborted_job_names_the_missing_site_the_rounds_never_run_and_the_end_sta
     assert re.search(r'<tr data-site="site-2">.*?data-round="1" data-state="missing">nothing sent<', html, re.S)
     assert re.search(r'<tr data-site="site-1">.*?data-round="5" data-state="never_ran">round never ran<', html, re.S)
     plan = report.verdict["job"]["plan"]
-    assert (plan["sites"], plan["rounds"], plan["status"]) == (["site-1", "site-2"], [0, 1, 2, 3, 4, 5],
-                                                               "FINISHED:ABORTED")
+    assert (plan["sites"], plan["rounds"], plan["status"]) == (
+        ["site-1", "site-2"],
+        [0, 1, 2, 3, 4, 5],
+        "FINISHED:ABORTED",
+    )
     assert plan["status_file"] == str(job / "meta.json")  # the run folder's copy has no status
     assert plan["server_config"] == str(job / "workspace" / "app_server" / "config" / "config_fed_server.json")
     round_1 = json.loads((tmp_path / "out" / "report_round_1.json").read_text())
@@ -98,8 +132,12 @@ def test_aborted_job_names_the_missing_site_the_rounds_never_run_and_the_end_sta
 
 def test_complete_job_reports_no_gap(tmp_path: Path) -> None:
     """Both sites in all 3 planned rounds, FINISHED:COMPLETED: no missing site, no round that never ran."""
-    job = _downloaded_job(tmp_path, [(s, r) for r in range(3) for s in ("site-1", "site-2")],
-                          meta=_meta("FINISHED:COMPLETED"), config=_server_config(3))
+    job = _downloaded_job(
+        tmp_path,
+        [(s, r) for r in range(3) for s in ("site-1", "site-2")],
+        meta=_meta("FINISHED:COMPLETED"),
+        config=_server_config(3),
+    )
 
     report = build_report(job, tmp_path / "out")
 
@@ -130,10 +168,18 @@ def test_job_without_meta_or_config_says_coverage_against_the_plan_is_unknown(tm
 def test_all_sites_deploy_map_uses_the_job_clients_and_a_silent_round(tmp_path: Path) -> None:
     """``@ALL`` resolves through ``job_clients``; site-3 never sent; round 1 had nothing from anyone; with
     ``start_round`` 1 the plan is rounds 1–3 (round 0 ran outside it)."""
-    meta = {"name": "fedavg_audit", "status": "FINISHED:EXECUTION_EXCEPTION", "deploy_map": {"app": ["@ALL"]},
-            "job_clients": [{"name": "site-1"}, {"name": "site-2"}, {"name": "site-3"}]}
-    job = _downloaded_job(tmp_path, [("site-1", 0), ("site-2", 0), ("site-1", 2), ("site-2", 2)],
-                          meta=meta, config=_server_config(3, start_round=1))
+    meta = {
+        "name": "fedavg_audit",
+        "status": "FINISHED:EXECUTION_EXCEPTION",
+        "deploy_map": {"app": ["@ALL"]},
+        "job_clients": [{"name": "site-1"}, {"name": "site-2"}, {"name": "site-3"}],
+    }
+    job = _downloaded_job(
+        tmp_path,
+        [("site-1", 0), ("site-2", 0), ("site-1", 2), ("site-2", 2)],
+        meta=meta,
+        config=_server_config(3, start_round=1),
+    )
 
     text = summary_text(build_report(job, tmp_path / "out"))
 
@@ -146,8 +192,13 @@ def test_all_sites_deploy_map_uses_the_job_clients_and_a_silent_round(tmp_path: 
 
 def test_without_arrivals_a_missing_site_is_a_missing_record_not_a_site_that_sent_nothing(tmp_path: Path) -> None:
     """Only the ledger: whether site-2 sent anything is unknown, and the words say so."""
-    job = _downloaded_job(tmp_path, [("site-1", 0), ("site-2", 0), ("site-1", 1)], meta=_meta("FINISHED:ABORTED"),
-                          config=_server_config(2), arrivals=False)
+    job = _downloaded_job(
+        tmp_path,
+        [("site-1", 0), ("site-2", 0), ("site-1", 1)],
+        meta=_meta("FINISHED:ABORTED"),
+        config=_server_config(2),
+        arrivals=False,
+    )
 
     text = summary_text(build_report(job, tmp_path / "out"))
 
@@ -159,9 +210,12 @@ def test_hostile_plan_values_are_bounded_and_shown_escaped(tmp_path: Path, capsy
     """A status that is not a status, a billion rounds and a site name with a terminal escape: none is believed or
     reaches the terminal raw."""
     evil = "site-2\x1b[2J<b>"
-    job = _downloaded_job(tmp_path, [("site-1", 0)],
-                          meta=_meta("FINISHED:ABORTED\x1b[31m<script>", sites=["site-1", evil]),
-                          config=_server_config(10**9))
+    job = _downloaded_job(
+        tmp_path,
+        [("site-1", 0)],
+        meta=_meta("FINISHED:ABORTED\x1b[31m<script>", sites=["site-1", evil]),
+        config=_server_config(10**9),
+    )
 
     assert main(["report", str(job), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out

@@ -37,7 +37,7 @@ def _text(html: str) -> str:
 
 def _section(html: str, section_id: str) -> str:
     start = html.index(f'<section id="{section_id}"')
-    return html[start: html.index("</section>", start)]
+    return html[start : html.index("</section>", start)]
 
 
 def test_header_names_the_job_from_its_meta_not_the_simulator_run(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_header_names_the_job_from_its_meta_not_the_simulator_run(tmp_path: Path
     report = build_report(write_representative_run(tmp_path / "sim"), tmp_path / "out")
     html = report.paths.html.read_text()
     assert "<title>MedPFL privacy audit report — fedavg_audit_demo</title>" in html
-    header = _text(html[html.index("<header>"): html.index("</header>")])
+    header = _text(html[html.index("<header>") : html.index("</header>")])
     assert "MedPFL privacy audit report: fedavg_audit_demo" in header
     assert "What this job does: Server-side audit of FedAvg on the synthetic demo data" in header
     assert "Job name from the job's meta.json" in header and "run id in the records: simulate_job" in header
@@ -70,10 +70,14 @@ def test_plain_verdict_says_per_site_what_leaked_and_what_would_settle_it(tmp_pa
     """One paragraph first: rounds, the high site and how often, the inconclusive sites with why and the hint."""
     report = build_report(write_representative_run(tmp_path / "sim"), tmp_path / "out")
     plain = report.plain
-    assert plain.startswith("Overall HIGH. In 5 rounds of the job fedavg_audit_demo with 3 sites, the server could "
-                            "reconstruct recognisable images from site-1's updates in 4 of 5 rounds (high")
-    assert ("site-2 and site-3 were inconclusive in 10 updates: the attack did not finish within its 10 s budget. "
-            "What would settle it: raise time_limit_s in the audit plan to about 40 s (now 10 s).") in plain
+    assert plain.startswith(
+        "Overall HIGH. In 5 rounds of the job fedavg_audit_demo with 3 sites, the server could "
+        "reconstruct recognisable images from site-1's updates in 4 of 5 rounds (high"
+    )
+    assert (
+        "site-2 and site-3 were inconclusive in 10 updates: the attack did not finish within its 10 s budget. "
+        "What would settle it: raise time_limit_s in the audit plan to about 40 s (now 10 s)."
+    ) in plain
     assert "site-3 ended at ε = 12.3 (client-level, δ = 1e-05): very weak (little formal protection)" in plain
     assert "the model did not learn" in plain
     assert not KEY_VALUE.search(plain), plain
@@ -120,9 +124,8 @@ def test_configuration_and_site_tables_are_in_words(tmp_path: Path) -> None:
     assert list(rows) == ["site-1", "site-2", "site-3"]
     site_3 = _text(rows["site-3"])
     assert site_3.startswith("site-3 0–4 lenet_sigmoid (10,612 parameters) 8 2 learning rate 0.05, optimiser sgd")
-    assert ("client dp (clipping norm 1, noise multiplier 1) — formal guarantee: (ε, δ)-DP at client level"
-            in site_3)
-    configs = _text(html[html.index('<table id="configs"'):].split("</table>")[0])
+    assert "client dp (clipping norm 1, noise multiplier 1) — formal guarantee: (ε, δ)-DP at client level" in site_3
+    configs = _text(html[html.index('<table id="configs"') :].split("</table>")[0])
     assert "A1 gradinv 1 restart, time budget 10 s per update, at most 4 images attacked per update" in configs
     assert "batch size 1" in configs and "batch size 8" in configs
     for table in (sites, configs):
@@ -132,17 +135,24 @@ def test_configuration_and_site_tables_are_in_words(tmp_path: Path) -> None:
 def test_epsilon_is_stated_with_delta_band_and_a_warning_when_weak(tmp_path: Path) -> None:
     """ε 12.3 at δ 1e-5: 'very weak' in the privacy table, a visible warning, and the formal-only scope."""
     html = build_report(write_representative_run(tmp_path / "sim"), tmp_path / "out").paths.html.read_text()
-    warning = _text(html[html.index('id="weak-epsilon"'):].split("</div>")[0])
-    assert "site-3: ε = 12.3 (client-level) at δ = 1e-05 after round 4: very weak (little formal protection)" \
-        in warning
+    warning = _text(html[html.index('id="weak-epsilon"') :].split("</div>")[0])
+    assert "site-3: ε = 12.3 (client-level) at δ = 1e-05 after round 4: very weak (little formal protection)" in warning
     privacy = _text(_section(html, "privacy"))
     assert "site-3 12.3 client-level 1e-05 4 very weak (little formal protection)" in privacy
     assert "only for the differential-privacy defenses" in privacy and "heuristics" in privacy
 
 
-@pytest.mark.parametrize(("epsilon", "band"), [(0.5, "strong"), (1.0, "strong"), (2.9, "moderate"),
-                                               (8.0, "weak"), (8.01, "very weak (little formal protection)"),
-                                               (12.3, "very weak (little formal protection)")])
+@pytest.mark.parametrize(
+    ("epsilon", "band"),
+    [
+        (0.5, "strong"),
+        (1.0, "strong"),
+        (2.9, "moderate"),
+        (8.0, "weak"),
+        (8.01, "very weak (little formal protection)"),
+        (12.3, "very weak (little formal protection)"),
+    ],
+)
 def test_epsilon_bands(epsilon: float, band: str) -> None:
     """Band edges are inclusive at 1, 3 and 8; the bands run in increasing ε."""
     assert epsilon_band(epsilon)[0] == band
@@ -169,13 +179,30 @@ def test_a_model_that_learned_is_not_flagged(tmp_path: Path) -> None:
     """Accuracy well above chance and a falling loss: no warning."""
     write_job(tmp_path / "job")
     metrics = tmp_path / "job" / "workspace" / "metrics" / "round_metrics.jsonl"
-    metrics.write_text("".join(json.dumps({"round": r, "aggregated_metrics": [
-        {"name": "accuracy", "value": 0.4 + 0.2 * r}, {"name": "val_loss", "value": 1.2 - 0.3 * r}]}) + "\n"
-        for r in range(3)))
+    metrics.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "round": r,
+                    "aggregated_metrics": [
+                        {"name": "accuracy", "value": 0.4 + 0.2 * r},
+                        {"name": "val_loss", "value": 1.2 - 0.3 * r},
+                    ],
+                }
+            )
+            + "\n"
+            for r in range(3)
+        )
+    )
     ledger = next((tmp_path / "job").rglob("audit_ledger.jsonl"))
     with open(ledger, "a", encoding="utf-8") as handle:  # after the truncated tail: a record naming 4 classes
-        handle.write("\n" + json.dumps({**record("site-x", 0, model={"network": "cnn", "num_classes": 4}),
-                                        "schema": "medpfl.audit/1"}) + "\n")
+        handle.write(
+            "\n"
+            + json.dumps(
+                {**record("site-x", 0, model={"network": "cnn", "num_classes": 4}), "schema": "medpfl.audit/1"}
+            )
+            + "\n"
+        )
     report = build_report(tmp_path / "job", tmp_path / "out")
     assert report.utility is not None and report.utility.learned is True and not report.utility.warnings
     assert 'id="model-not-learned"' not in report.paths.html.read_text()
@@ -206,8 +233,7 @@ def test_the_runs_own_stored_reconstructions_are_shown(tmp_path: Path) -> None:
     assert "Not shown (default): this run stored no reconstructions" in _text(_section(bare, "thumbnails"))
 
 
-def test_pdf_without_chromium_is_one_clear_error_naming_how_to_install(tmp_path: Path, monkeypatch,
-                                                                       capsys) -> None:
+def test_pdf_without_chromium_is_one_clear_error_naming_how_to_install(tmp_path: Path, monkeypatch, capsys) -> None:
     """`medpfl report --pdf` without a browser fails before any work, naming the package to install."""
     from medpfl_app.cli.main import main
 
@@ -243,9 +269,11 @@ def test_plain_verdict_of_an_all_low_run_with_a_lost_update(tmp_path: Path) -> N
         ledger.append(record2("site-a", round_number, "low", "matched; best SSIM 0.1"))
     ledger.append(record2("site-b", 0, "low", "matched; best SSIM 0.1"))
     plain = build_report(ledger.path).plain
-    assert plain.startswith("Overall INCONCLUSIVE. In 2 rounds of the job job-42 with 2 sites, the attack on every "
-                            "audited update of site-a and site-b (3 updates) ran to the end without reconstructing "
-                            "any image (low: under this attack and budget, not a guarantee")
+    assert plain.startswith(
+        "Overall INCONCLUSIVE. In 2 rounds of the job job-42 with 2 sites, the attack on every "
+        "audited update of site-a and site-b (3 updates) ran to the end without reconstructing "
+        "any image (low: under this attack and budget, not a guarantee"
+    )
     assert "1 update was received but lost before the audit recorded it: gaps in the audit, not evidence" in plain
     assert "No site used a formal differential-privacy defense" in plain
     assert "Whether the model learned is unknown: no validation metrics were recorded." in plain

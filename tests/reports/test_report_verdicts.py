@@ -21,7 +21,7 @@ def _text(html: str) -> str:
 
 def _section(html: str, section_id: str) -> str:
     start = html.index(f'<section id="{section_id}"')
-    return html[start: html.index("</section>", start)]
+    return html[start : html.index("</section>", start)]
 
 
 def _ledger(tmp_path: Path) -> LedgerFile:
@@ -29,21 +29,46 @@ def _ledger(tmp_path: Path) -> LedgerFile:
     run = tmp_path / "medpfl"
     write_arrivals(run, [(s, 0) for s in ("site-a", "site-b", "site-c", "site-d")])
     ledger = LedgerFile(run / "audit_ledger.jsonl", schema=SCHEMA_2)
-    ledger.append(record2(
-        "site-a", 0, "high", "screening matched the update (loss 0.5 → 1e-11); the site measured SSIM 0.97",
-        site_scores={**scores(0.97, 31.0, 1.0), "identifiability": 1.0, "identifiability_chance": 0.25,
-                     "identifiability_excess": 0.75, "identifiability_p_value": 0.004}))
-    ledger.append(record2(
-        "site-b", 0, "inconclusive", "the full attack was still improving when its 240 s budget ended",
-        settle="raise time_limit_s to 480 s",
-        ladder=[stage("screening", "stalled", 0.4, 0.02, stop="stalled"),
-                stage("full", "improving", 0.6, 0.003, iterations=500, restarts=2, wall=236.5, stop="time_limit")],
-        site_scores=scores(0.2, 12.0, 0.0)))
-    ledger.append(record2(
-        "site-c", 0, "unscored", "the attack matched the update but site-c did not answer",
-        settle="site-c's scores of this update",
-        ladder=[stage("screening", "diverged", "inf", "nan", stop="diverged")],
-        site_scores={"status": "unavailable", "reason": "no reply from site-c within 30 s"}))
+    ledger.append(
+        record2(
+            "site-a",
+            0,
+            "high",
+            "screening matched the update (loss 0.5 → 1e-11); the site measured SSIM 0.97",
+            site_scores={
+                **scores(0.97, 31.0, 1.0),
+                "identifiability": 1.0,
+                "identifiability_chance": 0.25,
+                "identifiability_excess": 0.75,
+                "identifiability_p_value": 0.004,
+            },
+        )
+    )
+    ledger.append(
+        record2(
+            "site-b",
+            0,
+            "inconclusive",
+            "the full attack was still improving when its 240 s budget ended",
+            settle="raise time_limit_s to 480 s",
+            ladder=[
+                stage("screening", "stalled", 0.4, 0.02, stop="stalled"),
+                stage("full", "improving", 0.6, 0.003, iterations=500, restarts=2, wall=236.5, stop="time_limit"),
+            ],
+            site_scores=scores(0.2, 12.0, 0.0),
+        )
+    )
+    ledger.append(
+        record2(
+            "site-c",
+            0,
+            "unscored",
+            "the attack matched the update but site-c did not answer",
+            settle="site-c's scores of this update",
+            ladder=[stage("screening", "diverged", "inf", "nan", stop="diverged")],
+            site_scores={"status": "unavailable", "reason": "no reply from site-c within 30 s"},
+        )
+    )
     ledger.append(record2("site-d", 0, "low", "ladder complete and matched; the site measured best SSIM 0.12"))
     return ledger
 
@@ -53,37 +78,49 @@ def test_headline_is_the_worst_level_with_the_counts_beside_it(tmp_path: Path) -
     report = build_report(_ledger(tmp_path).path, tmp_path / "out")
     verdict = report.verdict
     assert verdict["risk"] == "high" and verdict["meaning"] == LEVEL_MEANINGS[RiskLevel.HIGH]
-    assert verdict["headline"].startswith("Worst risk HIGH: site-a, round 0 (SSIM 0.97, PSNR 31.0 dB, attack "
-                                          "success 100%, identifiability 1.00 (chance 0.25, excess +0.75, p = 0.004)")
+    assert verdict["headline"].startswith(
+        "Worst risk HIGH: site-a, round 0 (SSIM 0.97, PSNR 31.0 dB, attack "
+        "success 100%, identifiability 1.00 (chance 0.25, excess +0.75, p = 0.004)"
+    )
     assert verdict["evidence"].startswith("screening matched the update")
     section = _text(_section(report.paths.html.read_text(), "verdict"))
     assert "Verdict: HIGH" in section and LEVEL_MEANINGS[RiskLevel.HIGH] in section
-    assert ("Coverage: 4 received, 4 audited (1 high, 0 medium, 1 unscored, 1 inconclusive, 1 low), 0 not audited, "
-            "0 not auditable, 0 lost") in section
+    assert (
+        "Coverage: 4 received, 4 audited (1 high, 0 medium, 1 unscored, 1 inconclusive, 1 low), 0 not audited, "
+        "0 not auditable, 0 lost"
+    ) in section
 
 
 def test_each_record_shows_evidence_settle_and_its_ladder(tmp_path: Path) -> None:
     """Cell tooltips carry evidence + settle; the details table has stages, spent budget, losses, convergence."""
     html = build_report(_ledger(tmp_path).path, tmp_path / "out").paths.html.read_text()
-    cell = re.search(r'<td class="cell risk-inconclusive" data-site="site-b" data-round="0" '
-                     r'data-risk="inconclusive" title="([^"]*)"', html)
+    cell = re.search(
+        r'<td class="cell risk-inconclusive" data-site="site-b" data-round="0" '
+        r'data-risk="inconclusive" title="([^"]*)"',
+        html,
+    )
     assert cell is not None
-    assert cell.group(1) == ("the full attack was still improving when its 240 s budget ended — would settle it: "
-                             "raise time_limit_s to 480 s")
+    assert cell.group(1) == (
+        "the full attack was still improving when its 240 s budget ended — would settle it: raise time_limit_s to 480 s"
+    )
     details = _section(html, "records")
-    row_b = details[details.index('data-site="site-b"'):]
+    row_b = details[details.index('data-site="site-b"') :]
     row_b = _text(row_b[: row_b.index("</tr>")])
-    assert "inconclusive the full attack was still improving when its 240 s budget ended raise time_limit_s to " \
-           "480 s" in row_b
+    assert (
+        "inconclusive the full attack was still improving when its 240 s budget ended raise time_limit_s to "
+        "480 s" in row_b
+    )
     assert "screening → full (ladder complete)" in row_b
-    assert ("full: gradinv on 1 image × 1 local step, exact update, whole update; 500 iterations × 2 restarts, "
-            "236.5 s; matching loss 0.6 → 0.003; improving; stopped: time_limit") in row_b
+    assert (
+        "full: gradinv on 1 image × 1 local step, exact update, whole update; 500 iterations × 2 restarts, "
+        "236.5 s; matching loss 0.6 → 0.003; improving; stopped: time_limit"
+    ) in row_b
     assert "700 iterations, 3 restarts, 239.5 s attack wall time, 239.5 s of a 240 s time budget" in row_b
     assert "0.4 → 0.003; improving; stopped: time_limit" in row_b  # start of the first stage → end of the last
-    row_c = details[details.index('data-site="site-c"'):]
+    row_c = details[details.index('data-site="site-c"') :]
     row_c = _text(row_c[: row_c.index("</tr>")])
     assert "inf → nan; diverged; stopped: diverged" in row_c and "site-c's scores of this update" in row_c
-    row_a = _text(details[details.index('data-site="site-a"'):].split("</tr>")[0])
+    row_a = _text(details[details.index('data-site="site-a"') :].split("</tr>")[0])
     assert "1.00 (chance 0.25, excess +0.75, p = 0.004)" in row_a
 
 
@@ -91,19 +128,27 @@ def test_the_yardstick_is_stated_in_words_from_the_records(tmp_path: Path) -> No
     """Attack, threat model, budget spent, success threshold, SSIM/PSNR settings, identifiability, significance."""
     report = build_report(_ledger(tmp_path).path, tmp_path / "out")
     section = _text(_section(report.paths.html.read_text(), "yardstick"))
-    assert "A1: attack gradinv (threat model: honest-but-curious server) on 4 updates of site-a, site-b, site-c, " \
-           "site-d" in section
-    assert "Attack success rate: the share of the round's images that the attack reconstructed with an SSIM at or " \
-           "above the success threshold" in section
-    assert "Budget spent: 1300 iterations and 6 restarts over 4 audited updates, 248.5 s of attack wall time; " \
-           "time budget per update 240 s, 248.5 s spent in total" in section
+    assert (
+        "A1: attack gradinv (threat model: honest-but-curious server) on 4 updates of site-a, site-b, site-c, "
+        "site-d" in section
+    )
+    assert (
+        "Attack success rate: the share of the round's images that the attack reconstructed with an SSIM at or "
+        "above the success threshold" in section
+    )
+    assert (
+        "Budget spent: 1300 iterations and 6 restarts over 4 audited updates, 248.5 s of attack wall time; "
+        "time budget per update 240 s, 248.5 s spent in total" in section
+    )
     assert "success threshold: an image counts as reconstructed at SSIM ≥ 0.9" in section
     assert "SSIM: Gaussian window σ = 1.5, 11 px, data range 1 (implementation: torchmetrics" in section
     assert "PSNR: data range 1" in section
     assert "identifiability: share of reconstructions whose most similar site image is the true one" in section
     assert "significance: identification counts as above chance at significance level 0.01" in section
-    assert "stages run: screening on 4, full on 1 of 4 updates; ladder complete on 4; whole update attacked on 4; " \
-           "last stage ended 1 diverged, 1 improving, 2 matched" in section
+    assert (
+        "stages run: screening on 4, full on 1 of 4 updates; ladder complete on 4; whole update attacked on 4; "
+        "last stage ended 1 diverged, 1 improving, 2 matched" in section
+    )
     line = next(x for x in summary_text(report).splitlines() if x.startswith("Yardstick: "))
     assert "SSIM ≥ 0.9" in line and "σ = 1.5, 11 px, data range 1" in line and "significance level 0.01" in line
 

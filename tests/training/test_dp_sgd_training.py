@@ -19,8 +19,8 @@ from medpfl_app.defenses.dp_sgd import DPSGDConfig
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.lightning_module import ImageClassifier
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
-from medpfl_app.training.trainer import build_site_trainer
 from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_ledger_path, dp_sgd_config
+from medpfl_app.training.trainer import build_site_trainer
 
 # Opacus' per-sample hooks on a first layer whose input needs no gradient: expected, harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook")
@@ -110,7 +110,11 @@ def test_dp_sgd_over_two_rounds_accumulates_epsilon_in_the_facts() -> None:
     reference.history = [(1.0, 0.25, 8)]
     assert dp_second["epsilon"] == pytest.approx(reference.get_epsilon(delta=1e-5))
     assert {key: dp_second[key] for key in ("noise_multiplier", "max_grad_norm", "delta", "accountant")} == {
-        "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "rdp"}
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "delta": 1e-5,
+        "accountant": "rdp",
+    }
     assert dp_second["guarantee"] == "(ε, δ)-DP at sample level" and dp_second["sample_rate"] == 0.25
     assert second["optimizer"] == "sgd" and second["learning_rate"] == pytest.approx(0.05)
     assert second["bn_buffers_included"] is False
@@ -213,8 +217,11 @@ def test_site_entry_prepares_dp_sgd_training_on_site_data(tmp_path, monkeypatch)
     """`_prepare` with the job's DP flags on real site files: GroupNorm model, Poisson loader, ε in the facts."""
     demo = generate_demo_dataset(tmp_path / "data", num_sites=1, train_per_site=8, val_per_site=4, image_size=16)
     workspace = tmp_path / "site-1"
-    write_site_data_config(workspace / "local" / "medpfl_data.json", demo.site_datalists["site-1"],
-                           DataConfig(image_size=16, batch_size=4, val_batch_size=4))
+    write_site_data_config(
+        workspace / "local" / "medpfl_data.json",
+        demo.site_datalists["site-1"],
+        DataConfig(image_size=16, batch_size=4, val_batch_size=4),
+    )
     monkeypatch.setenv("MEDPFL_SITE_WORKSPACE", str(workspace))
     argv = ["--dp_noise_multiplier", "1.0", "--dp_max_grad_norm", "1.0", "--dp_delta", "1e-05", "--optimizer", "sgd"]
     trainer, module, datamodule = _prepare(build_arg_parser().parse_args(argv), "site-1")
@@ -252,7 +259,8 @@ def test_dp_ledger_location(tmp_path, monkeypatch) -> None:
     found = dp_ledger_path("auto", workspace_dir=None, start=run_dir)
     assert found == (tmp_path / "site-1").resolve() / "medpfl" / "dp_sgd_ledger.json"
     assert dp_ledger_path("auto", workspace_dir=str(tmp_path / "ws"), start=run_dir) == (
-        (tmp_path / "ws").resolve() / "medpfl" / "dp_sgd_ledger.json")
+        (tmp_path / "ws").resolve() / "medpfl" / "dp_sgd_ledger.json"
+    )
     with pytest.raises(MedPFLError, match="a job cannot choose where the site's DP-SGD ledger is"):
         dp_ledger_path("/srv/ledger.json", workspace_dir=None, start=run_dir)
     with pytest.raises(MedPFLError, match="--dp_ledger none is refused at a site"):
@@ -269,8 +277,9 @@ def test_site_entry_without_dp_flags_trains_the_plain_model(tmp_path, monkeypatc
     """No DP flags: BatchNorm model, no Opacus session, ``dp_sgd: None`` in the facts."""
     demo = generate_demo_dataset(tmp_path / "data", num_sites=1, train_per_site=4, val_per_site=2, image_size=16)
     workspace = tmp_path / "site-1"
-    write_site_data_config(workspace / "local" / "medpfl_data.json", demo.site_datalists["site-1"],
-                           DataConfig(image_size=16, batch_size=4))
+    write_site_data_config(
+        workspace / "local" / "medpfl_data.json", demo.site_datalists["site-1"], DataConfig(image_size=16, batch_size=4)
+    )
     monkeypatch.setenv("MEDPFL_SITE_WORKSPACE", str(workspace))
     trainer, module, datamodule = _prepare(build_arg_parser().parse_args([]), "site-1")
     assert module.dp_sgd is False and module.dp_session is None
