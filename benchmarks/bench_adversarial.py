@@ -33,7 +33,7 @@ from nvflare.app_common.app_constant import AppConstants
 from results_file import replace_section
 
 from medpfl_app.audit.ledger import read_ledger
-from medpfl_app.audit.server import AuditFilter, cache_global_weights
+from medpfl_app.nvflare.server.audit_filter import AuditFilter, cache_global_weights
 
 SECTION = "Adversarial catalogue"
 JOB = "bench-adversarial"
@@ -118,7 +118,7 @@ def _release(site: Path, **args) -> str:
     from nvflare.apis.fl_constant import FLContextKey
 
     from medpfl_app.errors import MedPFLError
-    from medpfl_app.filters.client_dp import ClientDPFilter
+    from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
 
     class SiteEngine:
         def get_workspace(self) -> Workspace:

@@ -35,10 +35,10 @@ from results_file import replace_section
 
 from medpfl_app.audit.ledger import find_ledgers, read_ledger
 from medpfl_app.data import generate_demo_dataset
-from medpfl_app.jobs import JOB_CATALOG
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.simulate import run_simulation
-from medpfl_app.jobs.spec import RECEIVED_UPDATE_RECORDER
+from medpfl_app.nvflare.jobs import JOB_CATALOG
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.simulate import run_simulation
+from medpfl_app.nvflare.jobs.spec import RECEIVED_UPDATE_RECORDER
 
 SECTION = "Server-side audit: cost of the audit (verdict ladder, isolated worker process)"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -104,8 +104,8 @@ def filter_process_times(repeats: int = 200) -> list[float]:
     from nvflare.app_common.app_constant import AppConstants
 
     from medpfl_app.audit import worker as audit_worker
-    from medpfl_app.audit.server import AuditFilter
     from medpfl_app.models.global_model import build_seeded_network
+    from medpfl_app.nvflare.server.audit_filter import AuditFilter
 
     release = threading.Event()
     audit_worker.audit_update = lambda item, plan: release.wait(60)  # busy worker: the queue fills up

@@ -29,9 +29,9 @@ sys.path.insert(0, str(HERE))
 from results_file import replace_section  # noqa: E402
 
 from medpfl_app.data import generate_demo_dataset  # noqa: E402
-from medpfl_app.jobs import JOB_CATALOG  # noqa: E402
-from medpfl_app.jobs.builder import export_job  # noqa: E402
-from medpfl_app.jobs.simulate import run_simulation  # noqa: E402
+from medpfl_app.nvflare.jobs import JOB_CATALOG  # noqa: E402
+from medpfl_app.nvflare.jobs.builder import export_job  # noqa: E402
+from medpfl_app.nvflare.jobs.simulate import run_simulation  # noqa: E402
 
 
 class TreeMemorySampler:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from results_file import replace_section
 
 from medpfl_app.audit.plan import AuditPlan
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.experiments.battery import CASES, run_case
 
 SECTION = "Verdict calibration"

@@ -1,6 +1,6 @@
 """The audit of one received update, as pure functions: what can be attacked, then the attack plan.
 
-No NVFlare import: `medpfl_app.audit.server` adapts these to filters. The attacker here is the honest-but-curious
+No NVFlare import: `medpfl_app.nvflare.server.audit_filter` adapts these to filters. The attacker here is the honest-but-curious
 server holding the update exactly as received (after every client-side defense), the global weights the site
 started from and the training facts the site declared in the update meta.
 """
@@ -185,7 +185,7 @@ def audit_update(item: AuditItem, plan: AuditPlan) -> AuditOutcome:
     if item.global_weights is None:
         raise MedPFLError(
             f"no global weights cached for round {item.round}: the audit cannot know what {item.site} started from",
-            fix="add medpfl_app.audit.server.GlobalWeightsCache as the server task-data filter on 'train'",
+            fix="add medpfl_app.nvflare.server.audit_filter.GlobalWeightsCache as the server task-data filter on 'train'",
         )
     net = build_bare_network(meta)
     kind = UpdateKind.WEIGHT_DIFF

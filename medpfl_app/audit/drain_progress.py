@@ -1,10 +1,10 @@
 """What the server's audit says while it drains its queue at the end of a run, as one parseable log line.
 
 Training can finish before the audit has attacked the last round's updates; the server then holds the end of the
-run until the queue is empty (`medpfl_app.audit.server.AuditFilter`). Without a word, a progress bar would sit at
+run until the queue is empty (`medpfl_app.nvflare.server.audit_filter.AuditFilter`). Without a word, a progress bar would sit at
 100 % for that time. The audit logs one INFO line each time the backlog changes
 (``MedPFL audit drain: auditing round 5: 2 of 3 updates left``) and one when it is done
-(``MedPFL audit drain: done, 3 updates audited``); `medpfl_app.jobs.simulate` reads them back with
+(``MedPFL audit drain: done, 3 updates audited``); `medpfl_app.nvflare.jobs.simulate` reads them back with
 `DrainProgress.parse`.
 
 Pure: no NVFlare import, so the simulator watcher can use it without loading NVFlare.

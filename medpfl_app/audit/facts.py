@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medpfl_app.audit.contracts.training_facts import (
+from medpfl_app.contracts.training_facts import (
     FACT_KEYS,
     OPTIMIZERS,
     FactBounds,

@@ -3,7 +3,7 @@
 Compliance teams read it (through `medpfl report`); nothing else may change it. A crash mid-write leaves at most
 a truncated last line, which `read_ledger` detects and skips while keeping every earlier record.
 
-Record schema ``medpfl.audit/2``, the contract `medpfl_app.audit.contracts.record.AuditRecord` (plain JSON; unknown
+Record schema ``medpfl.audit/2``, the contract `medpfl_app.contracts.record.AuditRecord` (plain JSON; unknown
 keys are allowed for forward compatibility; ``read_ledger`` also returns records of the older ``medpfl.audit/1``,
 whose ``risk`` was ``low|medium|high|unknown``):
 
@@ -22,7 +22,7 @@ loss, ...),
 ``site_scores``: scalars returned by the site's scorer (``status`` ``scored`` | ``unavailable``, ``reason``,
 ``psnr_mean``, ``psnr_max``, ``ssim_mean``, ``ssim_max``, ``attack_success_rate``, ``label_accuracy``,
 ``identifiability``, ``relative_leakage``),
-``risk``: a `medpfl_app.audit.verdict.RiskLevel` (``high`` | ``medium`` | ``unscored`` | ``inconclusive`` | ``low`` |
+``risk``: a `medpfl_app.contracts.verdict.RiskLevel` (``high`` | ``medium`` | ``unscored`` | ``inconclusive`` | ``low`` |
 ``not_audited`` | ``not_auditable``), ``verdict``: ``{"schema", "level", "evidence", "settle"}`` (see the risk policy),
 ``attack_budget``: ``{"attack", "iterations", "restarts", "stages_run", "time_budget_s", "time_spent_s",
 "ladder_complete", "settle", "not_attacked", "stop_reason", ...}``,
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.audit.contracts.record import (
+from medpfl_app.contracts.record import (
     AUDIT_RECORD_SCHEMA,
     READABLE_SCHEMAS,
     RISK_LEVELS,
@@ -67,7 +67,7 @@ __all__ = [
     "read_ledger",
 ]
 
-#: The schema every record is written with (`medpfl_app.audit.contracts.record.AuditRecord`).
+#: The schema every record is written with (`medpfl_app.contracts.record.AuditRecord`).
 SCHEMA = AUDIT_RECORD_SCHEMA
 LEDGER_FILE = "audit_ledger.jsonl"
 

@@ -6,7 +6,7 @@ embedded synthetic phantom set (`medpfl_app.data.demo.generate_demo_dataset`, wh
 of the originals it scored, for the audit report to show next to the server's reconstructions. For any other data
 the site refuses (`demo_data_refusal` gives the reason) and sends scalar scores only.
 
-Pure functions; `medpfl_app.audit.site_scorer` is the NVFlare adapter. Refusal reasons name no path, sample or
+Pure functions; `medpfl_app.nvflare.site.scorer` is the NVFlare adapter. Refusal reasons name no path, sample or
 image, so the site may send them to the server.
 """
 

@@ -1,6 +1,6 @@
 """The risk policy: how one audit record's evidence becomes a `Verdict` (pure; re-derivable from the ledger).
 
-A verdict must be true in both directions (`medpfl_app.audit.verdict`). Default policy (`RiskPolicy()`), in order:
+A verdict must be true in both directions (`medpfl_app.contracts.verdict`). Default policy (`RiskPolicy()`), in order:
 
 1. Not audited / not auditable records keep that level and their reason.
 2. Site scores present (the site compared the reconstructions with the images it really used):
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medpfl_app.attacks.convergence import Convergence
-from medpfl_app.audit.contracts.record import RecordStatus
-from medpfl_app.audit.contracts.score import ScoreStatus
-from medpfl_app.audit.verdict import RiskLevel, Verdict
+from medpfl_app.contracts.record import RecordStatus
+from medpfl_app.contracts.score import ScoreStatus
+from medpfl_app.contracts.verdict import RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 
 

@@ -1,7 +1,7 @@
 """Site-local record of which training samples went into each round's update: a file that never leaves the site.
 
-The site's training script (`medpfl_app.training.site_entry`) writes one record per round, before its update is
-sent; the site's scorer component (`medpfl_app.audit.site_scorer`) reads it to score the server's
+The site's training script (`medpfl_app.nvflare.site.client`) writes one record per round, before its update is
+sent; the site's scorer component (`medpfl_app.nvflare.site.scorer`) reads it to score the server's
 reconstructions of that update. The two may run in different processes (NVFlare's ``ClientAPIExecutor`` in
 ``in_process`` or ``external_process`` mode), so the record is a file both derive from the job and the site, in the
 client's run folder of the job::
@@ -20,7 +20,7 @@ why it cannot. Records are written atomically, owner-only (files 0600, folders 0
 most recent rounds are kept. Nothing here imports NVFlare.
 
 Beside it, the site records what it actually sent in each round (`SentUpdate`, written by the job's last client
-result filter, `medpfl_app.filters.sent_digest.SentUpdateDigest`, after every other filter)::
+result filter, `medpfl_app.nvflare.filters.sent_digest.SentUpdateDigest`, after every other filter)::
 
     <site workspace>/<job id>/medpfl/sent_updates/round_<n>.json
 

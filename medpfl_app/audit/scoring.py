@@ -1,6 +1,6 @@
 """Site-side scoring of reconstructions against the images the site really used: scalars only, nothing else.
 
-Pure functions; `medpfl_app.audit.site_scorer` is the NVFlare adapter. What leaves the site is exactly
+Pure functions; `medpfl_app.nvflare.site.scorer` is the NVFlare adapter. What leaves the site is exactly
 `score_reconstructions`' return value: named floats and counts, never an image, a sample index or a path.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medpfl_app.audit.contracts.score import SCORE_KEYS, ScoreReply, ScoreStatus, check_scalars_only
+from medpfl_app.contracts.score import SCORE_KEYS, ScoreReply, ScoreStatus, check_scalars_only
 from medpfl_app.errors import MedPFLError
 
 __all__ = ["SCORE_KEYS", "check_scalars_only", "pair_reconstructions", "score_reconstructions"]

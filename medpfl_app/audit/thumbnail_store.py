@@ -1,7 +1,7 @@
 """Server side: the audit's reconstructions (and released demo originals) as owner-only PNGs for the report.
 
 Reconstructions are patient data when the sites train on real data, so nothing here runs unless the job turns
-`medpfl_app.audit.server.AuditFilter`'s ``store_reconstructions`` on. Files go to
+`medpfl_app.nvflare.server.audit_filter.AuditFilter`'s ``store_reconstructions`` on. Files go to
 ``<run dir>/medpfl/thumbnails/<site>/round_<n>/recon_<i>.png`` and, when the site released them (synthetic demo data
 only, see `medpfl_app.audit.release`), ``original_<i>.png`` beside them with the same ``i``. Files are 0600 and
 every folder from ``thumbnails`` down 0700, whatever the umask; `medpfl_app.reports.thumbnails` reads this layout.

@@ -1,9 +1,9 @@
 """A digest of one model update exactly as it travelled from a site to the server, and what the update declared.
 
-The site records the digest of what it sent, after all its filters (`medpfl_app.filters.sent_digest`); the server
+The site records the digest of what it sent, after all its filters (`medpfl_app.nvflare.filters.sent_digest`); the server
 computes it over the update it received (on the audit's attack thread) and sends it with its score request; the
 site's scorer answers only a request whose digest matches an update this site really sent
-(`medpfl_app.audit.site_scorer`). Both sides must reach the same value whatever form the arrays take:
+(`medpfl_app.nvflare.site.scorer`). Both sides must reach the same value whatever form the arrays take:
 
 - entries are taken in sorted name order (names as ``str``);
 - each entry contributes its name, its NumPy dtype string (``'<f4'``: kind, size and byte order), its shape and its

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from medpfl_app.audit.contracts.record import AuditRecord, RecordStatus
-from medpfl_app.audit.contracts.score import ScoreReply
 from medpfl_app.audit.core import (
     AuditItem,
     AuditOutcome,
@@ -31,6 +29,8 @@ from medpfl_app.audit.isolation import AuditRunner
 from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
+from medpfl_app.contracts.record import AuditRecord, RecordStatus
+from medpfl_app.contracts.score import ScoreReply
 
 logger = logging.getLogger("medpfl.audit")
 

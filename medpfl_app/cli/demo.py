@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medpfl_app.jobs.demo import DEMO_JOB, check_run_folder, run_demo
+    from medpfl_app.nvflare.jobs.demo import DEMO_JOB, check_run_folder, run_demo
 
     check_run_folder(args.out, force=args.force, data=args.data)
     outcome = run_demo(

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "jobs",
         help="list or regenerate the NVFlare job folders",
-        description="Generate MedPFL's NVFlare job folders from their Python definitions (medpfl_app.jobs).",
+        description="Generate MedPFL's NVFlare job folders from their Python definitions (medpfl_app.nvflare.jobs).",
     )
     actions = parser.add_subparsers(dest="jobs_action", metavar="ACTION", required=True)
 
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from medpfl_app.jobs import JOB_CATALOG
+    from medpfl_app.nvflare.jobs import JOB_CATALOG
 
     width = max(len(name) for name in JOB_CATALOG)
     for name, spec in JOB_CATALOG.items():
@@ -37,7 +37,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medpfl_app.jobs.catalog_io import export_catalog
+    from medpfl_app.nvflare.jobs.catalog_io import export_catalog
 
     for path in export_catalog(args.out, args.names or None):
         print(f"wrote {path}")

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "install-privacy",
         help="install the site privacy policy (privacy.json scopes) into every POC site",
         description=(
-            "Validate a privacy.json (default: the template shipped as medpfl_app/filters/templates/privacy.json, "
+            "Validate a privacy.json (default: the template shipped as medpfl_app/nvflare/filters/templates/privacy.json, "
             "with the client-level DP scopes private, strict) and write it to <site>/local/privacy.json for every POC site. Site-scope "
             "filters run before any job filter and no job can disable them. Sites read the policy at start: run "
             "this before `medpfl poc start` (or restart the system). `show_scopes client` in the admin console "
@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _layout(args: argparse.Namespace):
-    from medpfl_app.poc.system import PocLayout, default_poc_workspace
+    from medpfl_app.nvflare.poc.system import PocLayout, default_poc_workspace
 
     return PocLayout((args.workspace or default_poc_workspace()).resolve())
 
@@ -132,7 +132,7 @@ def _site_names(count: int) -> list[str]:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from medpfl_app.poc import system
+    from medpfl_app.nvflare.poc import system
 
     prepared = system.prepare(_layout(args).workspace, _site_names(args.sites), force=args.force)
     _print_prepared(prepared)
@@ -153,7 +153,7 @@ def _print_prepared(prepared) -> None:
 
 
 def _configure(args: argparse.Namespace) -> int:
-    from medpfl_app.poc.sites import configure_site_data
+    from medpfl_app.nvflare.poc.sites import configure_site_data
 
     for site, config in configure_site_data(_layout(args), demo=args.demo, data_root=args.data_root).items():
         print(f"{site}: {config}")
@@ -161,8 +161,8 @@ def _configure(args: argparse.Namespace) -> int:
 
 
 def _install_privacy(args: argparse.Namespace) -> int:
-    from medpfl_app.poc.processes import find_poc_processes
-    from medpfl_app.poc.sites import install_site_privacy
+    from medpfl_app.nvflare.poc.processes import find_poc_processes
+    from medpfl_app.nvflare.poc.sites import install_site_privacy
 
     layout = _layout(args)
     for site, path in install_site_privacy(layout, args.template, default_scope=args.default_scope).items():
@@ -176,7 +176,7 @@ def _install_privacy(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from medpfl_app.poc import system
+    from medpfl_app.nvflare.poc import system
 
     layout = _layout(args)
     for job_id in system.start(layout, timeout_s=args.timeout):
@@ -186,7 +186,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from medpfl_app.poc.submit import submit_and_wait
+    from medpfl_app.nvflare.poc.submit import submit_and_wait
 
     layout = _layout(args)
     outcome = submit_and_wait(layout, args.job, timeout_s=args.timeout, download_to=args.download)
@@ -194,7 +194,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _report_outcome(layout, outcome, timeout_s: float) -> int:
-    from medpfl_app.poc.job_logs import log_locations
+    from medpfl_app.nvflare.poc.job_logs import log_locations
 
     print(f"job {outcome.job_id}: {outcome.status}")
     for site in outcome.lost_sites:
@@ -220,7 +220,7 @@ def _report_outcome(layout, outcome, timeout_s: float) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from medpfl_app.poc import system
+    from medpfl_app.nvflare.poc import system
 
     return _report_stop(system.stop(_layout(args)))
 
@@ -232,9 +232,9 @@ def _report_stop(report) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medpfl_app.poc import system
-    from medpfl_app.poc.sites import configure_site_data
-    from medpfl_app.poc.submit import submit_and_wait
+    from medpfl_app.nvflare.poc import system
+    from medpfl_app.nvflare.poc.sites import configure_site_data
+    from medpfl_app.nvflare.poc.submit import submit_and_wait
 
     prepared = system.prepare(_layout(args).workspace, _site_names(args.sites), force=args.force)
     _print_prepared(prepared)

@@ -2,7 +2,7 @@
 
 Every defense maps an update (parameter name → NumPy array or torch tensor) to a NEW update plus a JSON-able
 record, leaves integer/bool entries untouched and declares its `Guarantee` honestly. Nothing here imports NVFlare:
-`medpfl_app.filters` adapts these functions to NVFlare ``DXOFilter``s. Sample-level DP-SGD (Opacus) is in
+`medpfl_app.nvflare.filters` adapts these functions to NVFlare ``DXOFilter``s. Sample-level DP-SGD (Opacus) is in
 `medpfl_app.defenses.dp_sgd` (imported on demand: it needs torch).
 """
 

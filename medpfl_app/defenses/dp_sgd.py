@@ -1,6 +1,7 @@
 """Sample-level DP-SGD through Opacus, as a training-side option (usable with or without Lightning).
 
-`make_dp_compatible` checks a network with Opacus' `ModuleValidator` and fixes it (BatchNorm → GroupNorm);
+`medpfl_app.models.dp_compatible.make_dp_compatible` checks a network with Opacus' `ModuleValidator` and fixes it
+(BatchNorm → GroupNorm);
 `make_private` then attaches Opacus' `PrivacyEngine` (per-sample clipping + Gaussian noise + accountant) and returns
 what a training loop needs plus `DPSGDSession.epsilon` / `DPSGDSession.meta` for the result meta.
 `SampleLevelLedger` keeps a site's DP-SGD steps in a file, so ε keeps adding up across jobs and restarts;
@@ -26,7 +27,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from opacus import PrivacyEngine
 from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,6 +43,7 @@ from medpfl_app.defenses.accountant import (
 )
 from medpfl_app.defenses.base import Guarantee
 from medpfl_app.errors import MedPFLError
+from medpfl_app.models.dp_compatible import CompatibilityReport, make_dp_compatible
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -101,39 +102,6 @@ class DPSGDConfig:
                 f"dp_sgd: {flag} must be true or false",
                 f"set {flag} to a boolean",
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class CompatibilityReport:
-    """What `make_dp_compatible` found and changed, as plain JSON-able values."""
-
-    problems: list[str]
-    replaced: list[str]
-
-
-def make_dp_compatible(module: nn.Module, *, fix: bool = True) -> tuple[nn.Module, CompatibilityReport]:
-    """Validate ``module`` for DP-SGD and, if ``fix``, return a fixed copy (BatchNorm → GroupNorm).
-
-    Raises:
-        MedPFLError: the module is incompatible and ``fix`` is False, or Opacus cannot fix it.
-    """
-    problems = [str(error) for error in ModuleValidator.validate(module, strict=False)]
-    if not problems:
-        return module, CompatibilityReport(problems=[], replaced=[])
-    if not fix:
-        raise MedPFLError(
-            f"the network is not DP-SGD compatible: {problems[0]}",
-            fix="set fix_module=true to let Opacus replace BatchNorm by GroupNorm, or change the model",
-        )
-    batch_norms = [name for name, sub in module.named_modules() if isinstance(sub, nn.modules.batchnorm._BatchNorm)]
-    fixed = ModuleValidator.fix(module)
-    remaining = [str(error) for error in ModuleValidator.validate(fixed, strict=False)]
-    if remaining:
-        raise MedPFLError(
-            f"Opacus could not make the network DP-SGD compatible: {remaining[0]}",
-            fix="replace the unsupported layers by hand (see opacus.validators)",
-        )
-    return fixed, CompatibilityReport(problems=problems, replaced=batch_norms)
 
 
 @dataclasses.dataclass

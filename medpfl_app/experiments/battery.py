@@ -21,7 +21,7 @@ from medpfl_app.audit.core import AuditItem, AuditOutcome, audit_update
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 from medpfl_app.audit.scoring import score_reconstructions
-from medpfl_app.audit.verdict import Verdict
+from medpfl_app.contracts.verdict import Verdict
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 4

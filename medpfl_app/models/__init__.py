@@ -1,4 +1,4 @@
-"""Classification networks (by name) and the Lightning module that trains them."""
+"""Classification networks (by name), the server's global-model holder and DP-SGD-compatible conversion."""
 
 from medpfl_app.models.networks import NETWORKS, build_network
 

@@ -24,7 +24,7 @@ def build_seeded_network(
         torch.manual_seed(seed)
         net = build_network(network, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
         if dp_sgd:
-            from medpfl_app.defenses.dp_sgd import make_dp_compatible
+            from medpfl_app.models.dp_compatible import make_dp_compatible
 
             # At construction, not at the site's first round: the server builds its initial global model the same
             # way, and NVFlare loads it into the sites with strict key matching.

@@ -2,7 +2,7 @@
 
 The ledger's ``job_id`` is what NVFlare's run context says, and the simulator calls every run ``simulate_job`` (the
 name of the folder it deploys the job into); a POC or production run says a UUID. Neither names the job. The job's
-``meta.json`` does: the exporter writes ``name`` and MedPFL adds ``description`` (`medpfl_app.jobs.builder`), and
+``meta.json`` does: the exporter writes ``name`` and MedPFL adds ``description`` (`medpfl_app.nvflare.jobs.builder`), and
 NVFlare deploys that file into the run folder (``<run dir>/meta.json``; a downloaded job also has one a level up).
 So the name and purpose come from the nearest ``meta.json`` above the ledger, and only without one from the records'
 ``job_id`` (labelled as such, with why it may not be the job's name).

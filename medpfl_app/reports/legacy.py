@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.reports.fields import fmt, mapping, text, value_words
 
 if TYPE_CHECKING:

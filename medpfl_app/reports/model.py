@@ -5,7 +5,7 @@ is read defensively here: a wrong type becomes ``None`` or a note, never an exce
 range is read as missing and noted (`medpfl_app.reports.fields.checked`). Nothing is escaped here: the HTML
 template escapes, and the terminal summary passes every line through `medpfl_app.reports.fields.printable`.
 
-Levels are `medpfl_app.audit.verdict.RiskLevel` values, worst first; schema-1 records are mapped as
+Levels are `medpfl_app.contracts.verdict.RiskLevel` values, worst first; schema-1 records are mapped as
 `medpfl_app.reports.records` describes. The report's verdict is built from this view by
 `medpfl_app.reports.verdict`; audit configurations by `medpfl_app.reports.configs`.
 """
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.reports.configs import AuditConfig, build_configs, config_key
 from medpfl_app.reports.coverage import Coverage, build_coverage
 from medpfl_app.reports.fields import mapping as _mapping
@@ -32,7 +32,7 @@ __all__ = ["RISK_MEANINGS", "RISK_ORDER", "AuditConfig", "AuditView", "Cell", "b
 #: Worst first: the order of `RiskLevel` (high, medium, unscored, inconclusive, low, not_audited, not_auditable).
 RISK_ORDER: tuple[str, ...] = LEVELS
 RISK_RANK: dict[str, int] = LEVEL_RANK
-#: What each level means (`medpfl_app.audit.verdict.LEVEL_MEANINGS`).
+#: What each level means (`medpfl_app.contracts.verdict.LEVEL_MEANINGS`).
 RISK_MEANINGS: dict[str, str] = MEANINGS
 
 

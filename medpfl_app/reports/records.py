@@ -1,6 +1,6 @@
 """One ledger record as the report shows it: its level, the evidence and what would settle it, the attack ladder.
 
-Schema ``medpfl.audit/2`` records carry a `medpfl_app.audit.verdict.Verdict` (level, evidence, settle), the attack
+Schema ``medpfl.audit/2`` records carry a `medpfl_app.contracts.verdict.Verdict` (level, evidence, settle), the attack
 ``ladder`` (one entry per stage run, with its convergence evidence) and ``ladder_complete``; they are shown as
 recorded. Schema ``medpfl.audit/1`` records of older runs carry only ``risk`` (``high|medium|low|unknown``): their
 ``unknown`` becomes ``not_audited`` / ``not_auditable`` from the record's status, or ``inconclusive`` for an audited
@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medpfl_app.audit.contracts.record import RecordStatus
-from medpfl_app.audit.verdict import LEVEL_MEANINGS, RiskLevel, Verdict
+from medpfl_app.contracts.record import RecordStatus
+from medpfl_app.contracts.verdict import LEVEL_MEANINGS, RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.fields import BOUNDS, checked, flag, fmt, mapping, text
 from medpfl_app.reports.legacy import derived_evidence
@@ -116,7 +116,7 @@ class RecordView:
 
     @property
     def meaning(self) -> str:
-        """What the level means (`medpfl_app.audit.verdict.LEVEL_MEANINGS`)."""
+        """What the level means (`medpfl_app.contracts.verdict.LEVEL_MEANINGS`)."""
         return MEANINGS.get(self.level, "")
 
     def invalid_text(self) -> str:

@@ -2,7 +2,7 @@
 
 The server writes both into ``<run dir>/medpfl/``: ``audit_ledger.jsonl`` (one record per audited, not audited or
 not auditable update, `medpfl_app.audit.ledger`) and ``received_updates.jsonl`` (one line per update the server
-received, written by `medpfl_app.filters.received.ReceivedUpdateRecorder` before the audit sees it). Comparing the
+received, written by `medpfl_app.nvflare.filters.received.ReceivedUpdateRecorder` before the audit sees it). Comparing the
 two is what tells a complete audit from one whose server or worker stopped: an update received without an audit
 record is a gap, not a zero.
 
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.audit.contracts.record import READABLE_SCHEMAS
+from medpfl_app.contracts.record import READABLE_SCHEMAS
 from medpfl_app.errors import MedPFLError
 
 #: Ledger record schemas this report reads: ``/1`` (risk high|medium|low|unknown) and ``/2`` (`RiskLevel` with a
 #: verdict, an attack ladder and metric settings); those of the record contract
-#: (`medpfl_app.audit.contracts.record.AuditRecord`). The report reads each record's fields leniently itself
+#: (`medpfl_app.contracts.record.AuditRecord`). The report reads each record's fields leniently itself
 #: (`medpfl_app.reports.records`): a value out of range or of the wrong type is shown as such, never fatal.
 LEDGER_SCHEMAS: tuple[str, ...] = READABLE_SCHEMAS
 #: The server's arrivals file, beside the ledger in ``<run dir>/medpfl/``.

@@ -27,7 +27,7 @@ CHANCE_MARGIN = 0.05
 #: A validation loss above this many times ln(classes) is worse than guessing uniformly by far.
 ABSURD_LOSS_FACTOR = 3.0
 ABSURD_LOSS_UNKNOWN_CLASSES = 10.0
-#: Where the server's job config sits under the run folder (`medpfl_app.audit.server.AuditFilter` args).
+#: Where the server's job config sits under the run folder (`medpfl_app.nvflare.server.audit_filter.AuditFilter` args).
 SERVER_CONFIG = "config_fed_server.json"
 
 

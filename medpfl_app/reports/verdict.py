@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.reports.coverage import UNKNOWN_CAUSE
 from medpfl_app.reports.legacy import indicators_text
 from medpfl_app.reports.model import AuditView, Cell

@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 
-from medpfl_app.audit.contracts.training_facts import FACTS_VERSION, TrainingFacts
+from medpfl_app.contracts.training_facts import FACTS_VERSION, TrainingFacts
 
 __all__ = [
     "FACTS_VERSION",

@@ -74,7 +74,7 @@ def _job_filter(**args):
     """A ClientDPFilter as NVFlare installs it from a job's config (source ``job``)."""
     from nvflare.apis.filter import FilterContextKey, FilterSource
 
-    from medpfl_app.filters.client_dp import ClientDPFilter
+    from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
 
     dp_filter = ClientDPFilter(**{"clip_norm": 1.0, "noise_multiplier": 2.0, **args})
     dp_filter.set_prop(FilterContextKey.SOURCE, FilterSource.JOB)  # what nvflare.private.fed_json_config does
@@ -86,8 +86,8 @@ def _site_scope_filter(site: Path, policy: dict):
     from nvflare.apis.workspace import Workspace
     from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
-    from medpfl_app.filters.client_dp import ClientDPFilter
-    from medpfl_app.filters.policy import install_privacy_policy
+    from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
+    from medpfl_app.nvflare.privacy_policy import install_privacy_policy
 
     (site / "custom_privacy.json").write_text(json.dumps(policy))
     install_privacy_policy(site, site / "custom_privacy.json")
@@ -96,7 +96,7 @@ def _site_scope_filter(site: Path, policy: dict):
 
 
 def _policy_with_ledger_path(ledger_path: str | None) -> dict:
-    from medpfl_app.filters.policy import load_privacy_template
+    from medpfl_app.nvflare.privacy_policy import load_privacy_template
 
     policy = load_privacy_template()
     for scope in policy["scopes"]:
@@ -118,7 +118,7 @@ def test_a_job_level_ledger_path_is_refused_and_nothing_is_released_or_charged(t
     assert "privacy.json" in error.value.fix
     assert not elsewhere.exists() and not (site / LEDGER).exists()
 
-    from medpfl_app.filters.client_dp import ClientDPFilter
+    from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
 
     unknown_source = ClientDPFilter(clip_norm=1.0, noise_multiplier=2.0, ledger_path=str(elsewhere))
     with pytest.raises(MedPFLError, match="not installed from the site's privacy.json"):
@@ -150,7 +150,7 @@ def test_the_site_admin_places_the_ledger_and_job_filters_follow_it(tmp_path) ->
 
 def test_dp_sgd_at_a_site_refuses_dp_ledger_none_and_a_path(tmp_path, monkeypatch) -> None:
     """Through the site script's own argument handling: none and a path end the job before any data is read."""
-    from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_sgd_site_ledger
+    from medpfl_app.nvflare.site.client import _prepare, build_arg_parser, dp_sgd_site_ledger
 
     site = _site(tmp_path)
     monkeypatch.setenv("MEDPFL_SITE_WORKSPACE", str(site))
@@ -451,7 +451,7 @@ def test_the_template_has_no_scope_without_dp_and_a_job_cannot_ask_for_public(tm
     from nvflare.apis.workspace import Workspace
     from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
-    from medpfl_app.filters.policy import dp_scopes, install_privacy_policy, load_privacy_template
+    from medpfl_app.nvflare.privacy_policy import dp_scopes, install_privacy_policy, load_privacy_template
 
     policy = load_privacy_template()
     assert dp_scopes(policy) == [scope["name"] for scope in policy["scopes"]]
@@ -464,13 +464,15 @@ def test_the_template_has_no_scope_without_dp_and_a_job_cannot_ask_for_public(tm
 
 def test_a_site_admins_own_non_dp_default_scope_is_installed_with_a_warning(tmp_path, caplog) -> None:
     """A no-DP scope exists only if the site admin writes it; making it the default is logged."""
-    from medpfl_app.filters.policy import install_privacy_policy, load_privacy_template
+    from medpfl_app.nvflare.privacy_policy import install_privacy_policy, load_privacy_template
 
     policy = load_privacy_template()
     policy["scopes"].append(
         {
             "name": "public",
-            "task_result_filters": [{"path": "medpfl_app.filters.batchnorm.DropBatchNormStatsFilter", "args": {}}],
+            "task_result_filters": [
+                {"path": "medpfl_app.nvflare.filters.batchnorm.DropBatchNormStatsFilter", "args": {}}
+            ],
         }
     )
     policy["default_scope"] = "public"

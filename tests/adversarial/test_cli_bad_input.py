@@ -89,7 +89,7 @@ def test_every_numeric_option_refuses_nan_inf_and_negative_values(command, optio
 
 def test_demo_refuses_a_nan_timeout_before_anything_starts(tmp_path: Path, monkeypatch, capsys) -> None:
     """`medpfl demo --timeout nan` (which disabled the deadline) and other bad numbers never reach run_demo."""
-    import medpfl_app.jobs.demo as demo
+    import medpfl_app.nvflare.jobs.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("run_demo must not start"))
     for argv in (
@@ -107,7 +107,7 @@ def test_demo_refuses_a_nan_timeout_before_anything_starts(tmp_path: Path, monke
 
 def test_demo_refuses_an_existing_file_as_out(tmp_path: Path, monkeypatch, capsys) -> None:
     """An --out that is a file is refused before anything starts; the file is left as it was."""
-    import medpfl_app.jobs.demo as demo
+    import medpfl_app.nvflare.jobs.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("run_demo must not start"))
     target = tmp_path / "notes.txt"

@@ -1,6 +1,6 @@
 """A malicious site in a real NVFlare simulator run tries to use the honest sites' audit scorers as oracles.
 
-Three sites train the audited job (`medpfl_app.jobs.spec.audited`) for two rounds on the tiny demo set; site-3 is
+Three sites train the audited job (`medpfl_app.nvflare.jobs.spec.audited`) for two rounds on the tiny demo set; site-3 is
 malicious: a client component shipped in the job (``app/custom/medpfl_malicious_site.py``) that, after each of its
 own training tasks, sends score requests to site-1's and site-2's scorers over NVFlare's auxiliary channel, once
 under its own name and then claiming the server's identity name in its peer context (which NVFlare lets a sender
@@ -39,9 +39,9 @@ import pytest
 from medpfl_app.audit.ledger import find_ledgers, read_ledger
 from medpfl_app.audit.round_samples import SENT_FOLDER, SentUpdate
 from medpfl_app.data import generate_demo_dataset
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.simulate import SimulationResult, run_simulation
-from medpfl_app.jobs.spec import audited
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.simulate import SimulationResult, run_simulation
+from medpfl_app.nvflare.jobs.spec import audited
 
 pytestmark = [pytest.mark.nvflare_run, pytest.mark.slow]
 

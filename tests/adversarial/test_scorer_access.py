@@ -35,7 +35,10 @@ from medpfl_app.audit.round_samples import (
     write_round_samples,
 )
 from medpfl_app.audit.scoring import SCORE_KEYS
-from medpfl_app.audit.site_scorer import (
+from medpfl_app.audit.update_digest import declared_images, same_digest, update_digest
+from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
+from medpfl_app.nvflare.filters.sent_digest import SentUpdateDigest
+from medpfl_app.nvflare.site.scorer import (
     RELEASE_TOPIC,
     REPLY_REFUSED,
     REPLY_SCORES,
@@ -47,9 +50,6 @@ from medpfl_app.audit.site_scorer import (
     SCORE_TOPIC,
     AuditSiteScorer,
 )
-from medpfl_app.audit.update_digest import declared_images, same_digest, update_digest
-from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
-from medpfl_app.filters.sent_digest import SentUpdateDigest
 
 JOB = "job-access"
 SITE = "site-1"
@@ -300,7 +300,7 @@ def test_the_honest_server_request_is_scored_with_scalars_only(site) -> None:
 
 def test_a_release_from_another_client_is_ignored(site) -> None:
     """Only the server may tell the site to stop waiting for its last round's scores."""
-    from medpfl_app.audit.end_of_run import holds_end_of_run
+    from medpfl_app.nvflare.end_of_run import holds_end_of_run
 
     scorer, _, _ = site
     scorer.wait_at_end_s, scorer.check_wait_s = 60, 0.0
@@ -375,7 +375,7 @@ def test_the_scorer_registers_its_exact_topics_on_the_client_job_cell() -> None:
 def test_the_server_sends_the_digest_of_what_it_received_and_records_a_refusal(site) -> None:
     """The audit's request names the update it received (here: the site's tensors as NumPy copies, as the audit
     filter keeps them); the site scores it once; a second request is recorded unavailable with the site's reason."""
-    from medpfl_app.audit.server import AuditFilter
+    from medpfl_app.nvflare.server.audit_filter import AuditFilter
 
     scorer, pool, sent = site
     scorer._engine = _Engine()
@@ -481,8 +481,8 @@ def test_the_sent_digest_filter_never_raises_and_skips_failed_results(tmp_path: 
 
 
 def test_audited_jobs_put_the_digest_filter_last() -> None:
-    from medpfl_app.jobs import JOB_CATALOG
-    from medpfl_app.jobs.spec import AUDIT_SENT_DIGEST, AUDIT_SITE_SCORER
+    from medpfl_app.nvflare.jobs import JOB_CATALOG
+    from medpfl_app.nvflare.jobs.spec import AUDIT_SENT_DIGEST, AUDIT_SITE_SCORER
 
     audited = [
         spec

@@ -15,11 +15,11 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
-from medpfl_app.audit import server as audit_server
 from medpfl_app.audit import worker as audit_worker
 from medpfl_app.audit.core import AuditOutcome
 from medpfl_app.audit.ledger import read_ledger
-from medpfl_app.audit.server import (
+from medpfl_app.nvflare.server import audit_filter as audit_server
+from medpfl_app.nvflare.server.audit_filter import (
     AuditFilter,
     GlobalWeightsCache,
     cached_global_weights,
@@ -212,7 +212,7 @@ def test_a_result_that_is_no_dxo_is_not_auditable(tmp_path) -> None:
 def test_end_of_run_is_held_while_audits_remain(tmp_path, monkeypatch) -> None:
     release = threading.Event()
     monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: (release.wait(30), _outcome())[1])
-    from medpfl_app.audit.end_of_run import holds_end_of_run
+    from medpfl_app.nvflare.end_of_run import holds_end_of_run
 
     audit, ctx = _started_filter(tmp_path)
     audit.check_wait_s = 0.0

@@ -14,7 +14,7 @@ from nvflare.apis.fl_constant import ReservedKey
 from test_audit_filter import FACTS, JOB, _ctx, _outcome, _records, _shareable, _started_filter, _update
 
 from medpfl_app.audit import worker as audit_worker
-from medpfl_app.audit.server import REJECTED_NON_FINITE, cache_global_weights
+from medpfl_app.nvflare.server.audit_filter import REJECTED_NON_FINITE, cache_global_weights
 
 
 def test_a_nan_update_is_rejected_recorded_and_never_aggregated(tmp_path) -> None:

@@ -18,7 +18,10 @@ from medpfl_app.audit.scoring import (
     check_scalars_only,
     score_reconstructions,
 )
-from medpfl_app.audit.site_scorer import (
+from medpfl_app.audit.update_digest import update_digest
+from medpfl_app.audit.worker import build_record
+from medpfl_app.errors import MedPFLError
+from medpfl_app.nvflare.site.scorer import (
     REPLY_REFUSED,
     REPLY_SCORES,
     REQUEST_DIGEST,
@@ -26,9 +29,6 @@ from medpfl_app.audit.site_scorer import (
     AuditSiteScorer,
     score_request,
 )
-from medpfl_app.audit.update_digest import update_digest
-from medpfl_app.audit.worker import build_record
-from medpfl_app.errors import MedPFLError
 
 LEDGER_FIELDS = {
     "job_id",
@@ -332,8 +332,8 @@ def test_site_scorer_holds_the_end_until_released(tmp_path, monkeypatch) -> None
     """A site that trained holds the end until the server releases it (its audit is done), even once its own last
     round is scored: in the simulator the first site to end ends every site. It says so through NVFlare's "not
     ready" property, never by raising (a raise is logged as an ERROR traceback at every check)."""
-    from medpfl_app.audit.end_of_run import holds_end_of_run
-    from medpfl_app.audit.site_scorer import RELEASE_TOPIC
+    from medpfl_app.nvflare.end_of_run import holds_end_of_run
+    from medpfl_app.nvflare.site.scorer import RELEASE_TOPIC
 
     def holds(scorer: AuditSiteScorer) -> bool:
         ctx = FLContext()
@@ -425,7 +425,7 @@ def _received(round_number: int = 2) -> AuditItem:
     ],
 )
 def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_part) -> None:
-    from medpfl_app.audit.server import AuditFilter
+    from medpfl_app.nvflare.server.audit_filter import AuditFilter
 
     audit = AuditFilter()
     audit._engine = _AuxEngine(replies)
@@ -438,7 +438,7 @@ def test_unreachable_or_failing_sites_give_unavailable_scores(replies, reason_pa
 
 def test_a_site_reply_with_arrays_is_refused() -> None:
     """Defense in depth: the server refuses site 'scores' that are not scalars (the worker records them unavailable)."""
-    from medpfl_app.audit.server import AuditFilter
+    from medpfl_app.nvflare.server.audit_filter import AuditFilter
 
     audit = AuditFilter()
     audit._engine = _AuxEngine({"site-1": _reply(scores={"status": "scored", "ssim_max": [0.5]})})

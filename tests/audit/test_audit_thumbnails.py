@@ -37,8 +37,11 @@ from medpfl_app.audit.round_samples import (
     write_sent_update,
 )
 from medpfl_app.audit.scoring import SCORE_KEYS
-from medpfl_app.audit.server import AuditFilter
-from medpfl_app.audit.site_scorer import (
+from medpfl_app.audit.update_digest import update_digest
+from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
+from medpfl_app.errors import MedPFLError
+from medpfl_app.nvflare.server.audit_filter import AuditFilter
+from medpfl_app.nvflare.site.scorer import (
     REPLY_ORIGINALS,
     REPLY_ORIGINALS_REFUSED,
     REPLY_SCORES,
@@ -46,9 +49,6 @@ from medpfl_app.audit.site_scorer import (
     SCORE_TOPIC,
     AuditSiteScorer,
 )
-from medpfl_app.audit.update_digest import update_digest
-from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
-from medpfl_app.errors import MedPFLError
 
 JOB = "job-thumbs"
 SITE = "site-1"

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpfl_app.audit.contracts import (
+from medpfl_app.audit.facts import validate_meta
+from medpfl_app.audit.ledger import AuditLedger, read_ledger
+from medpfl_app.audit.plan import AuditPlan
+from medpfl_app.audit.risk import RiskPolicy
+from medpfl_app.audit.worker import build_record, metric_settings
+from medpfl_app.contracts import (
     AUDIT_RECORD_SCHEMA,
     FACT_KEYS,
     SCORE_KEYS,
@@ -19,13 +24,8 @@ from medpfl_app.audit.contracts import (
     ScoreStatus,
     TrainingFacts,
 )
-from medpfl_app.audit.contracts.training_facts import InvalidMeta
-from medpfl_app.audit.facts import validate_meta
-from medpfl_app.audit.ledger import AuditLedger, read_ledger
-from medpfl_app.audit.plan import AuditPlan
-from medpfl_app.audit.risk import RiskPolicy
-from medpfl_app.audit.verdict import RiskLevel, Verdict
-from medpfl_app.audit.worker import build_record, metric_settings
+from medpfl_app.contracts.training_facts import InvalidMeta
+from medpfl_app.contracts.verdict import RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 
 DP_SGD = {

@@ -23,9 +23,9 @@ from nvflare.app_common.app_constant import AppConstants
 from medpfl_app.audit import worker as audit_worker
 from medpfl_app.audit.core import AuditOutcome
 from medpfl_app.audit.drain_progress import DRAIN_PREFIX, DrainProgress, drain_progress
-from medpfl_app.audit.end_of_run import EndOfRunHold, holds_end_of_run
-from medpfl_app.audit.server import AuditFilter
-from medpfl_app.audit.site_scorer import RELEASE_TOPIC, AuditSiteScorer
+from medpfl_app.nvflare.end_of_run import EndOfRunHold, holds_end_of_run
+from medpfl_app.nvflare.server.audit_filter import AuditFilter
+from medpfl_app.nvflare.site.scorer import RELEASE_TOPIC, AuditSiteScorer
 
 JOB = "job-quiet"
 FACTS = {"network": "lenet_sigmoid", "image_size": 8, "in_channels": 1, "num_classes": 4, "batch_size": 1}
@@ -279,7 +279,7 @@ def test_a_site_that_trained_nothing_or_never_waits_is_ready(tmp_path) -> None:
 # --- the simulator's watch of the log and the demo's progress bar ----------------------------------------------
 def test_the_simulation_watch_reports_rounds_and_drain_lines_in_log_order(tmp_path) -> None:
     """Only complete lines count (the last one may still be written); each round is reported once."""
-    from medpfl_app.jobs.simulate import _LogWatcher
+    from medpfl_app.nvflare.jobs.simulate import _LogWatcher
 
     log = tmp_path / "simulator_console.log"
     events: list[object] = []
@@ -298,7 +298,7 @@ def test_the_simulation_watch_reports_rounds_and_drain_lines_in_log_order(tmp_pa
 
 
 def test_the_progress_bar_counts_finished_rounds_then_names_the_drain() -> None:
-    from medpfl_app.jobs.progress import SimulationProgress
+    from medpfl_app.nvflare.jobs.progress import SimulationProgress
 
     with SimulationProgress(3, enabled=False) as progress:
         progress.round_started(0)

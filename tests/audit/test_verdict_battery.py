@@ -15,7 +15,7 @@ import pytest
 
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
-from medpfl_app.audit.verdict import RiskLevel
+from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.experiments.battery import CASES, run_case, score_at_site, site_round, verdict_for
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 
 from medpfl_app.attacks.convergence import Convergence
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
-from medpfl_app.audit.verdict import RiskLevel, Verdict
+from medpfl_app.contracts.verdict import RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
 
 SETTLED = AttackEvidence("gradinv on the whole update", Convergence.STALLED, complete=True)

@@ -19,12 +19,12 @@ from nvflare.app_common.filters import ExcludeVars
 from opacus.accountants import RDPAccountant
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.filters._base import META_KEY, DefenseFilter
-from medpfl_app.filters.batchnorm import DropBatchNormStatsFilter
-from medpfl_app.filters.client_dp import ClientDPFilter
-from medpfl_app.filters.compression import SignQuantizationFilter, TopKFilter, UniformQuantizationFilter
-from medpfl_app.filters.noise import GaussianNoiseFilter, LaplaceNoiseFilter
-from medpfl_app.filters.reference import GlobalModelRecorder, forget_references
+from medpfl_app.nvflare.filters._base import META_KEY, DefenseFilter
+from medpfl_app.nvflare.filters.batchnorm import DropBatchNormStatsFilter
+from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
+from medpfl_app.nvflare.filters.compression import SignQuantizationFilter, TopKFilter, UniformQuantizationFilter
+from medpfl_app.nvflare.filters.noise import GaussianNoiseFilter, LaplaceNoiseFilter
+from medpfl_app.nvflare.filters.reference import GlobalModelRecorder, forget_references
 
 
 def _update(kind: str = "numpy", seed: int = 0) -> dict:
@@ -352,7 +352,7 @@ def test_every_registered_defense_has_an_importable_filter() -> None:
     import importlib
 
     from medpfl_app.defenses import DEFENSES
-    from medpfl_app.filters import FILTER_PATHS, filter_config
+    from medpfl_app.nvflare.filters import FILTER_PATHS, filter_config
 
     assert FILTER_PATHS.names() == DEFENSES.names()
     samples = {

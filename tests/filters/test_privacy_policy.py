@@ -10,10 +10,15 @@ from nvflare.apis.workspace import Workspace
 from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.filters.batchnorm import DropBatchNormStatsFilter
-from medpfl_app.filters.client_dp import ClientDPFilter
-from medpfl_app.filters.policy import dp_scopes, install_privacy_policy, load_privacy_template, validate_privacy_policy
-from medpfl_app.filters.reference import GlobalModelRecorder
+from medpfl_app.nvflare.filters.batchnorm import DropBatchNormStatsFilter
+from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
+from medpfl_app.nvflare.filters.reference import GlobalModelRecorder
+from medpfl_app.nvflare.privacy_policy import (
+    dp_scopes,
+    install_privacy_policy,
+    load_privacy_template,
+    validate_privacy_policy,
+)
 
 
 def _site(tmp_path):
@@ -68,7 +73,7 @@ def _mutated(edit):
     ("edit", "match"),
     [
         (
-            lambda p: p["scopes"][0]["task_result_filters"].append({"path": "medpfl_app.filters.nope.X"}),
+            lambda p: p["scopes"][0]["task_result_filters"].append({"path": "medpfl_app.nvflare.filters.nope.X"}),
             "cannot import",
         ),
         (lambda p: p["scopes"][1]["task_result_filters"][1]["args"].update(clip_norm=0), "clip_norm"),

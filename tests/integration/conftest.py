@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medpfl_app.data import generate_demo_dataset
-from medpfl_app.jobs import JOB_CATALOG, JobSpec
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.simulate import SimulationResult, run_simulation
+from medpfl_app.nvflare.jobs import JOB_CATALOG, JobSpec
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.simulate import SimulationResult, run_simulation
 
 SIM_SITES = ["site-1", "site-2"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from medpfl_app.audit.ledger import find_ledgers, read_ledger
 from medpfl_app.audit.scoring import SCORE_KEYS
-from medpfl_app.jobs.spec import AUDIT_HIGH_RISK_SITE
+from medpfl_app.nvflare.jobs.spec import AUDIT_HIGH_RISK_SITE
 
 from .conftest import AUDIT_SITES
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.jobs import demo as demo_module
-from medpfl_app.jobs.demo import (
+from medpfl_app.nvflare.jobs import demo as demo_module
+from medpfl_app.nvflare.jobs.demo import (
     RUN_PARTS,
     check_run_folder,
     prepare_run_folder,
@@ -22,8 +22,8 @@ from medpfl_app.jobs.demo import (
     with_num_classes,
     without_thumbnails,
 )
-from medpfl_app.jobs.demo_data import SOURCES_NAME, prepare_demo_sites
-from medpfl_app.jobs.spec import JOB_CATALOG
+from medpfl_app.nvflare.jobs.demo_data import SOURCES_NAME, prepare_demo_sites
+from medpfl_app.nvflare.jobs.spec import JOB_CATALOG
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_data_inside_the_run_folder_is_refused(tmp_path: Path, monkeypatch, caps
 def test_a_data_run_exports_a_job_without_reconstructions_for_its_classes(tmp_path: Path) -> None:
     """The audited job stores reconstructions and releases originals for the phantoms; for --data both are off,
     the audit itself stays on, and the sites and the audit use the data's number of classes."""
-    from medpfl_app.jobs.builder import export_job
+    from medpfl_app.nvflare.jobs.builder import export_job
 
     base = JOB_CATALOG["fedavg_audit"]
     assert "store_reconstructions" in json.dumps(base.server_result_filters)
@@ -174,7 +174,7 @@ def test_a_data_run_exports_a_job_without_reconstructions_for_its_classes(tmp_pa
 
     exported = _all_args(job_dir)
     assert "store_reconstructions" not in exported and "release_demo_originals" not in exported
-    assert "medpfl_app.audit.server.AuditFilter" in exported and "AuditSiteScorer" in exported
+    assert "medpfl_app.nvflare.server.audit_filter.AuditFilter" in exported and "AuditSiteScorer" in exported
     assert spec.training.num_classes == 3 and "--num_classes 3" in exported
     assert "synthetic demo data only" not in spec.description and "no reconstructions" in spec.description
     audit = next(f for f in spec.server_result_filters if f["path"].endswith("AuditFilter"))

@@ -1,6 +1,6 @@
 """The audit's site scores when NVFlare runs the site script as an external process, in NVFlare's simulator.
 
-The site script (`medpfl_app.training.site_entry`) then runs in a process of its own, launched by the client job
+The site script (`medpfl_app.nvflare.site.client`) then runs in a process of its own, launched by the client job
 process that hosts the audit's site scorer; the scorer must still find which images each round used (the
 site-local round record, `medpfl_app.audit.round_samples`) and load them itself.
 
@@ -20,9 +20,9 @@ import pytest
 
 from medpfl_app.audit.ledger import find_ledgers, read_ledger
 from medpfl_app.audit.round_samples import RECORD_FOLDER, RoundSamples
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.simulate import RUN_MARKER_ENV, marked_processes, run_simulation
-from medpfl_app.jobs.spec import AUDIT_HIGH_RISK_SITE, audited
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.simulate import RUN_MARKER_ENV, marked_processes, run_simulation
+from medpfl_app.nvflare.jobs.spec import AUDIT_HIGH_RISK_SITE, audited
 
 from .conftest import SIM_SITES
 

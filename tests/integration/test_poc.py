@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.poc import system
-from medpfl_app.poc.sites import configure_site_data, install_site_privacy
-from medpfl_app.poc.submit import submit_and_wait
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.poc import system
+from medpfl_app.nvflare.poc.sites import configure_site_data, install_site_privacy
+from medpfl_app.nvflare.poc.submit import submit_and_wait
 
 from .conftest import SIM_SITES, received_updates, small_job
 
@@ -97,7 +97,7 @@ def test_an_audited_poc_job_downloads_with_its_ledger_and_html_report(poc_layout
     from dataclasses import replace
 
     from medpfl_app.audit.ledger import find_ledgers, read_ledger
-    from medpfl_app.jobs import JOB_CATALOG
+    from medpfl_app.nvflare.jobs import JOB_CATALOG
 
     audited = replace(JOB_CATALOG["fedavg_audit"], name="poc_audit", num_rounds=1, min_clients=2)
     job = export_job(audited, tmp_path / "jobs")

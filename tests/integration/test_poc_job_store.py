@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medpfl_app.poc import system
-from medpfl_app.poc.job_store import ABANDONED, abandon_phantom_jobs, job_store_root, unfinished_jobs
-from medpfl_app.poc.shutdown import stop_poc
+from medpfl_app.nvflare.poc import system
+from medpfl_app.nvflare.poc.job_store import ABANDONED, abandon_phantom_jobs, job_store_root, unfinished_jobs
+from medpfl_app.nvflare.poc.shutdown import stop_poc
 
 PHANTOM = "945a0c87-7487-4e03-9678-9e73f0e336c3"
 DONE = "1b2c3d4e-0000-4000-8000-000000000001"

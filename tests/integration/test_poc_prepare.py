@@ -13,8 +13,8 @@ import pytest
 from medpfl_app.cli.main import main
 from medpfl_app.defenses.accountant import SiteLedgers
 from medpfl_app.errors import MedPFLError
-from medpfl_app.poc import system
-from medpfl_app.poc.keep import StateKind, inventory
+from medpfl_app.nvflare.poc import system
+from medpfl_app.nvflare.poc.keep import StateKind, inventory
 
 pytestmark = pytest.mark.slow  # each case runs `nvflare poc prepare` (~10 s on 2 cores)
 

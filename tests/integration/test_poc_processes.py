@@ -20,9 +20,9 @@ import pytest
 
 from medpfl_app.cli.main import main
 from medpfl_app.errors import MedPFLError
-from medpfl_app.poc import system
-from medpfl_app.poc.processes import ProcessRole, find_poc_processes, is_alive, port_holders
-from medpfl_app.poc.shutdown import stop_poc
+from medpfl_app.nvflare.poc import system
+from medpfl_app.nvflare.poc.processes import ProcessRole, find_poc_processes, is_alive, port_holders
+from medpfl_app.nvflare.poc.shutdown import stop_poc
 
 WATCHDOG_LOOP = "#!/usr/bin/env bash\nwhile true; do sleep 1; done\n"
 SERVICE_CODE = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
@@ -131,7 +131,7 @@ def test_an_error_while_nvflare_waited_for_a_shutdown_that_worked_is_no_failure(
 def test_cli_stop_exits_non_zero_when_nvflares_stop_failed(fake_poc, monkeypatch, capsys) -> None:
     layout, processes = fake_poc
     monkeypatch.setattr(system, "nvflare_cli_result", lambda *a, **k: (5, "Error: abort_job failed"))
-    monkeypatch.setattr("medpfl_app.poc.shutdown.SETTLE_S", 0.5)
+    monkeypatch.setattr("medpfl_app.nvflare.poc.shutdown.SETTLE_S", 0.5)
     assert main(["poc", "--workspace", str(layout.workspace), "stop"]) == 1
     out = capsys.readouterr().out
     assert "`nvflare poc stop` FAILED" in out and "site-1 watchdog" in out

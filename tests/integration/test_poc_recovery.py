@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from medpfl_app.cli.main import main
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.poc import system
-from medpfl_app.poc.processes import ProcessRole, find_poc_processes, port_holders
-from medpfl_app.poc.sites import configure_site_data
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.poc import system
+from medpfl_app.nvflare.poc.processes import ProcessRole, find_poc_processes, port_holders
+from medpfl_app.nvflare.poc.sites import configure_site_data
 
 from .conftest import small_job
 
@@ -58,7 +58,7 @@ def _running_poc(root: Path):
                 [
                     sys.executable,
                     "-c",
-                    "import time; time.sleep(900)",
+                    "import time; time.sleep(7200)",  # outlives the module, however slow the machine
                     "-m",
                     "nvflare.fuel.hci.tools.admin",
                     "-m",
@@ -71,7 +71,7 @@ def _running_poc(root: Path):
                 stdin=subprocess.DEVNULL,
             )
         )
-        bystanders.append(subprocess.Popen(["sleep", "900"], cwd=layout.site_dir("site-1"), start_new_session=True))
+        bystanders.append(subprocess.Popen(["sleep", "7200"], cwd=layout.site_dir("site-1"), start_new_session=True))
         yield layout, bystanders
     finally:
         final = system.stop(layout)
@@ -86,8 +86,8 @@ def test_a_site_restarting_mid_job_is_named_and_the_job_ends_with_its_ledger(run
     from dataclasses import replace
 
     from medpfl_app.audit.ledger import find_ledgers
-    from medpfl_app.jobs import JOB_CATALOG
-    from medpfl_app.poc.submit import submit_and_wait
+    from medpfl_app.nvflare.jobs import JOB_CATALOG
+    from medpfl_app.nvflare.poc.submit import submit_and_wait
 
     layout, _ = running_poc
     spec = replace(JOB_CATALOG["fedavg_audit"], name="poc_site_restart", num_rounds=6, min_clients=2)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.simulate import run_simulation
-from medpfl_app.models.lightning_module import ImageClassifier
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.simulate import run_simulation
+from medpfl_app.training.lightning_module import ImageClassifier
 
 from .conftest import SIM_SITES, received_updates, small_job
 

@@ -13,10 +13,10 @@ import pytest
 
 from medpfl_app.cli.main import main
 from medpfl_app.errors import MedPFLError
-from medpfl_app.jobs import JOB_CATALOG
-from medpfl_app.jobs.builder import export_job
-from medpfl_app.jobs.check import AUDIT_FILTER_PATH, check_job_folder
-from medpfl_app.poc import submit, system
+from medpfl_app.nvflare.jobs import JOB_CATALOG
+from medpfl_app.nvflare.jobs.builder import export_job
+from medpfl_app.nvflare.jobs.check import AUDIT_FILTER_PATH, check_job_folder
+from medpfl_app.nvflare.poc import submit, system
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.jobs import JOB_CATALOG, JobSpec, TrainingSpec
-from medpfl_app.jobs.builder import export_job, site_script_path
-from medpfl_app.jobs.catalog_io import export_catalog
+from medpfl_app.nvflare.jobs import JOB_CATALOG, JobSpec, TrainingSpec
+from medpfl_app.nvflare.jobs.builder import export_job, site_script_path
+from medpfl_app.nvflare.jobs.catalog_io import export_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.audit.verdict import Verdict
+from medpfl_app.contracts.verdict import Verdict
 from medpfl_app.reports.sources import arrival_line
 
 SCHEMA_1 = "medpfl.audit/1"

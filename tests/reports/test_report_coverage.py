@@ -209,7 +209,7 @@ def test_the_recorder_writes_what_the_report_reads(tmp_path: Path) -> None:
     from nvflare.apis.fl_context import FLContext
     from nvflare.app_common.app_constant import AppConstants
 
-    from medpfl_app.filters.received import ReceivedUpdateRecorder
+    from medpfl_app.nvflare.filters.received import ReceivedUpdateRecorder
 
     class _Workspace:
         def get_run_dir(self, job_id: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from report_cases import SCHEMA_1, SCHEMA_2, LedgerFile, record, record2, scores, stage, write_arrivals
 
-from medpfl_app.audit.verdict import LEVEL_MEANINGS, RiskLevel
+from medpfl_app.contracts.verdict import LEVEL_MEANINGS, RiskLevel
 from medpfl_app.reports import build_report
 from medpfl_app.reports.terminal import summary_text
 

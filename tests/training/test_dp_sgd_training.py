@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from medpfl_app.data import DataConfig, generate_demo_dataset, write_site_data_config
 from medpfl_app.defenses.dp_sgd import DPSGDConfig
 from medpfl_app.errors import MedPFLError
-from medpfl_app.models.lightning_module import ImageClassifier
+from medpfl_app.nvflare.site.client import _prepare, build_arg_parser, dp_ledger_path, dp_sgd_config
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
-from medpfl_app.training.site_entry import _prepare, build_arg_parser, dp_ledger_path, dp_sgd_config
+from medpfl_app.training.lightning_module import ImageClassifier
 from medpfl_app.training.trainer import build_site_trainer
 
 # Opacus' per-sample hooks on a first layer whose input needs no gradient: expected, harmless.

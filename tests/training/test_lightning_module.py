@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.models.lightning_module import ImageClassifier
 from medpfl_app.training.facts import FL_META_ATTRIBUTE, TrainingFactsCallback
+from medpfl_app.training.lightning_module import ImageClassifier
 from medpfl_app.training.trainer import build_site_trainer
 
 

@@ -4,7 +4,7 @@ All logic lives in the installed ``medpfl_app`` package (install it at every sit
 job's ``train_args`` to it.
 """
 
-from medpfl_app.training.site_entry import main
+from medpfl_app.nvflare.site.client import main
 
 if __name__ == "__main__":
     main()

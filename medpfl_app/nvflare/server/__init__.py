@@ -1,0 +1,1 @@
+"""Server-side NVFlare components: the audit filter and what it needs."""

@@ -1,0 +1,1 @@
+"""Site-side NVFlare code: the client training loop and the audit's site scorer."""
