@@ -31,6 +31,7 @@ from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 from medpfl_app.contracts.record import AuditRecord, RecordStatus
 from medpfl_app.contracts.score import ScoreReply
+from medpfl_app.contracts.training_facts import RECORDED_FACT_KEYS
 
 logger = logging.getLogger("medpfl.audit")
 
@@ -120,18 +121,7 @@ def build_record(
         ladder=tuple(dict(stage) for stage in outcome.ladder) if outcome else (),
         ladder_complete=bool(budget.get("ladder_complete")),
         metric_settings=dict(settings) if settings is not None else metric_settings(0.9),
-        training_facts={
-            key: meta.get(key)
-            for key in (
-                "batch_size",
-                "local_steps",
-                "learning_rate",
-                "optimizer",
-                "num_train_images",
-                "bn_buffers_included",
-                "dp_sgd",
-            )
-        },
+        training_facts={key: meta.get(key) for key in RECORDED_FACT_KEYS},
         # Set when the audit policy kept this update out of aggregation (`AuditFilter(on_high_risk="exclude_site")`).
         policy_action=meta.get("medpfl_policy_action"),
     ).to_json()

@@ -43,6 +43,17 @@ FACT_KEYS = (
     "torch_version",
     "dp_sgd",
 )
+#: The facts an audit record and the server's arrival record keep of each update (what a reader of the ledger needs
+#: to judge the attack's setting), a subset of `FACT_KEYS`.
+RECORDED_FACT_KEYS = (
+    "batch_size",
+    "local_steps",
+    "learning_rate",
+    "optimizer",
+    "num_train_images",
+    "bn_buffers_included",
+    "dp_sgd",
+)
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 _STRING_FACTS = ("optimizer", "network", "state_dict_prefix", "torch_version")
 

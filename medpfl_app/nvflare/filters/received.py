@@ -21,6 +21,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
+from medpfl_app.contracts.training_facts import RECORDED_FACT_KEYS
 from medpfl_app.reports.sources import ARRIVALS_FILE, ARRIVALS_FOLDER, append_arrival
 
 RECORD_FOLDER = ARRIVALS_FOLDER
@@ -60,19 +61,7 @@ class ReceivedUpdateRecorder(Filter):
             record["num_entries"] = len(dxo.data or {})
             record["entries"] = sorted(dxo.data or {})
             record.update({key: meta.get(key) for key in _META_KEYS_KEPT})
-            record["training_facts"] = {
-                key: meta.get(key)
-                for key in (
-                    "batch_size",
-                    "local_steps",
-                    "learning_rate",
-                    "optimizer",
-                    "num_train_images",
-                    "bn_buffers_included",
-                    "dp_sgd",
-                )
-                if key in meta
-            }
+            record["training_facts"] = {key: meta.get(key) for key in RECORDED_FACT_KEYS if key in meta}
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
         folder = os.path.join(run_dir, RECORD_FOLDER)
         os.makedirs(folder, mode=0o700, exist_ok=True)
