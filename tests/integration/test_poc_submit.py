@@ -69,6 +69,28 @@ def test_a_site_that_restarted_before_it_was_ever_seen_running_the_job_is_named_
     assert submit._follow(session, JOB, 60.0, server_dir, all_sites=["site-1", "site-2"])[1] == ["site-2"]
 
 
+def test_a_dropped_admin_connection_is_asked_again_not_a_crash(server_dir: Path) -> None:
+    """A busy server may drop the admin link for a moment: the follower polls again instead of failing."""
+    from nvflare.fuel.flare_api.api_spec import NoConnection
+
+    (server_dir / "log.txt").write_text(f"... Started run: {JOB} for clients: site-1,site-2\n{RELOGIN}\n")
+
+    class _Flaky(_Session):
+        drops = 2
+
+        def get_client_job_status(self) -> list[dict]:
+            if self.drops:
+                self.drops -= 1
+                raise NoConnection("cannot connect to server: ERROR_SERVER_CONNECTION")
+            return super().get_client_job_status()
+
+    session = _Flaky(finish_after_checks=None, site_2_seen=False)
+    assert submit._follow(session, JOB, 60.0, server_dir, all_sites=["site-1", "site-2"]) == (
+        "FINISHED:ABORTED",
+        ["site-2"],
+    )
+
+
 def test_deployed_sites_reads_the_deploy_map() -> None:
     meta = {"deploy_map": {"app_server": ["server"], "app": ["site-2", "site-1"]}}
     assert submit.deployed_sites(meta, ["site-1", "site-2", "site-3"]) == {"site-1", "site-2"}

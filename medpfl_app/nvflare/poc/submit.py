@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nvflare.fuel.flare_api.api_spec import NoConnection
+
 from medpfl_app.nvflare.jobs.check import check_job_folder
 from medpfl_app.nvflare.poc import system
 from medpfl_app.nvflare.poc.job_logs import failure_lines, relogged_sites
@@ -84,21 +86,26 @@ def _follow(session, job_id: str, timeout_s: float, server_dir: Path, *, all_sit
     deadline = time.monotonic() + timeout_s
     next_site_check = time.monotonic() + SITE_CHECK_S
     joined: set[str] = set()
-    while True:
-        meta = session.get_job_meta(job_id)
-        status = str(meta.get("status", "UNKNOWN"))
-        if status.startswith("FINISHED") or time.monotonic() > deadline:
-            return status, []
-        if status == "RUNNING" and time.monotonic() >= next_site_check:
-            next_site_check = time.monotonic() + SITE_CHECK_S
-            running = _sites_running(session, job_id)
-            joined |= running | deployed_sites(meta, all_sites)
-            # Only a site that restarted counts: at the end of a run sites leave before the server (audit drain).
-            lost = sorted((joined - running) & relogged_sites(server_dir, job_id))
-            if lost:
-                session.abort_job(job_id)
-                return _wait_finished(session, job_id), lost
+    status = "RUNNING"
+    while time.monotonic() <= deadline:
+        try:
+            meta = session.get_job_meta(job_id)
+            status = str(meta.get("status", "UNKNOWN"))
+            if status.startswith("FINISHED"):
+                return status, []
+            if status == "RUNNING" and time.monotonic() >= next_site_check:
+                next_site_check = time.monotonic() + SITE_CHECK_S
+                running = _sites_running(session, job_id)
+                joined |= running | deployed_sites(meta, all_sites)
+                # Only a site that restarted counts: at the end of a run sites leave before the server (audit drain).
+                lost = sorted((joined - running) & relogged_sites(server_dir, job_id))
+                if lost:
+                    session.abort_job(job_id)
+                    return _wait_finished(session, job_id), lost
+        except NoConnection:
+            pass  # the admin link to the server dropped for a moment (a busy server): ask again at the next poll
         time.sleep(POLL_S)
+    return status, []
 
 
 def deployed_sites(meta: object, all_sites: list[str]) -> set[str]:
