@@ -74,7 +74,7 @@ def _honest_round(seed: int = 0):
     import torch
 
     from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.simulated_site import simulate_site_update
     from medpfl_app.data.phantoms import generate_phantoms
     from medpfl_app.models.global_model import build_seeded_network
 

@@ -38,8 +38,8 @@ def _measure(variant: str, size: int, restarts: int, iterations: int, threads: i
 
     from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
     from medpfl_app.attacks.engine import _initial_images
-    from medpfl_app.attacks.reference import reference_gradinv
-    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.reference_loop import reference_gradinv
+    from medpfl_app.attacks.simulated_site import simulate_site_update
     from medpfl_app.experiments.grid import load_demo_images
     from medpfl_app.metrics import psnr
     from medpfl_app.models import build_network

@@ -14,10 +14,9 @@ batch), and a double backward about a sixth cheaper than the fused kernel's (see
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +24,22 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medpfl_app.attacks.knowledge import AttackerKnowledge, UpdateKind
+from medpfl_app.attacks.batch_statistics_norm import BatchStatisticsNorm
+from medpfl_app.attacks.functional_adam import adam_step
+from medpfl_app.attacks.knowledge import AttackerKnowledge
+from medpfl_app.attacks.update_modes import Params, UpdateMode, resolve_mode, target_update, update_as_gradient
 from medpfl_app.errors import MedPFLError
 
-UpdateMode = Literal["gradient", "approximate", "unrolled"]
-Params = dict[str, torch.Tensor]
+__all__ = [
+    "BatchStatisticsNorm",
+    "Params",
+    "SimulatedUpdate",
+    "UpdateMode",
+    "Victim",
+    "resolve_mode",
+    "target_update",
+    "update_as_gradient",
+]
 
 
 @dataclass(frozen=True)
@@ -38,39 +48,6 @@ class SimulatedUpdate:
 
     update: Params
     bn_stats: dict[str, torch.Tensor]
-
-
-class BatchStatisticsNorm(nn.Module):
-    """BatchNorm in train mode as ``var_mean`` plus an affine map: the values of ``F.batch_norm(training=True)``.
-
-    Gradient matching differentiates the site's gradient again with respect to the images. PyTorch's fused
-    batch-norm kernel has a composite double backward that dominated the attack's profile at 64² (≈ 30 % of an
-    iteration); differentiating these few elementary operations twice is cheaper (attack iteration at 64², 8
-    restarts, small_cnn, four paired timings: ≈ 40 → 33 ms on 2 CPU cores) and agrees with the fused kernel to
-    float32 rounding. Parameters keep their names (``<layer>.weight``, ``<layer>.bias``); running statistics are
-    not kept.
-
-    Args:
-        source: The BatchNorm layer whose ``weight``, ``bias`` and ``eps`` are used (shared, not copied).
-    """
-
-    def __init__(self, source: _BatchNorm) -> None:
-        super().__init__()
-        self.eps = float(source.eps)
-        self.weight = source.weight
-        self.bias = source.bias
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        dims = [0, *range(2, features.ndim)]  # every axis but the channels, as F.batch_norm reduces
-        var, mean = torch.var_mean(features, dim=dims, keepdim=True, correction=0)
-        shape = [1, -1] + [1] * (features.ndim - 2)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.reshape(shape)
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.reshape(shape)
-        return features * scale + shift
 
 
 class Victim:
@@ -218,7 +195,7 @@ class Victim:
             if bn_stats:
                 self._advance_running(running, stats)
             if optimizer == "adam":
-                params = _adam_step(params, gradient, adam_m, adam_v, step + 1, learning_rate)
+                params = adam_step(params, gradient, adam_m, adam_v, step + 1, learning_rate)
             else:
                 params = {n: params[n] - learning_rate * gradient[n] for n in params}
         delta = {n: params[n] - params0[n] for n in params}
@@ -262,56 +239,3 @@ class Victim:
                 if key in knowledge.bn_running_stats:
                     out[key] = (knowledge.bn_running_stats[key] - decay * self.bn_initial[key]) / (1 - decay)
         return out
-
-
-def _adam_step(
-    params: Params,
-    gradient: Params,
-    m: Params,
-    v: Params,
-    step: int,
-    lr: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-) -> Params:
-    out = {}
-    for n in params:
-        m[n] = betas[0] * m[n] + (1 - betas[0]) * gradient[n]
-        v[n] = betas[1] * v[n] + (1 - betas[1]) * gradient[n] ** 2
-        m_hat = m[n] / (1 - betas[0] ** step)
-        v_hat = v[n] / (1 - betas[1] ** step)
-        # The tiny offset keeps sqrt differentiable where a gradient entry is exactly zero.
-        out[n] = params[n] - lr * m_hat / (torch.sqrt(v_hat + 1e-30) + 1e-8)
-    return out
-
-
-def resolve_mode(knowledge: AttackerKnowledge, requested: str) -> UpdateMode:
-    """Pick how to simulate the update: a gradient is matched directly; a weight difference approximately or unrolled."""
-    if knowledge.kind is UpdateKind.GRADIENT:
-        return "gradient"
-    if requested == "approximate":
-        return "approximate"
-    if requested == "unrolled":
-        if knowledge.learning_rate is None:
-            raise MedPFLError(
-                "unrolled FedAvg inversion needs the site's learning rate, and the update's meta lacks it",
-                fix="send 'learning_rate' in the update meta, or use update_mode='approximate'",
-            )
-        return "unrolled"
-    if requested != "auto":
-        raise MedPFLError(f"unknown update_mode {requested!r}", fix="use auto, approximate or unrolled")
-    return "unrolled" if knowledge.learning_rate is not None and knowledge.local_steps > 1 else "approximate"
-
-
-def target_update(knowledge: AttackerKnowledge, mode: UpdateMode) -> Params:
-    """The tensors the simulation must match: the gradient, ``−Δ/(η·S)`` (approximate) or ``Δ`` (unrolled)."""
-    if mode == "gradient" or mode == "unrolled":
-        return {n: v.float() for n, v in knowledge.update.items()}
-    scale = knowledge.local_steps * (knowledge.learning_rate or 1.0)
-    return {n: -v.float() / scale for n, v in knowledge.update.items()}
-
-
-def update_as_gradient(knowledge: AttackerKnowledge) -> Mapping[str, torch.Tensor]:
-    """A gradient-like view of the update (for label recovery): the gradient itself or ``−Δ``."""
-    if knowledge.kind is UpdateKind.GRADIENT:
-        return knowledge.update
-    return {n: -v for n, v in knowledge.update.items()}

@@ -16,7 +16,10 @@ whose ``risk`` was ``low|medium|high|unknown``):
 ``threat_model``: what the attacker knew or assumed (declared, e.g. honest-but-curious server with the update meta),
 ``defenses``: the update's ``medpfl_defenses`` entries (defense, guarantee, params, installed_by, ε ...),
 ``filter_history``: NVFlare's filter history of the update,
-``epsilon``: ``{"client_dp": float | None, "dp_sgd": float | None, "delta": float | None}`` formal ε so far,
+``epsilon``: ``{"client_dp": float | None, "dp_sgd": float | None, "delta": float | None}`` formal ε so far; records
+with a formal ε also carry ``client_dp_empirical`` / ``dp_sgd_empirical`` (the site's ``EmpiricalEpsilon`` JSON or
+None) and ``empirical_status`` ``{"client_dp": S, "dp_sgd": S}``, S one of ``consistent | exceeds_claim | invalid |
+mismatch | absent`` (`medpfl_app.contracts.record.EmpiricalStatus`),
 ``server_indicators``: what the server alone can tell (labels recovered, BN-statistics exposure, attack matching
 loss, ...),
 ``site_scores``: scalars returned by the site's scorer (``status`` ``scored`` | ``unavailable``, ``reason``,

@@ -17,7 +17,7 @@ A verdict must be true in both directions (`medpfl_app.contracts.verdict`). Defa
    stated in the evidence, never turned into a level without ground truth.
 
 A formal ε never lowers a level: it bounds what any attacker can learn in theory, the level says what this
-attack did.
+attack did. A formal ε whose empirical check failed (`formal_epsilon`) is no guarantee at all.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medpfl_app.attacks.convergence import Convergence
-from medpfl_app.contracts.record import RecordStatus
+from medpfl_app.contracts.record import EmpiricalStatus, RecordStatus
 from medpfl_app.contracts.score import ScoreStatus
 from medpfl_app.contracts.verdict import RiskLevel, Verdict
 from medpfl_app.errors import MedPFLError
@@ -89,8 +89,18 @@ def _number(mapping: Mapping[str, Any] | None, key: str) -> float | None:
 
 
 def formal_epsilon(epsilon: Mapping[str, Any] | None) -> float | None:
-    """The smallest formal ε stated (client-level or sample-level), or None when there is none."""
-    values = [v for v in (_number(epsilon, "client_dp"), _number(epsilon, "dp_sgd")) if v is not None]
+    """The smallest formal ε stated (client-level or sample-level) that still counts as a guarantee, or None.
+
+    A mechanism whose empirical check failed (``empirical_status`` ``exceeds_claim``: a canary test measured more
+    leakage for one release than its ε allows) states no valid ε, so nothing may rest on its formal ε.
+    """
+    statuses = (epsilon or {}).get("empirical_status")
+    failed = statuses if isinstance(statuses, Mapping) else {}
+    values = [
+        v
+        for key in ("client_dp", "dp_sgd")
+        if (v := _number(epsilon, key)) is not None and failed.get(key) != EmpiricalStatus.EXCEEDS_CLAIM
+    ]
     return min(values) if values else None
 
 

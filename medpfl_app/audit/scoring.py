@@ -56,7 +56,7 @@ def score_reconstructions(
         significantly above chance when ``identifiability_p_value`` is below
         `medpfl_app.metrics.leakage.IDENTIFIABILITY_ALPHA` (0.01).
     """
-    from medpfl_app.metrics import evaluate_reconstruction, identifiability
+    from medpfl_app.metrics import evaluate_reconstruction
 
     recon = torch.as_tensor(np.asarray(reconstructions, dtype=np.float32)).clamp(0, 1)
     rows, cols = pair_reconstructions(recon, used_images)
@@ -70,17 +70,41 @@ def score_reconstructions(
         prior=pool.float().mean(dim=0),  # uninformed about which patient: the site's mean image
         ssim_threshold=ssim_threshold,
     )
-    # Identifiability needs a reconstruction for every used image. With fewer (the attack solved a smaller problem
-    # than the update), at most N of the M used images can be identified, so the share is capped at N/M by
-    # construction: a low value would describe the reduced attack, not what the update leaks. Not reported then.
-    # It never uses the pairing above, which looks at the originals and so turns noise into hits.
-    ident = (
-        identifiability(recon, [int(p) for p in used_positions], pool.float())
-        if recon.shape[0] >= used_images.shape[0]
-        else None
+    ident = _identifiability(recon, used_images, used_positions, pool)
+    scores = _score_reply(
+        report,
+        ident,
+        ssim_threshold=ssim_threshold,
+        images_used=int(used_images.shape[0]),
+        reconstructions_scored=len(rows),
     )
+    check_scalars_only(scores)
+    return scores
+
+
+def _identifiability(
+    recon: torch.Tensor, used_images: torch.Tensor, used_positions: Sequence[int], pool: torch.Tensor
+) -> Any:
+    """`medpfl_app.metrics.identifiability` of the used images among the pool, or None with too few reconstructions.
+
+    Identifiability needs a reconstruction for every used image. With fewer (the attack solved a smaller problem
+    than the update), at most N of the M used images can be identified, so the share is capped at N/M by
+    construction: a low value would describe the reduced attack, not what the update leaks. Not reported then.
+    It never uses the Hungarian pairing, which looks at the originals and so turns noise into hits.
+    """
+    from medpfl_app.metrics import identifiability
+
+    if recon.shape[0] < used_images.shape[0]:
+        return None
+    return identifiability(recon, [int(p) for p in used_positions], pool.float())
+
+
+def _score_reply(
+    report: Any, ident: Any, *, ssim_threshold: float, images_used: int, reconstructions_scored: int
+) -> dict[str, Any]:
+    """The scalar reply (`ScoreReply.to_json`) from the paired report and the identifiability (None: not measured)."""
     relative = report.relative_leakage
-    scores = ScoreReply(
+    return ScoreReply(
         status=ScoreStatus.SCORED,
         psnr_mean=_finite(np.mean(report.psnr)),
         psnr_max=_finite(np.max(report.psnr)),
@@ -94,11 +118,9 @@ def score_reconstructions(
         identifiability_p_value=_finite(ident.p_value) if ident is not None else None,
         relative_leakage=_finite(max(relative)) if relative else None,
         ssim_threshold=float(ssim_threshold),
-        images_used=int(used_images.shape[0]),
-        reconstructions_scored=len(rows),
+        images_used=images_used,
+        reconstructions_scored=reconstructions_scored,
     ).to_json()
-    check_scalars_only(scores)
-    return scores
 
 
 def pair_reconstructions(
@@ -107,7 +129,7 @@ def pair_reconstructions(
     """Pair reconstructions with distinct used images by Hungarian matching on pixel distance.
 
     The pairing `score_reconstructions` scores, and the one the site uses to match demo originals to
-    reconstructions (`medpfl_app.audit.release`), so a thumbnail shows the original that was scored.
+    reconstructions (`medpfl_app.audit.demo_originals`), so a thumbnail shows the original that was scored.
 
     Args:
         reconstructions: ``(N, C, H, W)`` in [0, 1].

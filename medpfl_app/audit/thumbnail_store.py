@@ -3,7 +3,7 @@
 Reconstructions are patient data when the sites train on real data, so nothing here runs unless the job turns
 `medpfl_app.nvflare.server.audit_filter.AuditFilter`'s ``store_reconstructions`` on. Files go to
 ``<run dir>/medpfl/thumbnails/<site>/round_<n>/recon_<i>.png`` and, when the site released them (synthetic demo data
-only, see `medpfl_app.audit.release`), ``original_<i>.png`` beside them with the same ``i``. Files are 0600 and
+only, see `medpfl_app.audit.demo_originals`), ``original_<i>.png`` beside them with the same ``i``. Files are 0600 and
 every folder from ``thumbnails`` down 0700, whatever the umask; `medpfl_app.reports.thumbnails` reads this layout.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medpfl_app.atomic_io import write_atomic
-from medpfl_app.audit.release import ReleasedOriginals
+from medpfl_app.audit.demo_originals import ReleasedOriginals
 from medpfl_app.errors import MedPFLError
 
 THUMBNAILS_FOLDER = "thumbnails"

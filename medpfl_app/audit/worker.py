@@ -2,7 +2,9 @@
 
 The server's result filter only calls `AuditWorker.submit` (a non-blocking ``put``) or `AuditWorker.note`; every
 attack, site round-trip and fsync happens on the worker's own threads, so training never waits for the audit.
-A full queue or a failing audit becomes a ``not_audited`` ledger record with the reason.
+A full queue or a failing audit becomes a ``not_audited`` ledger record with the reason. The record itself is
+built by `medpfl_app.audit.ledger_record` (`build_record`, `metric_settings` and `unavailable_scores` are
+re-exported here).
 """
 
 from __future__ import annotations
@@ -17,114 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from medpfl_app.audit.core import (
-    AuditItem,
-    AuditOutcome,
-    audit_update,
-    epsilon_so_far,
-    library_versions,
-    warm_up_audit,
-)
 from medpfl_app.audit.isolation import AuditRunner
 from medpfl_app.audit.ledger import AuditLedger
+from medpfl_app.audit.ledger_record import build_record, metric_settings, unavailable_scores
 from medpfl_app.audit.plan import AuditPlan
-from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
-from medpfl_app.contracts.record import AuditRecord, RecordStatus
-from medpfl_app.contracts.score import ScoreReply
-from medpfl_app.contracts.training_facts import RECORDED_FACT_KEYS
+from medpfl_app.audit.risk import RiskPolicy
+from medpfl_app.audit.update_audit import AuditItem, AuditOutcome, audit_update, library_versions, warm_up_audit
+from medpfl_app.contracts.record import RecordStatus
 
 logger = logging.getLogger("medpfl.audit")
 
 #: ``scorer(item, reconstructions, labels) -> site_scores`` (a `ScoreReply.to_json`): asks ``item.site`` to
 #: score the reconstructions of the update ``item`` holds (the request names that update by its digest).
 SiteScorer = Callable[[AuditItem, np.ndarray, np.ndarray | None], Mapping[str, Any]]
-
-THREAT_MODEL = (
-    "honest-but-curious server: knows the architecture, the global weights the site started from, the update exactly "
-    "as received (after every client-side defense) and the training facts the site declared in the update meta"
-)
-
-
-def unavailable_scores(reason: str) -> dict[str, Any]:
-    """Site scores that could not be obtained, with the reason (server indicators still stand)."""
-    return ScoreReply.unavailable(reason).to_json()
-
-
-def metric_settings(ssim_threshold: float, significance: float = RiskPolicy().significance) -> dict[str, Any]:
-    """The yardstick every leakage number of a record was measured with (stated in every report)."""
-    from medpfl_app.metrics.image import SSIM_SETTINGS
-    from medpfl_app.metrics.leakage import IDENTIFIABILITY_DEFINITION
-
-    return {
-        "ssim": dict(SSIM_SETTINGS),
-        "psnr": {"data_range": 1.0, "per_image": True},
-        "success_threshold_ssim": float(ssim_threshold),
-        "identifiability": IDENTIFIABILITY_DEFINITION,
-        "significance": float(significance),
-    }
-
-
-def build_record(
-    *,
-    job_id: str | None,
-    site: str | None,
-    round_number: int | None,
-    status: RecordStatus | str,
-    reason: str | None,
-    meta: Mapping[str, Any],
-    outcome: AuditOutcome | None,
-    site_scores: Mapping[str, Any] | None,
-    policy: RiskPolicy,
-    plan: AuditPlan,
-    versions: Mapping[str, Any],
-    settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One ledger record (`AuditRecord`, schema ``medpfl.audit/2``, see `medpfl_app.audit.ledger`) from the audit's
-    parts, as the ledger takes it (`AuditRecord.to_json`: the ledger stamps the time)."""
-    epsilon = epsilon_so_far(meta)
-    indicators = dict(outcome.server_indicators) if outcome else {}
-    budget = dict(outcome.attack_budget) if outcome else {"attack": plan.attack, "iterations": 0}
-    scores = dict(site_scores) if site_scores else unavailable_scores(reason or "no reconstruction to score")
-    threat = {"declared": THREAT_MODEL, **(dict(outcome.threat_model) if outcome else {})}
-    verdict = assess_verdict(
-        status=status,
-        reason=reason,
-        site_scores=scores,
-        attack=AttackEvidence.from_record(indicators, budget),
-        policy=policy,
-    )
-    return AuditRecord(
-        job_id=job_id,
-        site=site,
-        round=round_number,
-        status=RecordStatus(status),
-        reason=reason,
-        model=dict(outcome.model)
-        if outcome
-        else {
-            "network": meta.get("network"),
-            "num_classes": meta.get("num_classes"),
-            "config_hash": None,
-            "num_parameters": None,
-        },
-        versions=dict(versions),
-        threat_model=threat,
-        defenses=tuple(meta.get("medpfl_defenses") or ()),
-        filter_history=tuple(meta.get("filter_history") or ()),
-        epsilon=epsilon,
-        server_indicators=indicators,
-        site_scores=scores,
-        risk=str(verdict.level),
-        verdict=verdict,
-        risk_policy=policy.to_dict(),
-        attack_budget=budget,
-        ladder=tuple(dict(stage) for stage in outcome.ladder) if outcome else (),
-        ladder_complete=bool(budget.get("ladder_complete")),
-        metric_settings=dict(settings) if settings is not None else metric_settings(0.9),
-        training_facts={key: meta.get(key) for key in RECORDED_FACT_KEYS},
-        # Set when the audit policy kept this update out of aggregation (`AuditFilter(on_high_risk="exclude_site")`).
-        policy_action=meta.get("medpfl_policy_action"),
-    ).to_json()
 
 
 class AuditWorker:
@@ -137,7 +44,7 @@ class AuditWorker:
         scorer: Asks the site to score the reconstructions of its own update (None: scores unavailable).
         max_queue: Updates waiting for the attack thread at most; more are recorded ``not_audited``.
         job_id: Written into every record.
-        audit_fn: The audit of one update (default `medpfl_app.audit.core.audit_update`, looked up at call time).
+        audit_fn: The audit of one update (default `medpfl_app.audit.update_audit.audit_update`, looked up at call time).
         on_record: Called on the ledger thread with each record once it is durably written (policy actions).
         ssim_threshold: SSIM at which the sites count an image as reconstructed (stated in every record).
         runner: Where the attack work runs (`medpfl_app.audit.isolation`): an `AuditProcess` (a lower-priority,
@@ -340,16 +247,7 @@ class AuditWorker:
                 outcome=None,
                 site_scores=None,
             )
-        scores: Mapping[str, Any] | None
-        if outcome.reconstructions is None:
-            scores = unavailable_scores("the plan ran no optimisation attack: nothing to score")
-        elif self.scorer is None:
-            scores = unavailable_scores("no site scorer configured on the server")
-        else:
-            try:
-                scores = self.scorer(item, outcome.reconstructions, outcome.labels)
-            except Exception as error:  # noqa: BLE001
-                scores = unavailable_scores(f"asking the site for scores failed: {error!r}")
+        scores = self._site_scores(item, outcome)
         self.audited += 1
         self.audit_seconds += time.monotonic() - started
         record = self._record(
@@ -365,6 +263,17 @@ class AuditWorker:
         record["attack_budget"]["audit_wall_time_s"] = round(time.monotonic() - started, 3)
         record["attack_budget"]["queue_wait_s"] = round(max(0.0, started_wall(item, started)), 3)
         return record
+
+    def _site_scores(self, item: AuditItem, outcome: AuditOutcome) -> Mapping[str, Any]:
+        """The site's scores of this outcome's reconstructions, or why there are none (never raises)."""
+        if outcome.reconstructions is None:
+            return unavailable_scores("the plan ran no optimisation attack: nothing to score")
+        if self.scorer is None:
+            return unavailable_scores("no site scorer configured on the server")
+        try:
+            return self.scorer(item, outcome.reconstructions, outcome.labels)
+        except Exception as error:  # noqa: BLE001
+            return unavailable_scores(f"asking the site for scores failed: {error!r}")
 
     def _write_loop(self) -> None:
         while True:

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from medpfl_app.cli.attack_grid import add_grid_options, run_grid
+from medpfl_app.cli.attack_single import DEMO_IMAGES, run_single
 from medpfl_app.cli.options import at_least, non_negative_float, non_negative_int, positive_float, positive_int, seed
 
-if TYPE_CHECKING:
-    from medpfl_app.attacks.result import AttackResult
-
-
-#: Training images in the demo data generated when no --datalist is given (valid --index: 0 … DEMO_IMAGES - batch).
-DEMO_IMAGES = 64
 #: The smallest images the reconstruction can be scored on (SSIM's 11 px Gaussian window).
 MIN_IMAGE_SIZE = 11
 
@@ -35,9 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "OUT/grid.json. Nothing is downloaded."
         ),
     )
+    _add_data_options(parser)
+    _add_target_options(parser)
+    _add_site_options(parser)
+    _add_recipe_options(parser)
+    add_grid_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from and where the results go."""
     parser.add_argument("--out", type=Path, required=False, help="output folder (required unless --list)")
     parser.add_argument("--datalist", type=Path, default=None, help="site datalist JSON; default: fresh demo data")
     parser.add_argument("--list", action="store_true", help="list the registered attacks and exit")
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Which attack, on which victim network, against which images."""
     parser.add_argument("--attack", default="idlg", help="attack name (see --list)")
     parser.add_argument("--network", default="lenet_sigmoid", help="victim network (lenet_sigmoid, small_cnn, ...)")
     parser.add_argument(
@@ -55,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         f"{DEMO_IMAGES} - batch size for the generated demo data",
     )
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images in the site's batch")
+
+
+def _add_site_options(parser: argparse.ArgumentParser) -> None:
+    """What the simulated site trains and shares, and what the attacker is granted."""
     parser.add_argument(
         "--update", choices=("gradient", "weight_diff"), default="gradient", help="what the site shares"
     )
@@ -67,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--labels-known", action="store_true", help="grant the attacker the true labels")
     parser.add_argument("--bn-eval", action="store_true", help="the site trains with BatchNorm in eval mode")
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The attack's budget and recipe, and the seed of the whole run."""
     parser.add_argument(
         "--iterations", type=positive_int, default=None, help="attack iterations (default: the recipe's)"
     )
@@ -82,27 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "everything)",
     )
     parser.add_argument("--seed", type=seed, default=0, help="seed of data, victim weights, noise and attack")
-    grid = parser.add_argument_group("grid (--grid)")
-    grid.add_argument("--grid", action="store_true", help="run the seed-paper grid instead of one attack")
-    grid.add_argument("--seed-images", type=positive_int, default=20, help="images per un-noised seed-setting cell")
-    grid.add_argument("--noised-images", type=positive_int, default=2, help="images per Laplace-noise cell")
-    grid.add_argument(
-        "--realistic-iterations", type=positive_int, default=150, help="Adam iterations in realistic cells"
-    )
-    grid.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1 suits small, shared CPUs)")
-    grid.add_argument(
-        "--quick", action="store_true", help="a tiny grid with toy budgets (smoke test, well under a minute)"
-    )
-    grid.add_argument(
-        "--paper-budget",
-        action="store_true",
-        help=(
-            "the seed code's budgets: L-BFGS 300 steps x 20 updates (early stop at loss 1e-6), GradInv 1000 it x 4 "
-            "restarts, 5 images per noise cell at 50 L-BFGS steps, realistic cells 400 it x 2 restarts "
-            "(~15 min on an idle 2-core CPU)"
-        ),
-    )
-    parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,187 +122,4 @@ def _run(args: argparse.Namespace) -> int:
             "--set changes one attack's recipe and does not apply to --grid (its budgets are the grid's)",
             fix="drop --set, or run a single attack without --grid",
         )
-    return _run_grid(args) if args.grid else _run_single(args)
-
-
-def _run_grid(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from medpfl_app.experiments.grid import GridConfig, timed_grid
-
-    torch.set_num_threads(max(1, args.threads))
-
-    config = GridConfig(
-        image_size=args.image_size,
-        seed_images=args.seed_images,
-        noised_images=args.noised_images,
-        realistic_iterations=args.realistic_iterations,
-        seed=args.seed,
-    )
-    if args.paper_budget:
-        config = dataclasses.replace(
-            config,
-            lbfgs_steps=300,
-            gradinv_iterations=1000,
-            gradinv_restarts=4,
-            noised_images=5,
-            dlg_images=5,
-            noised_lbfgs_steps=50,
-            realistic_iterations=400,
-            realistic_restarts=2,
-        )
-    if args.quick:
-        config = dataclasses.replace(
-            config,
-            seed_images=2,
-            noised_images=1,
-            dlg_images=1,
-            noise_scales=(0.01,),
-            lbfgs_steps=10,
-            noised_lbfgs_steps=2,
-            gradinv_iterations=20,
-            gradinv_restarts=2,
-            realistic_batches=(4,),
-            realistic_iterations=5,
-            realistic_restarts=1,
-        )
-    table = timed_grid(config, args.out, datalist=args.datalist, progress=True)
-    print(table.read_text())
-    print(f"grid written to {table} and {table.with_suffix('.json')}")
-    return 0
-
-
-def _run_single(args: argparse.Namespace) -> int:
-    import torch
-
-    from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-    from medpfl_app.attacks.recipes import parse_overrides
-    from medpfl_app.attacks.site import init_uniform_, simulate_site_update
-    from medpfl_app.experiments.grid import _noisy, load_demo_images
-    from medpfl_app.metrics import evaluate_reconstruction
-    from medpfl_app.models import build_network
-
-    attack = build_attack(
-        args.attack,
-        **{
-            "seed": args.seed,
-            **{k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None},
-            **parse_overrides(args.overrides),  # --set wins over --seed / --iterations / --restarts
-        },
-    )
-    check_image_range(args.datalist, index=args.index, batch_size=args.batch_size)
-    images, labels = load_demo_images(
-        args.datalist, count=args.index + args.batch_size, image_size=args.image_size, seed=args.seed
-    )
-    x, y = images[args.index :], labels[args.index :]
-    torch.manual_seed(args.seed)
-    model = build_network(args.network, in_channels=1, num_classes=args.num_classes, image_size=args.image_size)
-    if args.network == "lenet_sigmoid":
-        init_uniform_(model, seed=args.seed)  # the DLG / seed-paper initialisation
-    kind = UpdateKind(args.update)
-    site = simulate_site_update(
-        model,
-        x,
-        y,
-        kind=kind,
-        local_steps=args.local_steps,
-        learning_rate=args.local_lr,
-        bn_train_mode=not args.bn_eval,
-    )
-    update = _noisy(site.update, args.noise_b, seed=args.seed + 1000)
-    knowledge = knowledge_from_update(
-        model,
-        site.global_weights,
-        update,
-        site.meta,
-        image_shape=tuple(x.shape[1:]),
-        kind=kind,
-        labels=y if args.labels_known else None,
-        bn_train_mode=not args.bn_eval,
-    )
-    result = attack.run(knowledge, progress=True)
-    report = evaluate_reconstruction(result.reconstructions, x, recovered_labels=result.labels, true_labels=y)
-    metrics = {**report.to_dict(), "noise_b": args.noise_b}
-    if knowledge.bn_running_stats and knowledge.bn_train_mode:
-        from medpfl_app.attacks.bn_report import bn_statistics_report
-
-        bn = bn_statistics_report(knowledge, originals=x).to_dict()
-        metrics["bn_buffers_alone"] = bn
-        print(
-            f"BN buffers alone reveal {bn['numbers_revealed']} batch statistics "
-            f"({'exact' if bn['exact'] else 'mixed over local steps'}; first-layer mean rel. error "
-            f"{bn['layers'][0]['mean_rel_error']:.2e})"
-        )
-    json_path, png_path = result.save(args.out, originals=x, metrics=metrics)
-    s = report.summary
-    print(
-        f"{args.attack} on {args.network} ({kind.value}, B={args.batch_size}, S={knowledge.local_steps}, "
-        f"Laplace b={args.noise_b:g}): PSNR {s['psnr_mean']:.2f} dB, SSIM {s['ssim_mean']:.3f} "
-        f"(max {s['ssim_max']:.3f}), ASR {100 * s['asr']:.0f}%, label acc. {s.get('label_accuracy', float('nan')):.2f}"
-    )
-    for line in optimisation_lines(result):
-        print(line)
-    print(f"wrote {json_path} and {png_path}")
-    return 0
-
-
-def check_image_range(datalist: Path | None, *, index: int, batch_size: int) -> None:
-    """Refuse, before any image is loaded or generated, a slice ``index … index + batch_size - 1`` beyond the data.
-
-    The data is the datalist's training images, or the `DEMO_IMAGES` of the generated demo data without one.
-
-    Raises:
-        MedPFLError: the slice does not fit (the message names the valid ``--index`` range), or the datalist is bad.
-    """
-    from medpfl_app.errors import MedPFLError
-
-    if datalist is None:
-        available, source = DEMO_IMAGES, "the generated demo data"
-        fix = "pick an --index in range, or attack images of your own with --datalist"
-    else:
-        from medpfl_app.data import load_site_data
-
-        available, source = len(load_site_data(datalist).training), f"the datalist {datalist}"
-        fix = "pick an --index in range, or a datalist with more training images"
-    if batch_size > available:
-        raise MedPFLError(
-            f"--batch-size {batch_size} exceeds the {available} training images of {source}",
-            fix=f"use --batch-size 1 to {available}",
-        )
-    if index + batch_size > available:
-        raise MedPFLError(
-            f"--index {index} with --batch-size {batch_size} needs training "
-            + (f"image {index}" if batch_size == 1 else f"images {index} to {index + batch_size - 1}")
-            + f", but {source} has {available} (images 0 to {available - 1}): valid --index is 0 to "
-            f"{available - batch_size}",
-            fix=fix,
-        )
-
-
-def optimisation_lines(result: AttackResult) -> list[str]:
-    """How the attack's optimisation went, in words: iterations, matching loss at start and end, convergence.
-
-    The convergence status describes the optimisation only; whether images leaked is what the metrics measure.
-    """
-    from medpfl_app.attacks.convergence import Convergence
-
-    lines = [
-        f"optimisation: {result.iterations} iterations ({result.evaluations} evaluations, {result.wall_time_s:.1f} s, "
-        f"stopped by {result.stop_reason}); matching loss {result.initial_loss:.3g} at start, "
-        f"{result.matching_loss:.3g} at end"
-    ]
-    evidence = result.convergence
-    if evidence is None:
-        lines.append("convergence: not assessed")
-        return lines
-    lines.append(
-        f"convergence: {evidence.status} ({evidence.status.meaning}; images moved {evidence.moved:.3g}, relative L2)"
-    )
-    if evidence.status is Convergence.NO_PROGRESS:
-        lines.append(
-            "the attack made no progress from its initialisation: its failure to reconstruct is not evidence that "
-            "the update is safe; try another recipe (--attack, --set) or a larger budget"
-        )
-    return lines
+    return run_grid(args) if args.grid else run_single(args)

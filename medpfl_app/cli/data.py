@@ -11,6 +11,25 @@ from pathlib import Path
 from medpfl_app.cli.options import non_negative_int, positive_float, positive_int, seed
 from medpfl_app.cli.samples import register_samples
 
+#: ``medpfl data check --help``: every check the command makes, and its exit statuses.
+CHECK_DESCRIPTION = (
+    "Check a datalist JSON or class-per-folder tree before training. For every listed image: read the "
+    "header (format, shape, frames, dtype, DICOM photometric interpretation and transfer syntax, or PIL "
+    "mode) and refuse a file declaring more than 256,000,000 pixels (or the site's own max_megapixels) "
+    "before decoding it; read the stored pixels (value range, NaN/Inf, blank image); load it through the "
+    "same transforms as training; and check that the model input shows the picture stored in the file "
+    "(correlation at least 0.8 with the check's own rendering). Errors: unreadable files, NaN/Inf pixels, "
+    "blank images or blank slices, images under 8 pixels a side, model inputs that do not match the file "
+    "(frames stacked, palette or colour misread, MONOCHROME1 not inverted), identical images with "
+    "conflicting labels. Warnings: images enlarged more than 4x or shrunk more than 8x to --image-size, "
+    "4-D volumes, duplicates with the same label, a single-class site, classes with fewer than 2 training "
+    "images. Prints one row per file (above 20 files only the rows with problems), class counts and a "
+    "verdict. Exit status: 0 when the data is usable, 1 when any file or finding is an error (or any "
+    "warning with --strict), 2 when the datalist/folder itself is invalid. "
+    "Without SOURCE, the site's own data configuration is used (MEDPFL_SITE_DATA_CONFIG, "
+    "<workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly as the training job finds it."
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``medpfl data {demo,check,samples}`` to the top-level parser."""
@@ -24,7 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
+    _add_demo(actions)
+    _add_check(actions)
+    register_samples(actions)
 
+
+def _add_demo(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``medpfl data demo``: write the seeded phantom data set."""
     demo = actions.add_parser(
         "demo",
         help="write the demo phantom data set, partitioned across sites",
@@ -47,26 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     demo.add_argument("--seed", type=seed, default=0, help="random seed; the same seed gives the same pixels")
     demo.set_defaults(func=_run_demo)
 
+
+def _add_check(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``medpfl data check``: pre-flight a site's data before training."""
     check = actions.add_parser(
         "check",
         help="pre-flight a site's data: every file's header, pixels and model input, duplicates, class balance",
-        description=(
-            "Check a datalist JSON or class-per-folder tree before training. For every listed image: read the "
-            "header (format, shape, frames, dtype, DICOM photometric interpretation and transfer syntax, or PIL "
-            "mode) and refuse a file declaring more than 256,000,000 pixels (or the site's own max_megapixels) "
-            "before decoding it; read the stored pixels (value range, NaN/Inf, blank image); load it through the "
-            "same transforms as training; and check that the model input shows the picture stored in the file "
-            "(correlation at least 0.8 with the check's own rendering). Errors: unreadable files, NaN/Inf pixels, "
-            "blank images or blank slices, images under 8 pixels a side, model inputs that do not match the file "
-            "(frames stacked, palette or colour misread, MONOCHROME1 not inverted), identical images with "
-            "conflicting labels. Warnings: images enlarged more than 4x or shrunk more than 8x to --image-size, "
-            "4-D volumes, duplicates with the same label, a single-class site, classes with fewer than 2 training "
-            "images. Prints one row per file (above 20 files only the rows with problems), class counts and a "
-            "verdict. Exit status: 0 when the data is usable, 1 when any file or finding is an error (or any "
-            "warning with --strict), 2 when the datalist/folder itself is invalid. "
-            "Without SOURCE, the site's own data configuration is used (MEDPFL_SITE_DATA_CONFIG, "
-            "<workspace>/local/medpfl_data.json, MEDPFL_DATA_ROOT/<site>), exactly as the training job finds it."
-        ),
+        description=CHECK_DESCRIPTION,
     )
     check.add_argument("source", type=Path, nargs="?", default=None, help="datalist JSON file or class-per-folder root")
     check.add_argument("--site", default=None, help="site name (e.g. site-1); required without SOURCE")
@@ -96,7 +108,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="also write every file's facts and the findings as JSON to PATH, atomically (default: not written)",
     )
     check.set_defaults(func=_run_check)
-    register_samples(actions)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

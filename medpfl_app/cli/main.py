@@ -32,6 +32,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "medpfl_app.cli.privacy",
     "medpfl_app.cli.attack",
     "medpfl_app.cli.report",
+    "medpfl_app.cli.preflight",
+    "medpfl_app.cli.study",
 )
 
 

@@ -3,8 +3,12 @@
 `medpfl_app.audit.worker.build_record` builds an `AuditRecord` and hands its `to_json` to the ledger
 (`medpfl_app.audit.ledger`, which stamps ``time`` and bounds what a site controls); readers get it back with
 `AuditRecord.from_json`. The record's sections (model, threat model, scores, attack budget ...) stay plain JSON
-mappings: they hold what sites and attacks reported, which the ledger may have had to sanitise, and the reports
-check each number against its valid range themselves (`medpfl_app.reports.fields`). Keys this version does not know
+mappings: they hold what sites and attacks reported, which the ledger may have had to sanitise. The reports read
+every ledger line with `AuditRecord.from_json` (a line it refuses is shown as unreadable, with its reason) and hold
+each number of a section to its valid range themselves (`medpfl_app.reports.record_numbers`). The ``epsilon``
+section is ``{"client_dp", "dp_sgd", "delta"}`` (formal ε so far); records with a formal ε also carry
+``client_dp_empirical`` / ``dp_sgd_empirical`` (an ``EmpiricalEpsilon`` JSON or null) and ``empirical_status``
+(``{"client_dp": EmpiricalStatus, "dp_sgd": EmpiricalStatus}``); records without one are unchanged. Keys this version does not know
 are ignored (a newer writer may add some within the same schema); a schema it does not know is refused.
 
 Pure (no NVFlare, no torch).
@@ -40,7 +44,7 @@ _SECTIONS = (
     "training_facts",
     "policy_action",
 )
-_LISTS = ("defenses", "filter_history", "ladder")
+_LISTS = ("defenses", "filter_history")
 
 
 class RecordStatus(StrEnum):
@@ -51,6 +55,25 @@ class RecordStatus(StrEnum):
     NOT_AUDITED = "not_audited"
     #: The update cannot be attacked (encrypted, non-numeric, no model).
     NOT_AUDITABLE = "not_auditable"
+
+
+class EmpiricalStatus(StrEnum):
+    """How a site's empirical ε lower bound (ε̂) compares with the formal ε of one release (or DP-SGD step).
+
+    Written by `medpfl_app.audit.provenance.empirical_epsilon` into the record's ``epsilon.empirical_status``
+    (``{"client_dp": ..., "dp_sgd": ...}``); the site's value is untrusted, so it can only raise a flag.
+    """
+
+    #: ε̂ ≤ the claimed ε: no evidence against the claim (this does not prove it).
+    CONSISTENT = "consistent"
+    #: ε̂ > the claimed ε: at ε̂'s confidence the stated guarantee is false (defense or accounting broken).
+    EXCEEDS_CLAIM = "exceeds_claim"
+    #: The site sent something that is not a valid `EmpiricalEpsilon` (not used).
+    INVALID = "invalid"
+    #: A valid ε̂, but for another δ or another claimed ε than the server recomputes from the update's meta.
+    MISMATCH = "mismatch"
+    #: No ε̂ was sent (the check was off, or the mechanism is not in use).
+    ABSENT = "absent"
 
 
 STATUSES = tuple(str(status) for status in RecordStatus)
@@ -64,7 +87,8 @@ class AuditRecord:
     The fields are the record schema described in `medpfl_app.audit.ledger`; ``risk`` is a `RiskLevel` value (or
     ``unknown`` in a schema-1 record), ``verdict`` is None in schema-1 records (and in records written without one),
     ``time`` is None until the
-    ledger stamps it, ``sanitized`` is set by the ledger when it had to alter a value a site controls.
+    ledger stamps it, ``sanitized`` is set by the ledger when it had to alter a value a site controls. ``ladder`` and
+    ``ladder_complete`` are None in records that do not carry them (schema 1: one attack, no ladder).
     """
 
     status: RecordStatus
@@ -84,8 +108,8 @@ class AuditRecord:
     site_scores: Mapping[str, Any] | None = None
     risk_policy: Mapping[str, Any] | None = None
     attack_budget: Mapping[str, Any] | None = None
-    ladder: tuple[Mapping[str, Any], ...] = ()
-    ladder_complete: bool = False
+    ladder: tuple[Mapping[str, Any], ...] | None = None
+    ladder_complete: bool | None = None
     metric_settings: Mapping[str, Any] | None = None
     training_facts: Mapping[str, Any] | None = None
     policy_action: Mapping[str, Any] | None = None
@@ -97,6 +121,8 @@ class AuditRecord:
         object.__setattr__(self, "status", RecordStatus(self.status))
         for name in _LISTS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.ladder is not None:
+            object.__setattr__(self, "ladder", tuple(self.ladder))
 
     def to_json(self) -> dict[str, Any]:
         """The ledger line's object (``time`` and ``sanitized`` only once the ledger set them)."""
@@ -122,7 +148,7 @@ class AuditRecord:
                 "verdict": None if self.verdict is None else self.verdict.to_json(),
                 "risk_policy": _copy(self.risk_policy),
                 "attack_budget": _copy(self.attack_budget),
-                "ladder": [dict(stage) for stage in self.ladder],
+                "ladder": None if self.ladder is None else [dict(stage) for stage in self.ladder],
                 "ladder_complete": self.ladder_complete,
                 "metric_settings": _copy(self.metric_settings),
                 "training_facts": _copy(self.training_facts),
@@ -171,13 +197,15 @@ class AuditRecord:
         for name, kinds in (("job_id", str), ("site", str), ("reason", str), ("time", str)):
             parsed[name] = _typed(values, name, kinds)
         parsed["round"] = _typed(values, "round", int)
-        parsed["ladder_complete"] = bool(_typed(values, "ladder_complete", bool))
+        parsed["ladder_complete"] = _typed(values, "ladder_complete", bool)
         parsed["sanitized"] = bool(_typed(values, "sanitized", bool))
         for name in _SECTIONS:
             parsed[name] = _typed(values, name, Mapping)
         for name in _LISTS:
             parsed[name] = tuple(_typed(values, name, list) or ())
-        if not all(isinstance(stage, Mapping) for stage in parsed["ladder"]):
+        ladder = _typed(values, "ladder", list)
+        parsed["ladder"] = None if ladder is None else tuple(ladder)
+        if not all(isinstance(stage, Mapping) for stage in parsed["ladder"] or ()):
             raise MedPFLError(
                 "an audit record's ladder holds an entry that is not a stage",
                 fix="read the ledger with the MedPFL version that wrote it",

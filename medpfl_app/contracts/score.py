@@ -203,62 +203,77 @@ class ScoreRequest:
         Raises:
             MedPFLError: Not a mapping, a key it does not know, or a value of the wrong type.
         """
-        if not isinstance(values, Mapping):
-            raise MedPFLError(
-                f"a score request is a {type(values).__name__}, not a mapping", fix="send the request's entries"
-            )
-        known = {
-            REQUEST_ROUND,
-            REQUEST_DIGEST,
-            REQUEST_RECONSTRUCTIONS,
-            REQUEST_LABELS,
-            REQUEST_THRESHOLD,
-            REQUEST_ORIGINALS,
-        }
-        unknown = sorted(str(key) for key in values if key not in known and not str(key).startswith("__"))
-        if unknown:
-            raise MedPFLError(
-                f"a score request carries unknown entries {unknown[:5]}", fix=f"send only {sorted(known)}"
-            )
-        round_number = values.get(REQUEST_ROUND)
-        if round_number is not None and (
-            isinstance(round_number, bool) or not isinstance(round_number, numbers.Integral) or round_number < 0
-        ):
-            raise MedPFLError(
-                f"a score request names no valid round ({str(round_number)[:40]!r})",
-                fix="send the round as a whole number",
-            )
+        _check_request_keys(values)
+        round_number = _request_round(values.get(REQUEST_ROUND))
         digest = values.get(REQUEST_DIGEST)
         if digest is not None and not isinstance(digest, str):
             raise MedPFLError("a score request's update digest is not a string", fix="send the digest string")
-        recon = values.get(REQUEST_RECONSTRUCTIONS)
-        if not isinstance(recon, np.ndarray) or recon.dtype != np.float32 or recon.ndim != 4:
-            raise MedPFLError(
-                "a score request's reconstructions are not a 4-D float32 array",
-                fix="send (N, C, H, W) float32 reconstructions",
-            )
-        labels = values.get(REQUEST_LABELS)
-        if labels is not None and (
-            not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.ndim != 1
-        ):
-            raise MedPFLError("a score request's labels are not a 1-D integer array", fix="send integer labels")
-        threshold = values.get(REQUEST_THRESHOLD)
-        if threshold is None:
-            threshold = DEFAULT_SSIM_THRESHOLD
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, numbers.Real)
-            or not (math.isfinite(threshold) and 0.0 < float(threshold) <= 1.0)
-        ):
-            raise MedPFLError("a score request's SSIM threshold is not a number in (0, 1]", fix="send e.g. 0.9")
+        recon, labels = _request_arrays(values.get(REQUEST_RECONSTRUCTIONS), values.get(REQUEST_LABELS))
+        threshold = _request_threshold(values.get(REQUEST_THRESHOLD))
         wanted = values.get(REQUEST_ORIGINALS)
         if wanted is not None and not isinstance(wanted, bool):
             raise MedPFLError("a score request's originals_wanted is not true or false", fix="send a boolean")
         return cls(
-            round=None if round_number is None else int(round_number),
+            round=round_number,
             update_digest=digest,
             reconstructions=recon,
             labels=labels,
-            ssim_threshold=float(threshold),
+            ssim_threshold=threshold,
             originals_wanted=bool(wanted),
         )
+
+
+#: The entries a score request may carry (NVFlare's own ``__``-prefixed headers aside).
+_REQUEST_KEYS = frozenset(
+    {REQUEST_ROUND, REQUEST_DIGEST, REQUEST_RECONSTRUCTIONS, REQUEST_LABELS, REQUEST_THRESHOLD, REQUEST_ORIGINALS}
+)
+
+
+def _check_request_keys(values: Any) -> None:
+    """Refuse a request that is not a mapping, or that carries an entry this version does not know."""
+    if not isinstance(values, Mapping):
+        raise MedPFLError(
+            f"a score request is a {type(values).__name__}, not a mapping", fix="send the request's entries"
+        )
+    unknown = sorted(str(key) for key in values if key not in _REQUEST_KEYS and not str(key).startswith("__"))
+    if unknown:
+        raise MedPFLError(
+            f"a score request carries unknown entries {unknown[:5]}", fix=f"send only {sorted(_REQUEST_KEYS)}"
+        )
+
+
+def _request_round(round_number: Any) -> int | None:
+    """The request's round: a whole number >= 0, or None when it names none."""
+    if round_number is None:
+        return None
+    if isinstance(round_number, bool) or not isinstance(round_number, numbers.Integral) or round_number < 0:
+        raise MedPFLError(
+            f"a score request names no valid round ({str(round_number)[:40]!r})",
+            fix="send the round as a whole number",
+        )
+    return int(round_number)
+
+
+def _request_arrays(recon: Any, labels: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reconstructions ``(N, C, H, W)`` float32 and the recovered labels (1-D integers, or None)."""
+    if not isinstance(recon, np.ndarray) or recon.dtype != np.float32 or recon.ndim != 4:
+        raise MedPFLError(
+            "a score request's reconstructions are not a 4-D float32 array",
+            fix="send (N, C, H, W) float32 reconstructions",
+        )
+    if labels is not None and (not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu" or labels.ndim != 1):
+        raise MedPFLError("a score request's labels are not a 1-D integer array", fix="send integer labels")
+    return recon, labels
+
+
+def _request_threshold(threshold: Any) -> float:
+    """The SSIM threshold, a number in (0, 1] (`DEFAULT_SSIM_THRESHOLD` when the request states none)."""
+    if threshold is None:
+        threshold = DEFAULT_SSIM_THRESHOLD
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not (math.isfinite(threshold) and 0.0 < float(threshold) <= 1.0)
+    ):
+        raise MedPFLError("a score request's SSIM threshold is not a number in (0, 1]", fix="send e.g. 0.9")
+    return float(threshold)

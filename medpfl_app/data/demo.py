@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,20 +78,33 @@ def generate_demo_dataset(
     Returns:
         The written data set.
     """
-    import nibabel as nib
     from tqdm.auto import tqdm
 
     names = _site_names(num_sites, site_names)
-    for setting, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise MedPFLError(
-                f"{setting} must be an integer >= {minimum}, got {value!r}", fix=f"set {setting} >= {minimum}"
-            )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MedPFLError(f"seed must be a non-negative integer, got {seed!r}", fix="pass e.g. seed=0")
-    num_classes = len(PHANTOM_CLASSES)
+    _check_sizes(train_per_site, val_per_site, seed)
+    pool, parts = _training_pool(num_sites, train_per_site, partition, dirichlet_alpha, seed)
+    root = Path(out_dir).expanduser().resolve()
+    layout = _SiteLayout(seed=seed, image_size=image_size, val_per_site=val_per_site, partition=partition)
+    site_datalists: dict[str, Path] = {}
+    label_counts: dict[str, dict[str, list[int]]] = {}
+    total = sum(part.size for part in parts) + num_sites * val_per_site
+    bar = tqdm(total=total, desc="writing demo images", unit="img", disable=not progress)
+    for site_number, (site, part) in enumerate(zip(names, parts)):
+        site_datalists[site], label_counts[site] = _write_site(
+            root / site, site_number, [int(index) for index in part], pool, layout, lambda: bar.update(1)
+        )
+    bar.close()
+    manifest = _manifest(seed, partition, dirichlet_alpha, image_size, names, label_counts)
+    write_json_atomic(root / MANIFEST_NAME, manifest)
+    return DemoDataset(root=root, site_datalists=site_datalists, class_names=PHANTOM_CLASSES, label_counts=label_counts)
+
+
+def _training_pool(
+    num_sites: int, train_per_site: int, partition: str, dirichlet_alpha: float, seed: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The balanced pool's labels in seeded random order, and each site's positions in it."""
     rng = np.random.default_rng([seed, 7])
-    pool = rng.permutation(np.arange(num_sites * train_per_site) % num_classes)
+    pool = rng.permutation(np.arange(num_sites * train_per_site) % len(PHANTOM_CLASSES))
     parts = partition_indices(
         pool,
         num_sites,
@@ -100,41 +113,19 @@ def generate_demo_dataset(
         seed=seed,
         min_per_site=max(1, train_per_site // 4),
     )
-    root = Path(out_dir).expanduser().resolve()
-    site_datalists: dict[str, Path] = {}
-    label_counts: dict[str, dict[str, list[int]]] = {}
-    total = sum(part.size for part in parts) + num_sites * val_per_site
-    bar = tqdm(total=total, desc="writing demo images", unit="img", disable=not progress)
+    return pool, parts
 
-    def write_image(path: Path, pixels: np.ndarray) -> None:
-        image = nib.Nifti1Image(pixels, affine=np.eye(4))
-        write_atomic(path, lambda temp: nib.save(image, temp), suffix=".nii.gz")
-        bar.update(1)
 
-    for site_number, (site, part) in enumerate(zip(names, parts)):
-        site_dir = root / site
-        training: list[dict[str, str | int]] = []  # datalist entries: image path and label
-        for index in part:
-            label = int(pool[index])
-            relative = f"images/train_{index:05d}.nii.gz"
-            pixel_rng = np.random.default_rng([seed, _TRAINING_STREAM, int(index)])
-            write_image(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=image_size))
-            training.append({"image": relative, "label": label})
-        train_counts = np.bincount(pool[part], minlength=num_classes)
-        validation: list[dict[str, str | int]] = []  # datalist entries: image path and label
-        for number, label in enumerate(_validation_labels(train_counts, val_per_site, partition)):
-            relative = f"images/val_{number:05d}.nii.gz"
-            pixel_rng = np.random.default_rng([seed, _VALIDATION_STREAM, site_number, number])
-            write_image(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=image_size))
-            validation.append({"image": relative, "label": label})
-        datalist = {"classes": list(PHANTOM_CLASSES), "training": training, "validation": validation}
-        site_datalists[site] = write_json_atomic(site_dir / DATALIST_NAME, datalist)
-        label_counts[site] = {
-            "training": train_counts.tolist(),
-            "validation": np.bincount([item["label"] for item in validation], minlength=num_classes).tolist(),
-        }
-    bar.close()
-    manifest: dict[str, Any] = {
+def _manifest(
+    seed: int,
+    partition: str,
+    dirichlet_alpha: float,
+    image_size: int,
+    names: list[str],
+    label_counts: dict[str, dict[str, list[int]]],
+) -> dict[str, Any]:
+    """The data set's ``manifest.json``: how it was generated, that it is synthetic, and each site's label counts."""
+    return {
         "dataset": DEMO_DATASET_ID,
         "synthetic": True,  # generated phantoms, no patient: see DEMO_DATASET_ID
         "generator": "medpfl_app.data.phantoms",
@@ -145,8 +136,71 @@ def generate_demo_dataset(
         "classes": list(PHANTOM_CLASSES),
         "sites": {site: {"datalist": f"{site}/{DATALIST_NAME}", "label_counts": label_counts[site]} for site in names},
     }
-    write_json_atomic(root / MANIFEST_NAME, manifest)
-    return DemoDataset(root=root, site_datalists=site_datalists, class_names=PHANTOM_CLASSES, label_counts=label_counts)
+
+
+@dataclass(frozen=True)
+class _SiteLayout:
+    """The settings every site's images and datalist are written with."""
+
+    seed: int
+    image_size: int
+    val_per_site: int
+    partition: str
+
+
+def _check_sizes(train_per_site: int, val_per_site: int, seed: int) -> None:
+    for setting, value, minimum in (("train_per_site", train_per_site, 1), ("val_per_site", val_per_site, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise MedPFLError(
+                f"{setting} must be an integer >= {minimum}, got {value!r}", fix=f"set {setting} >= {minimum}"
+            )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MedPFLError(f"seed must be a non-negative integer, got {seed!r}", fix="pass e.g. seed=0")
+
+
+def _write_site(
+    site_dir: Path,
+    site_number: int,
+    part: list[int],
+    pool: np.ndarray,
+    layout: _SiteLayout,
+    on_image: Callable[[], None],
+) -> tuple[Path, dict[str, list[int]]]:
+    """Write one site's training images (pool positions ``part``), validation images and datalist.
+
+    Returns:
+        The datalist's path and the site's label counts per split.
+    """
+    num_classes = len(PHANTOM_CLASSES)
+    training: list[dict[str, str | int]] = []  # datalist entries: image path and label
+    for index in part:
+        label = int(pool[index])
+        relative = f"images/train_{index:05d}.nii.gz"
+        pixel_rng = np.random.default_rng([layout.seed, _TRAINING_STREAM, index])
+        _write_nifti(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=layout.image_size))
+        on_image()
+        training.append({"image": relative, "label": label})
+    train_counts = np.bincount(pool[part], minlength=num_classes)
+    validation: list[dict[str, str | int]] = []  # datalist entries: image path and label
+    for number, label in enumerate(_validation_labels(train_counts, layout.val_per_site, layout.partition)):
+        relative = f"images/val_{number:05d}.nii.gz"
+        pixel_rng = np.random.default_rng([layout.seed, _VALIDATION_STREAM, site_number, number])
+        _write_nifti(site_dir / relative, generate_phantom(label, rng=pixel_rng, image_size=layout.image_size))
+        on_image()
+        validation.append({"image": relative, "label": label})
+    datalist = {"classes": list(PHANTOM_CLASSES), "training": training, "validation": validation}
+    counts = {
+        "training": train_counts.tolist(),
+        "validation": np.bincount([item["label"] for item in validation], minlength=num_classes).tolist(),
+    }
+    return write_json_atomic(site_dir / DATALIST_NAME, datalist), counts
+
+
+def _write_nifti(path: Path, pixels: np.ndarray) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(pixels, affine=np.eye(4))
+    write_atomic(path, lambda temp: nib.save(image, temp), suffix=".nii.gz")
 
 
 def _site_names(num_sites: int, site_names: Sequence[str] | None) -> list[str]:

@@ -6,7 +6,6 @@ record, leaves integer/bool entries untouched and declares its `Guarantee` hones
 `medpfl_app.defenses.dp_sgd` (imported on demand: it needs torch).
 """
 
-from medpfl_app.defenses._update import DefenseOutput
 from medpfl_app.defenses.accountant import (
     BudgetExceeded,
     DPCost,
@@ -21,6 +20,7 @@ from medpfl_app.defenses.client_dp import ClientDP, client_dp, clip_update
 from medpfl_app.defenses.noise import GaussianNoise, LaplaceNoise, gaussian_noise, laplace_noise
 from medpfl_app.defenses.quantize import SignQuantization, UniformQuantization, sign_quantization, uniform_quantization
 from medpfl_app.defenses.sparsify import TopKPrune, top_k
+from medpfl_app.defenses.update_arrays import DefenseOutput
 
 __all__ = [
     "DEFENSES",

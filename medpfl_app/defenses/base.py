@@ -7,7 +7,7 @@ import dataclasses
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from medpfl_app.defenses._update import DefenseOutput, Seed, Update, check_update, make_rng
+from medpfl_app.defenses.update_arrays import DefenseOutput, Seed, Update, check_update, make_rng
 from medpfl_app.errors import MedPFLError
 from medpfl_app.registry import Registry
 

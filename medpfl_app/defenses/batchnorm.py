@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from medpfl_app.defenses._update import DefenseOutput, Update, copy_value, require
 from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
+from medpfl_app.defenses.update_arrays import DefenseOutput, Update, copy_value, require
 
 BN_STAT_SUFFIXES = ("running_mean", "running_var")
 BN_COUNTER_SUFFIX = "num_batches_tracked"

@@ -9,7 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from medpfl_app.defenses._update import (
+from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
+from medpfl_app.defenses.update_arrays import (
     DefenseOutput,
     Seed,
     Update,
@@ -18,7 +19,6 @@ from medpfl_app.defenses._update import (
     map_floats,
     require,
 )
-from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
 
 
 def clip_update(update: Update, clip_norm: float) -> DefenseOutput:

@@ -10,7 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from medpfl_app.defenses._update import (
+from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
+from medpfl_app.defenses.update_arrays import (
     DefenseOutput,
     Seed,
     Update,
@@ -20,7 +21,6 @@ from medpfl_app.defenses._update import (
     require,
     to_float64,
 )
-from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
 
 
 @DEFENSES.register("laplace_noise")

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from medpfl_app.defenses._update import DefenseOutput, Seed, Update, float_keys, map_floats, require
 from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
+from medpfl_app.defenses.update_arrays import DefenseOutput, Seed, Update, float_keys, map_floats, require
 
 
 @DEFENSES.register("uniform_quantization")

@@ -8,7 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from medpfl_app.defenses._update import (
+from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
+from medpfl_app.defenses.update_arrays import (
     DefenseOutput,
     Update,
     copy_value,
@@ -17,7 +18,6 @@ from medpfl_app.defenses._update import (
     require,
     to_float64,
 )
-from medpfl_app.defenses.base import DEFENSES, Defense, Guarantee
 
 
 def _keep_count(fraction: float, size: int) -> int:

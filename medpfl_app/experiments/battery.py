@@ -1,7 +1,7 @@
 """The verdict battery: synthetic site updates whose true risk is known, audited exactly as the server does.
 
 Each `BatteryCase` trains the job's own default-initialised network on seeded phantoms as a site would (batch
-size, local steps, an optional defense on the update), audits the update with `medpfl_app.audit.core.audit_update`
+size, local steps, an optional defense on the update), audits the update with `medpfl_app.audit.update_audit.audit_update`
 (screening + attack ladder), scores the reconstructions against the site's images as the site's scorer does
 (`medpfl_app.audit.scoring.score_reconstructions`) and derives the verdict with the risk policy. The battery test
 (`tests/audit/test_verdict_battery.py`) pins what each verdict may be; `benchmarks/bench_verdicts.py` puts the
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medpfl_app.audit.core import AuditItem, AuditOutcome, audit_update
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 from medpfl_app.audit.scoring import score_reconstructions
+from medpfl_app.audit.update_audit import AuditItem, AuditOutcome, audit_update
 from medpfl_app.contracts.verdict import Verdict
 
 IMAGE_SIZE = 32
@@ -101,7 +101,7 @@ class CaseOutcome:
 def site_round(case: BatteryCase, *, seed: int = 0) -> SiteRound:
     """Train the default-initialised network on ``case``'s phantoms as a site would; apply its defense."""
     from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.simulated_site import simulate_site_update
     from medpfl_app.data.phantoms import generate_phantoms
     from medpfl_app.models.global_model import build_seeded_network
 

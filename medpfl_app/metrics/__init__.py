@@ -4,6 +4,7 @@ against chance.
 Pure PyTorch, torchmetrics and SciPy; nothing here imports NVFlare.
 """
 
+from medpfl_app.metrics.evaluation import LeakageReport, evaluate_reconstruction
 from medpfl_app.metrics.image import match_reconstructions, mse, psnr, ssim
 from medpfl_app.metrics.leakage import (
     DEFAULT_SUCCESS_SSIM,
@@ -19,7 +20,6 @@ from medpfl_app.metrics.leakage import (
     relative_leakage,
 )
 from medpfl_app.metrics.registry import METRICS, MetricSpec
-from medpfl_app.metrics.report import LeakageReport, evaluate_reconstruction
 
 __all__ = [
     "DEFAULT_SUCCESS_SSIM",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.reports.configs import value_words
 from medpfl_app.reports.fields import mapping, text
 
@@ -85,12 +86,12 @@ def defense(entry: Mapping[str, Any]) -> Defense:
     )
 
 
-def _fact(record: Mapping[str, Any], name: str) -> Any:
-    facts, threat = mapping(record.get("training_facts")), mapping(record.get("threat_model"))
+def _fact(record: AuditRecord, name: str) -> Any:
+    facts, threat = mapping(record.training_facts), mapping(record.threat_model)
     return facts.get(name) if facts.get(name) is not None else threat.get(name)
 
 
-def _training(record: Mapping[str, Any]) -> str:
+def _training(record: AuditRecord) -> str:
     parts = []
     if (lr := _fact(record, "learning_rate")) is not None:
         parts.append(f"learning rate {value_words(lr)}")
@@ -103,14 +104,13 @@ def _training(record: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "not recorded"
 
 
-def _setup(site: str, record: Mapping[str, Any], rounds: list[int]) -> SiteChain:
-    model = mapping(record.get("model"))
+def _setup(site: str, record: AuditRecord, rounds: list[int]) -> SiteChain:
+    model = mapping(record.model)
     network = text(model.get("network")) or "not recorded"
     size = model.get("num_parameters")
     if isinstance(size, int) and not isinstance(size, bool):
         network += f" ({size:,} parameters)"
-    entries = record.get("defenses")
-    chain = tuple(defense(d) for d in entries if isinstance(d, Mapping)) if isinstance(entries, list) else ()
+    chain = tuple(defense(d) for d in record.defenses if isinstance(d, Mapping))
     batch, steps = _fact(record, "batch_size"), _fact(record, "local_steps")
     return SiteChain(
         site=site,
@@ -123,7 +123,7 @@ def _setup(site: str, record: Mapping[str, Any], rounds: list[int]) -> SiteChain
     )
 
 
-def site_chains(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[SiteChain]:
+def site_chains(records: Mapping[tuple[str, int], AuditRecord]) -> list[SiteChain]:
     """Per site (sorted), each distinct setup (model, training facts, defense chain) and the rounds it was used.
 
     Args:
@@ -131,7 +131,7 @@ def site_chains(records: Mapping[tuple[str, int], Mapping[str, Any]]) -> list[Si
     """
     rows: list[SiteChain] = []
     for site in sorted({s for s, _ in records}):
-        seen: dict[str, tuple[Mapping[str, Any], list[int]]] = {}
+        seen: dict[str, tuple[AuditRecord, list[int]]] = {}
         for (s, round_number), record in sorted(records.items(), key=lambda item: item[0][1]):
             if s != site:
                 continue

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.reports.fields import checked, mapping, text, value_words
 from medpfl_app.reports.records import RecordView
 
@@ -211,10 +212,11 @@ class AuditConfig:
         }
 
 
-def config_key(record: Mapping[str, Any]) -> str:
+def config_key(record: AuditRecord) -> str:
     """A configuration's identity: its configured budget and threat model as sorted-keys JSON."""
-    budget = {k: v for k, v in mapping(record.get("attack_budget")).items() if k not in MEASURED_BUDGET_KEYS}
-    return json.dumps([budget, record.get("threat_model")], sort_keys=True, default=str)
+    budget = {k: v for k, v in mapping(record.attack_budget).items() if k not in MEASURED_BUDGET_KEYS}
+    threat = None if record.threat_model is None else dict(record.threat_model)
+    return json.dumps([budget, threat], sort_keys=True, default=str)
 
 
 def build_configs(views: Sequence[RecordView]) -> dict[str, AuditConfig]:
@@ -227,8 +229,8 @@ def build_configs(views: Sequence[RecordView]) -> dict[str, AuditConfig]:
     configs: dict[str, AuditConfig] = {}
     for index, key in enumerate(sorted(grouped), start=1):
         group = grouped[key]
-        budget = mapping(group[0].record.get("attack_budget"))
-        threat = group[0].record.get("threat_model")
+        budget = mapping(group[0].record.attack_budget)
+        threat = group[0].record.threat_model
         budget_items = tuple(budget_parts(budget))
         threat_items = threat_facts(threat)
         configs[key] = AuditConfig(

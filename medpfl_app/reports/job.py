@@ -2,7 +2,7 @@
 
 The ledger's ``job_id`` is what NVFlare's run context says, and the simulator calls every run ``simulate_job`` (the
 name of the folder it deploys the job into); a POC or production run says a UUID. Neither names the job. The job's
-``meta.json`` does: the exporter writes ``name`` and MedPFL adds ``description`` (`medpfl_app.nvflare.jobs.builder`), and
+``meta.json`` does: the exporter writes ``name`` and MedPFL adds ``description`` (`medpfl_app.nvflare.jobs.recipe`), and
 NVFlare deploys that file into the run folder (``<run dir>/meta.json``; a downloaded job also has one a level up).
 So the name and purpose come from the nearest ``meta.json`` above the ledger, and only without one from the records'
 ``job_id`` (labelled as such, with why it may not be the job's name).
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.reports.plan import JobPlan, read_plan
 
 META_FILE = "meta.json"
@@ -76,17 +77,9 @@ def find_meta(ledger: Path) -> tuple[Path, Mapping[str, Any]] | None:
     return None
 
 
-def job_info(ledger: Path, records: Iterable[Mapping[str, Any]]) -> JobInfo:
+def job_info(ledger: Path, records: Iterable[AuditRecord]) -> JobInfo:
     """Name and purpose of the job behind ``ledger`` (see the module docstring for the order of sources)."""
-    run_ids = tuple(
-        sorted(
-            {
-                str(r["job_id"])
-                for r in records
-                if isinstance(r.get("job_id"), (str, int)) and not isinstance(r.get("job_id"), bool)
-            }
-        )
-    )
+    run_ids = tuple(sorted({r.job_id for r in records if r.job_id is not None}))
     found = find_meta(ledger)
     plan = read_plan(ledger)
     if found is not None:

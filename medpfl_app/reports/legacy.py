@@ -1,14 +1,14 @@
 """Evidence for records of older runs (schema ``medpfl.audit/1``, no verdict): stated from the numbers they carry.
 
 What such records did not record (the loss at the start, the convergence) is said to be not recorded, never filled
-in; `medpfl_app.reports.records` labels the result as derived by the report.
+in; `medpfl_app.reports.levels` labels the result as derived by the report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.reports.fields import fmt, mapping, text, value_words
 
@@ -26,7 +26,7 @@ def derived_evidence(view: RecordView, level: RiskLevel, risk: Any) -> tuple[str
             "re-render with the MedPFL version that wrote the ledger",
         )
     attack = (
-        f"attack {text(mapping(view.record.get('attack_budget')).get('attack')) or 'not recorded'}, "
+        f"attack {text(mapping(view.record.attack_budget).get('attack')) or 'not recorded'}, "
         f"{fmt(view.iterations, 'd', '?')} iterations, final matching loss "
         f"{fmt(view.loss_end, missing='not recorded')}, stopped: {view.stop_reason or 'not recorded'}; "
         "loss at the start and convergence not recorded"
@@ -65,9 +65,9 @@ def derived_evidence(view: RecordView, level: RiskLevel, risk: Any) -> tuple[str
     return f"level {level} as recorded; {evidence}", None
 
 
-def indicators_text(record: Mapping[str, Any]) -> str:
+def indicators_text(record: AuditRecord) -> str:
     """The record's server-side indicators in words (``labels recovered: yes; update norm: 102``)."""
-    indicators = mapping(record.get("server_indicators"))
+    indicators = mapping(record.server_indicators)
     return (
         "; ".join(f"{k.replace('_', ' ')}: {value_words(v)}" for k, v in sorted(indicators.items())) or "none recorded"
     )

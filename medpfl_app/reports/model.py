@@ -1,12 +1,13 @@
 """The ledger's records as a site × round view: cells, coverage and audit configurations.
 
-Records are untrusted input (the ledger is plain JSON a site name or reason can be smuggled into), so every field
-is read defensively here: a wrong type becomes ``None`` or a note, never an exception; a number outside its valid
-range is read as missing and noted (`medpfl_app.reports.fields.checked`). Nothing is escaped here: the HTML
+Records come typed from the record contract (`medpfl_app.contracts.record.AuditRecord`, read by
+`medpfl_app.reports.sources.read_ledger_records`), but they are still untrusted input (a site name or reason can be
+smuggled into the ledger): a number outside its valid range is read as missing and noted
+(`medpfl_app.reports.fields.checked`). Nothing is escaped here: the HTML
 template escapes, and the terminal summary passes every line through `medpfl_app.reports.fields.printable`.
 
 Levels are `medpfl_app.contracts.verdict.RiskLevel` values, worst first; schema-1 records are mapped as
-`medpfl_app.reports.records` describes. The report's verdict is built from this view by
+`medpfl_app.reports.levels` describes. The report's verdict is built from this view by
 `medpfl_app.reports.verdict`; audit configurations by `medpfl_app.reports.configs`.
 """
 
@@ -18,13 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.contracts.verdict import RiskLevel
 from medpfl_app.reports.configs import AuditConfig, build_configs, config_key
 from medpfl_app.reports.coverage import Coverage, build_coverage
+from medpfl_app.reports.empirical import EmpiricalCheck
 from medpfl_app.reports.fields import mapping as _mapping
 from medpfl_app.reports.fields import number, text
 from medpfl_app.reports.records import LEVEL_RANK, LEVELS, MEANINGS, RecordView, record_view
-from medpfl_app.reports.sources import ArrivalsRead
+from medpfl_app.reports.sources import ArrivalsRead, LedgerEntry
 from medpfl_app.reports.yardstick import Yardstick, build_yardstick
 
 __all__ = ["RISK_MEANINGS", "RISK_ORDER", "AuditConfig", "AuditView", "Cell", "build_view", "number", "text"]
@@ -61,7 +64,7 @@ class Cell:
     defenses: tuple[Mapping[str, Any], ...]
     record_count: int
     detail: RecordView = field(repr=False)
-    record: Mapping[str, Any] = field(repr=False)
+    record: AuditRecord = field(repr=False)
 
     @property
     def measured(self) -> bool:
@@ -97,7 +100,13 @@ class Cell:
             parts.append(f"ε = {self.epsilon_sample:.3g} (sample-level)")
         if not parts:
             return "none (no formal DP)"
-        return ", ".join(parts) + (f", δ = {self.delta:.0e}" if self.delta is not None else "")
+        text = ", ".join(parts) + (f", δ = {self.delta:.0e}" if self.delta is not None else "")
+        return "; ".join([text, *(check.text() for check in self.detail.empirical)])
+
+    @property
+    def empirical_failed(self) -> bool:
+        """Whether an empirical ε check of this record failed (ε̂ > ε: its formal ε is no valid guarantee)."""
+        return any(check.failed for check in self.detail.empirical)
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,7 @@ class AuditView:
         details: Every placed record, in ledger order (evidence, settle, ladder).
         coverage: Received vs recorded per site and round (unknown without an arrivals file).
         yardstick: Attack budget spent and metric settings, from the records.
+        entries: Every record the contract read, in ledger order, with the object as written.
     """
 
     sites: tuple[str, ...]
@@ -138,11 +148,16 @@ class AuditView:
     configs: tuple[AuditConfig, ...]
     notes: tuple[Note, ...]
     malformed: tuple[str, ...]
-    records: tuple[Mapping[str, Any], ...]
+    entries: tuple[LedgerEntry, ...]
     actions: tuple[PolicyAction, ...] = ()
     details: tuple[RecordView, ...] = ()
     coverage: Coverage = field(default_factory=lambda: build_coverage((), None))
     yardstick: Yardstick = field(default_factory=lambda: build_yardstick(()))
+
+    @property
+    def records(self) -> tuple[AuditRecord, ...]:
+        """Every record, in ledger order."""
+        return tuple(entry.record for entry in self.entries)
 
     def cell(self, site: str, round_number: int) -> Cell | None:
         """The cell of ``site`` in ``round_number``, or ``None`` when the ledger has no record for it."""
@@ -165,6 +180,14 @@ class AuditView:
         cells = [c for c in self.cells.values() if round_number is None or c.round == round_number]
         return max(cells, key=_severity, default=None)
 
+    def empirical_checks(self) -> tuple[EmpiricalCheck, ...]:
+        """Every record's empirical ε checks, in ledger order (`medpfl_app.reports.empirical`)."""
+        return tuple(check for detail in self.details for check in detail.empirical)
+
+    def empirical_failures(self) -> tuple[EmpiricalCheck, ...]:
+        """The checks where ε̂ exceeded the claimed ε (any record, not only each site-round's worst)."""
+        return tuple(check for check in self.empirical_checks() if check.failed)
+
     def only_round(self, round_number: int) -> AuditView:
         """The view of one round (its cells, records, gaps and coverage)."""
         return dataclasses.replace(
@@ -175,9 +198,7 @@ class AuditView:
             malformed=(),
             actions=tuple(a for a in self.actions if a.round == round_number),
             details=tuple(d for d in self.details if d.round == round_number),
-            records=tuple(
-                r for r in self.records if r.get("round") == round_number and not isinstance(r.get("round"), bool)
-            ),
+            entries=tuple(e for e in self.entries if e.record.round == round_number),
             coverage=self.coverage.only_round(round_number),
         )
 
@@ -195,17 +216,17 @@ def _severity(cell: Cell) -> tuple[float, ...]:
     )
 
 
-def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | None = None) -> AuditView:
+def build_view(entries: Sequence[LedgerEntry], arrivals: ArrivalsRead | None = None) -> AuditView:
     """Group records by site and round, tag their audit configurations and match them against the arrivals.
 
     Args:
-        records: Intact ledger records (`medpfl_app.reports.sources.read_ledger_records`), in ledger order.
+        entries: The records the contract read (`medpfl_app.reports.sources.read_ledger_records`), in ledger order.
         arrivals: The server's arrivals file, read; ``None`` when there is none (coverage unknown).
 
     Returns:
         The view. Records without a usable site or round are listed in ``malformed`` instead of the table.
     """
-    views = [record_view(record, index) for index, record in enumerate(records, start=1)]
+    views = [record_view(entry.record, index) for index, entry in enumerate(entries, start=1)]
     configs = build_configs(views)
     grouped: dict[tuple[str, int], list[Cell]] = {}
     malformed: list[str] = []
@@ -213,10 +234,9 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
     for view in views:
         if view.site is None or view.round is None:
             record = view.record
-            why = f"{text(record.get('status'))}: {text(record.get('reason')) or 'no reason recorded'}"
+            why = f"{record.status}: {record.reason or 'no reason recorded'}"
             malformed.append(
-                f"record {view.index}: site {text(record.get('site'))!s} / round "
-                f"{text(record.get('round'))!s} unusable ({why})"
+                f"record {view.index}: site {text(record.site)!s} / round {text(record.round)!s} unusable ({why})"
             )
             continue
         placed.append(view)
@@ -228,7 +248,7 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
         worst = max(group, key=_severity)
         cells[key] = dataclasses.replace(worst, record_count=len(group))
         for cell in group:
-            action = _mapping(cell.record.get("policy_action"))
+            action = _mapping(cell.record.policy_action)
             if action:
                 actions.append(
                     PolicyAction(
@@ -249,7 +269,7 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
         configs=tuple(configs.values()),
         notes=tuple(sorted(notes, key=lambda n: (n.round, n.site))),
         malformed=tuple(malformed),
-        records=tuple(records),
+        entries=tuple(entries),
         actions=tuple(sorted(actions, key=lambda a: (a.round, a.site))),
         details=tuple(placed),
         coverage=coverage,
@@ -259,7 +279,6 @@ def build_view(records: Sequence[Mapping[str, Any]], arrivals: ArrivalsRead | No
 
 def _cell(view: RecordView, configs: dict[str, AuditConfig]) -> Cell:
     record = view.record
-    defenses = record.get("defenses")
     assert view.site is not None and view.round is not None
     return Cell(
         site=view.site,
@@ -277,7 +296,7 @@ def _cell(view: RecordView, configs: dict[str, AuditConfig]) -> Cell:
         epsilon_sample=view.epsilon_sample,
         delta=view.delta,
         config=configs.get(config_key(record)) if view.status == "audited" else None,
-        defenses=tuple(d for d in defenses if isinstance(d, Mapping)) if isinstance(defenses, list) else (),
+        defenses=tuple(d for d in record.defenses if isinstance(d, Mapping)),
         record_count=1,
         detail=view,
         record=record,

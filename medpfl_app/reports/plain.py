@@ -185,6 +185,17 @@ def _privacy(readings: Sequence[EpsilonReading], has_defenses: bool) -> str:
     return _sentence("Formal privacy: " + "; ".join(parts), capital=True)
 
 
+def _empirical(view: AuditView) -> str:
+    """The first failed empirical ε check in full, and how many more there are (empty when none failed)."""
+    failures = view.empirical_failures()
+    if not failures:
+        return ""
+    more = len(failures) - 1
+    return failures[0].flag_text() + (
+        f" {more} more failed check{'s' if more != 1 else ''} in the report." if more else ""
+    )
+
+
 def _utility(utility: Utility) -> str:
     if utility.learned is None:
         return "Whether the model learned is unknown: no validation metrics were recorded."
@@ -218,5 +229,5 @@ def plain_verdict(
     first = findings[0] if findings else "no update was measured."
     text = opening + (first[0].lower() + first[1:] if first.startswith("The ") else first)
     has_defenses = any(cell.defenses for cell in view.cells.values())
-    rest = [*findings[1:], _gaps(view), *plan, _privacy(readings, has_defenses), _utility(utility)]
+    rest = [*findings[1:], _gaps(view), *plan, _empirical(view), _privacy(readings, has_defenses), _utility(utility)]
     return " ".join([text, *[s for s in rest if s]])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 
-def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
+
+def risk_policy(records: Sequence[AuditRecord] = ()) -> dict[str, Any] | None:
     """The risk thresholds behind the records' levels, and how the audit applies them.
 
     Returns:
@@ -20,7 +22,7 @@ def risk_policy(records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | N
         module = importlib.import_module("medpfl_app.audit.risk")
     except ImportError:
         module = None
-    recorded = {json.dumps(r["risk_policy"], sort_keys=True) for r in records if isinstance(r.get("risk_policy"), dict)}
+    recorded = {json.dumps(dict(r.risk_policy), sort_keys=True) for r in records if r.risk_policy is not None}
     defaults = getattr(module, "RiskPolicy", None)
     if len(recorded) == 1:
         thresholds, source = json.loads(recorded.pop()), "as recorded with every audit record"

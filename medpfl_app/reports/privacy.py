@@ -17,6 +17,9 @@ guarantees, less than 1)"; Ponomareva et al., "How to DP-fy ML", JAIR 2023, §5:
 ε > 10 weak). The split of the 1–10 range at 3 and 8 is this report's convention, deliberately conservative for
 medical images; the bands are a reading aid, not a compliance threshold.
 
+A site whose empirical ε check failed (a canary test measured ε̂ above the ε of one release,
+`medpfl_app.reports.empirical`) gets the band "not valid" instead: its formal ε is not presented as a guarantee.
+
 Only defenses with an accountant (client-level DP: clipping + calibrated Gaussian noise; DP-SGD) give a formal
 (ε, δ) guarantee. Noise without clipping or accounting, pruning, compression or filtering are heuristics: they can
 lower what this audit's attack achieves, but an attack that knows the defense may do better, and no ε applies.
@@ -24,6 +27,7 @@ lower what this audit's attack achieves, but an attack that knows the defense ma
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,8 +46,14 @@ EPSILON_BANDS: tuple[tuple[float, str, str], ...] = (
         "the bound allows large changes in what an attacker can infer about a site's data",
     ),
 )
+#: The band of a formal ε that an empirical check disproved (ε̂ > ε for one release in some round).
+FAILED_BAND = "not valid: the empirical check failed"
+FAILED_READING = (
+    "a canary test measured more leakage for one release than this ε allows, so the accountant's ε is not a "
+    "guarantee for this site until the defense and its accounting are fixed"
+)
 #: Bands that get a visible warning in the report.
-WEAK_BANDS = frozenset({"weak", "very weak (little formal protection)"})
+WEAK_BANDS = frozenset({"weak", "very weak (little formal protection)", FAILED_BAND})
 FORMAL_SCOPE = (
     "The accountant's ε is a formal (ε, δ) guarantee only for the differential-privacy defenses "
     "(clipping with calibrated noise and an accountant). Other defenses (noise without clipping or "
@@ -119,8 +129,11 @@ def epsilon_readings(view: AuditView) -> list[EpsilonReading]:
             continue
         last = cells[-1]
         if last.epsilon_client is not None:
-            readings.append(reading(site, last.epsilon_client, last.delta, "client-level", last.round))
+            found = reading(site, last.epsilon_client, last.delta, "client-level", last.round)
         else:
             assert last.epsilon_sample is not None
-            readings.append(reading(site, last.epsilon_sample, last.delta, "sample-level", last.round))
+            found = reading(site, last.epsilon_sample, last.delta, "sample-level", last.round)
+        # the cumulative ε includes every release, so one failed check in any round voids the site's ε
+        failed = any(c.failed and c.site == site and c.level == found.level for c in view.empirical_checks())
+        readings.append(dataclasses.replace(found, band=FAILED_BAND, reading=FAILED_READING) if failed else found)
     return readings

@@ -1,51 +1,49 @@
 """One ledger record as the report shows it: its level, the evidence and what would settle it, the attack ladder.
 
-Schema ``medpfl.audit/2`` records carry a `medpfl_app.contracts.verdict.Verdict` (level, evidence, settle), the attack
-``ladder`` (one entry per stage run, with its convergence evidence) and ``ladder_complete``; they are shown as
-recorded. Schema ``medpfl.audit/1`` records of older runs carry only ``risk`` (``high|medium|low|unknown``): their
-``unknown`` becomes ``not_audited`` / ``not_auditable`` from the record's status, or ``inconclusive`` for an audited
-record, and their evidence is stated from the numbers they do carry (labelled as derived by the report; what they
-did not record — the loss at the start, the convergence — is said to be not recorded, never filled in).
+Records reach the report through the record contract (`medpfl_app.contracts.record.AuditRecord.from_json`, in
+`medpfl_app.reports.sources.read_ledger_records`), which types status, schema, site, round, risk, verdict and
+ladder; a line it refuses is listed as unreadable, never shown here. Levels: `medpfl_app.reports.levels`.
 
-Every number is read through `medpfl_app.reports.fields.checked`, which holds it to its valid range
-(`medpfl_app.reports.fields.BOUNDS`). A value outside (SSIM 1e308, an attack success rate of 500 %, a negative ε)
-is read as missing and listed in the view's ``invalid``; the evidence says so, and a record whose level is a
-measurement (high, medium, low) is shown as ``inconclusive`` instead: a level resting on impossible numbers is not a
-measurement, and the report never states it as one.
+The sections hold what sites and attacks reported, so every number of theirs is held to its valid range by
+`medpfl_app.reports.fields.checked` (`medpfl_app.reports.fields.BOUNDS`). A value outside (SSIM 1e308, an attack
+success rate of 500 %, a negative ε) is read as missing and listed in the view's ``invalid``; the evidence says so,
+and a record whose level is a measurement (high, medium, low) is shown as ``inconclusive`` instead: a level resting
+on impossible numbers is not a measurement, and the report never states it as one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medpfl_app.contracts.record import RecordStatus
-from medpfl_app.contracts.verdict import LEVEL_MEANINGS, RiskLevel, Verdict
-from medpfl_app.errors import MedPFLError
-from medpfl_app.reports.fields import BOUNDS, checked, flag, fmt, mapping, text
-from medpfl_app.reports.legacy import derived_evidence
-from medpfl_app.reports.stages import Stage, total
-
-#: Every level, worst first (the order of `RiskLevel`).
-LEVELS: tuple[str, ...] = tuple(str(level) for level in RiskLevel)
-LEVEL_RANK: dict[str, int] = {level: len(LEVELS) - index for index, level in enumerate(LEVELS)}
-MEANINGS: dict[str, str] = {str(level): meaning for level, meaning in LEVEL_MEANINGS.items()}
-#: Levels of audited updates (the attack ran), worst first.
-AUDITED_LEVELS: tuple[str, ...] = tuple(
-    str(level) for level in RiskLevel if level not in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE)
+from medpfl_app.contracts.record import AuditRecord
+from medpfl_app.contracts.verdict import RiskLevel
+from medpfl_app.reports.empirical import EmpiricalCheck, empirical_checks
+from medpfl_app.reports.fields import fmt, mapping
+from medpfl_app.reports.levels import (
+    AUDITED_LEVELS,
+    LEVEL_RANK,
+    LEVELS,
+    MEANINGS,
+    invalid_values,
+    record_level,
+    worse,
 )
-_STATUS_LEVELS = {
-    str(RecordStatus.NOT_AUDITED): RiskLevel.NOT_AUDITED,
-    str(RecordStatus.NOT_AUDITABLE): RiskLevel.NOT_AUDITABLE,
-}
+from medpfl_app.reports.record_numbers import CHECKED_SECTIONS, attack_fields, checked_sections, score_fields
+from medpfl_app.reports.stages import Stage
 
-
-def worse(a: RiskLevel, b: RiskLevel) -> RiskLevel:
-    """The worse of two levels (earlier in `RiskLevel`)."""
-    return a if LEVEL_RANK[str(a)] >= LEVEL_RANK[str(b)] else b
+__all__ = [
+    "AUDITED_LEVELS",
+    "CHECKED_SECTIONS",
+    "LEVELS",
+    "LEVEL_RANK",
+    "MEANINGS",
+    "RecordView",
+    "record_view",
+    "worse",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,8 @@ class RecordView:
         stop_reason: Why the last stage (or the single attack of a schema-1 record) stopped.
         not_attacked: Why the audit did not attack this (audited) update, when it says so.
         epsilon_client, epsilon_sample, delta: Formal client-level ε, sample-level ε and δ so far (None: none).
+        empirical: The empirical ε checks of the formal ε (`medpfl_app.reports.empirical`; empty: none recorded).
+        record: The record as the contract read it.
         invalid: One note per value outside its valid range, read as missing (`medpfl_app.reports.fields.checked`).
     """
 
@@ -107,12 +107,13 @@ class RecordView:
     loss_end: float | None
     convergence: str | None
     stop_reason: str | None
+    record: AuditRecord = field(repr=False)
     not_attacked: str | None = None
     epsilon_client: float | None = None
     epsilon_sample: float | None = None
     delta: float | None = None
     invalid: tuple[str, ...] = ()
-    record: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    empirical: tuple[EmpiricalCheck, ...] = ()
 
     @property
     def meaning(self) -> str:
@@ -205,6 +206,8 @@ class RecordView:
             "identifiability_excess": self.identifiability_excess,
             "identifiability_p_value": self.identifiability_p_value,
             "invalid_values": list(self.invalid),
+            # only where the record carries a check: records without a formal ε read as before
+            **({"empirical": [check.to_dict() for check in self.empirical]} if self.empirical else {}),
         }
 
 
@@ -215,153 +218,38 @@ def _json_float(value: float | None) -> float | str | None:
     return fmt(value)
 
 
-#: The record's sections whose numeric fields are held to `medpfl_app.reports.fields.BOUNDS` (every field of
-#: theirs that has a bound, shown or not: an impossible value anywhere marks the record).
-CHECKED_SECTIONS: tuple[str, ...] = ("site_scores", "epsilon", "attack_budget", "server_indicators")
-
-
-def _checked_sections(record: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, float | None]]:
-    """Every bounded number of `CHECKED_SECTIONS`, range-checked once (out of range: ``None`` and a note)."""
-    return {
-        name: {
-            key: checked(value, key, problems, where=name)
-            for key, value in mapping(record.get(name)).items()
-            if key in BOUNDS
-        }
-        for name in CHECKED_SECTIONS
-    }
-
-
-def record_view(record: Mapping[str, Any], index: int) -> RecordView:
-    """The report's view of one intact ledger record (never raises on its content)."""
-    status = text(record.get("status")) or "missing"
-    schema = text(record.get("schema")) or "schema not recorded"
-    scores = mapping(record.get("site_scores"))
-    budget = mapping(record.get("attack_budget"))
-    indicators = mapping(record.get("server_indicators"))
+def record_view(record: AuditRecord, index: int) -> RecordView:
+    """The report's view of one record the contract read (never raises on its sections' content)."""
     problems: list[str] = []
-    numbers = _checked_sections(record, problems)
-    score, spent, server, epsilon = (
-        numbers["site_scores"].get,
-        numbers["attack_budget"].get,
-        numbers["server_indicators"].get,
-        numbers["epsilon"].get,
+    numbers = checked_sections(record, problems)
+    stages = tuple(
+        Stage.from_json(stage, problems, where=f"ladder[{i}]") for i, stage in enumerate(record.ladder or ())
     )
-    raw_ladder = record.get("ladder")
-    stages = (
-        tuple(
-            Stage.from_json(s, problems, where=f"ladder[{i}]")
-            for i, s in enumerate(raw_ladder)
-            if isinstance(s, Mapping)
-        )
-        if isinstance(raw_ladder, list)
-        else ()
-    )
-    round_number = record.get("round")
-    site = record.get("site")
-    wall = spent("wall_time_s")
+    epsilon = numbers["epsilon"].get
     base = RecordView(
         index=index,
-        site=site if isinstance(site, str) and site else None,
-        round=round_number if isinstance(round_number, int) and not isinstance(round_number, bool) else None,
-        status=status,
-        schema=schema,
+        site=record.site or None,
+        round=record.round,
+        status=str(record.status),
+        schema=record.schema,
         level=str(RiskLevel.INCONCLUSIVE),
         evidence="",
         settle=None,
         evidence_recorded=False,
-        reason=text(record.get("reason")),
-        scores_status=text(scores.get("status")),
-        scores_reason=text(scores.get("reason")),
-        ssim_max=score("ssim_max"),
-        psnr_max=score("psnr_max"),
-        success_rate=score("attack_success_rate"),
-        label_accuracy=score("label_accuracy"),
-        identifiability=score("identifiability"),
-        identifiability_chance=score("identifiability_chance"),
-        identifiability_excess=score("identifiability_excess"),
-        identifiability_p_value=score("identifiability_p_value"),
+        reason=record.reason,
         stages=stages,
-        ladder_recorded=isinstance(raw_ladder, list),
-        ladder_complete=flag(record.get("ladder_complete")),
-        iterations=(_whole(total([s.iterations for s in stages])) if stages else _whole(spent("iterations"))),
-        restarts=_whole(total([s.restarts for s in stages])) if stages else _whole(spent("restarts")),
-        wall_time_s=total([s.wall_time_s for s in stages])
-        if stages
-        else (wall if wall is not None else server("attack_wall_time_s")),
-        time_limit_s=spent("time_limit_s"),
-        time_budget_s=spent("time_budget_s"),
-        time_spent_s=spent("time_spent_s"),
-        loss_start=stages[0].initial_loss if stages else None,
-        loss_end=stages[-1].final_loss if stages else server("attack_matching_loss"),
-        convergence=stages[-1].convergence if stages else None,
-        stop_reason=(
-            stages[-1].stop_reason
-            if stages
-            else text(budget.get("stop_reason")) or text(indicators.get("attack_stop_reason"))
-        ),
-        not_attacked=text(budget.get("not_attacked")),
+        ladder_recorded=record.ladder is not None,
+        ladder_complete=record.ladder_complete,
         epsilon_client=epsilon("client_dp"),
         epsilon_sample=epsilon("dp_sgd"),
         delta=epsilon("delta"),
+        empirical=empirical_checks(record),
         invalid=tuple(problems),
         record=record,
+        **score_fields(numbers["site_scores"], mapping(record.site_scores)),
+        **attack_fields(record, stages, numbers),
     )
-    level, evidence, settle, recorded = _verdict_of(record, base)
+    level, evidence, settle, recorded = record_level(record, base)
     if problems:
-        level, evidence, settle = _invalid_values(level, evidence, settle, problems)
+        level, evidence, settle = invalid_values(level, evidence, settle, problems)
     return dataclasses.replace(base, level=str(level), evidence=evidence, settle=settle, evidence_recorded=recorded)
-
-
-def _whole(value: float | None) -> int | None:
-    return int(value) if value is not None and math.isfinite(value) else None
-
-
-def _invalid_values(
-    level: RiskLevel, evidence: str, settle: str | None, problems: Sequence[str]
-) -> tuple[RiskLevel, str, str | None]:
-    """A record with values outside their valid range: noted in the evidence; a measured level not shown as one."""
-    note = f"values outside their valid range, not used: {'; '.join(problems)}"
-    if not level.measured:
-        return level, f"{evidence} [{note}]", settle
-    return (
-        RiskLevel.INCONCLUSIVE,
-        f"the record's level {level} is not shown as a measurement: the record holds {note} (recorded "
-        f"evidence: {evidence})",
-        "a re-audit of this update whose record holds valid values (the site's scores or the audit's numbers "
-        "were out of range)",
-    )
-
-
-def _verdict_of(record: Mapping[str, Any], view: RecordView) -> tuple[RiskLevel, str, str | None, bool]:
-    """(level, evidence, settle, from the record's verdict?) — see the module docstring."""
-    risk = record.get("risk")
-    try:
-        risk_level: RiskLevel | None = RiskLevel(risk) if isinstance(risk, str) else None
-    except ValueError:
-        risk_level = None  # schema 1's "unknown", or garbage
-    raw = record.get("verdict")
-    verdict: Verdict | None = None
-    unreadable = None
-    if raw is not None:
-        try:
-            verdict = Verdict.from_json(raw)
-        except MedPFLError as error:
-            unreadable = error.problem
-    if verdict is not None:
-        evidence = verdict.evidence or "no evidence recorded"
-        level = verdict.level
-        if risk_level is not None and risk_level != verdict.level:
-            level = worse(risk_level, verdict.level)
-            evidence += (
-                f" (the record's risk {risk_level} and its verdict's level {verdict.level} differ; the worse is shown)"
-            )
-        return level, evidence, verdict.settle, True
-    level = risk_level if risk_level is not None else _STATUS_LEVELS.get(view.status, RiskLevel.INCONCLUSIVE)
-    if view.status in _STATUS_LEVELS and level not in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE):
-        level = _STATUS_LEVELS[view.status]  # a record that says the attack did not run measured nothing
-    evidence, settle = derived_evidence(view, level, risk)
-    prefix = f"derived by the report from a {view.schema} record without a verdict"
-    if unreadable:
-        prefix += f" (its verdict is unreadable: {unreadable})"
-    return level, f"{evidence} [{prefix}]", settle, False

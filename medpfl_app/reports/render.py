@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,34 +14,15 @@ from medpfl_app.atomic_io import write_atomic
 from medpfl_app.audit.ledger import LEDGER_FILE, find_ledgers
 from medpfl_app.errors import MedPFLError
 from medpfl_app.reports.accuracy import Accuracy, find_round_metrics, read_accuracy
-from medpfl_app.reports.chains import site_chains
-from medpfl_app.reports.coverage import gap_label
-from medpfl_app.reports.job import JobInfo, job_info
-from medpfl_app.reports.model import RISK_MEANINGS, RISK_ORDER, AuditView, build_view
-from medpfl_app.reports.plain import plain_verdict
-from medpfl_app.reports.plots import plots as build_plots
-from medpfl_app.reports.policy import risk_policy
-from medpfl_app.reports.privacy import BANDS_TEXT, FORMAL_SCOPE, EpsilonReading, epsilon_readings, grouped
+from medpfl_app.reports.job import JobInfo
+from medpfl_app.reports.model import AuditView, build_view
+from medpfl_app.reports.page import ReportContent, render_html, report_content, thumbnails_why
+from medpfl_app.reports.privacy import EpsilonReading
 from medpfl_app.reports.round_json import REPORT_SCHEMA, round_report
-from medpfl_app.reports.sources import (
-    ARRIVALS_FILE,
-    Unreadable,
-    arrivals_beside,
-    read_arrivals,
-    read_ledger_records,
-    unreadable_text,
-)
-from medpfl_app.reports.thumbnails import (
-    THUMBNAILS_DIR,
-    ThumbnailSet,
-    collect_thumbnails,
-    stored_any,
-    thumbnail_rows,
-)
-from medpfl_app.reports.utility import Utility, assess_utility
+from medpfl_app.reports.sources import ARRIVALS_FILE, Unreadable, arrivals_beside, read_arrivals, read_ledger_records
+from medpfl_app.reports.thumbnails import THUMBNAILS_DIR, ThumbnailSet, collect_thumbnails, stored_any
+from medpfl_app.reports.utility import Utility
 from medpfl_app.reports.verdict import verdict
-from medpfl_app.reports.yardstick import ASR_DEFINITION, policy_lines
-from medpfl_app.text import printable
 
 __all__ = [
     "HTML_FILE",
@@ -52,6 +33,7 @@ __all__ = [
     "render_html",
     "render_report",
     "resolve_ledger",
+    "ReportContent",
 ]
 
 HTML_FILE = "audit_report.html"
@@ -168,53 +150,16 @@ def build_report(
     ledger = resolve_ledger(source)
     contents = read_ledger_records(ledger)
     arrivals_path = arrivals_beside(ledger)
-    view = build_view(contents.records, read_arrivals(arrivals_path) if arrivals_path else None)
+    view = build_view(contents.entries, read_arrivals(arrivals_path) if arrivals_path else None)
     search_root = Path(source) if Path(source).is_dir() else ledger.parent
     accuracy = read_accuracy(find_round_metrics(search_root))
     target = Path(out_dir) if out_dir is not None else ledger.parent
     target.mkdir(mode=0o700, parents=True, exist_ok=True)  # reports describe patients' leakage: owner-only
     summary = verdict(view, contents.skipped_lines)
-    if thumbnails_from is None and stored_thumbnails and stored_any(ledger.parent / THUMBNAILS_DIR):
-        thumbnails_from = ledger.parent / THUMBNAILS_DIR
-    thumbs = collect_thumbnails(thumbnails_from, target) if thumbnails_from is not None else None
-    job = job_info(ledger, contents.records)
-    utility = assess_utility(accuracy, contents.records, ledger)
-    readings = tuple(epsilon_readings(view))
-    plain = plain_verdict(view, summary, job, readings, utility)
-    summary = {
-        **summary,
-        "plain": plain,
-        "job": job.to_dict(),
-        "plan_coverage": view.coverage.against(job.plan).to_dict(),
-        "model_learned": utility.learned,
-        "model_warnings": list(utility.warnings),
-        "epsilon_readings": [
-            {
-                "site": r.site,
-                "epsilon": r.epsilon,
-                "delta": r.delta,
-                "level": r.level,
-                "band": r.band,
-                "round": r.last_round,
-            }
-            for r in readings
-        ],
-    }
-
-    round_paths = tuple(
-        _write(
-            target / f"report_round_{n}.json",
-            json.dumps(round_report(view, n, ledger, contents.skipped_lines, accuracy, job.to_dict()), indent=2) + "\n",
-        )
-        for n in view.rounds
-    )
-    content = ReportContent(
-        job=job,
-        plain=plain,
-        utility=utility,
-        epsilon=readings,
-        thumbnails_why=_thumbnails_why(thumbnails_from, stored_thumbnails),
-    )
+    thumbs, why = _thumbnails(ledger, target, thumbnails_from, stored_thumbnails)
+    content = dataclasses.replace(report_content(view, summary, ledger, accuracy), thumbnails_why=why)
+    summary = _with_content(summary, view, content)
+    round_paths = _round_files(view, target, ledger, contents.skipped_lines, accuracy, content.job)
     html = render_html(
         view,
         summary,
@@ -225,11 +170,10 @@ def build_report(
         unreadable=contents.unreadable,
         content=content,
     )
-    html_path = _write(target / HTML_FILE, html)
     paths = ReportPaths(
         ledger=ledger,
         out_dir=target,
-        html=html_path,
+        html=_write(target / HTML_FILE, html),
         round_json=round_paths,
         thumbnails=tuple(t.path for t in thumbs.thumbnails) if thumbs else (),
         round_metrics=accuracy.path,
@@ -243,35 +187,59 @@ def build_report(
         accuracy=accuracy,
         thumbnail_notes=thumbs.ignored if thumbs else (),
         unreadable=contents.unreadable,
-        job=job,
-        plain=plain,
-        utility=utility,
-        epsilon=readings,
+        job=content.job,
+        plain=content.plain,
+        utility=content.utility,
+        epsilon=content.epsilon,
     )
 
 
-def _thumbnails_why(thumbnails_from: object, stored_thumbnails: bool) -> str:
-    """Why no reconstruction is shown, in one line (used when none is)."""
-    if thumbnails_from is not None:
-        return "Not shown: the folder given holds no reconstruction this report could use."
-    if not stored_thumbnails:
-        return "Not shown: this report was rendered with reconstructions turned off (--no-thumbnails)."
-    return (
-        "Not shown (default): this run stored no reconstructions. The audit stores them only when the job turns "
-        "on store_reconstructions, meant for synthetic demo data, because reconstructions of real data are "
-        "patient data."
+def _thumbnails(
+    ledger: Path, target: Path, thumbnails_from: str | os.PathLike[str] | None, stored_thumbnails: bool
+) -> tuple[ThumbnailSet | None, str]:
+    """The reconstructions to show (the folder given, else what the run stored beside the ledger, if allowed) and
+    the line saying why none is shown."""
+    if thumbnails_from is None and stored_thumbnails and stored_any(ledger.parent / THUMBNAILS_DIR):
+        thumbnails_from = ledger.parent / THUMBNAILS_DIR
+    thumbs = collect_thumbnails(thumbnails_from, target) if thumbnails_from is not None else None
+    return thumbs, thumbnails_why(thumbnails_from, stored_thumbnails)
+
+
+def _round_files(
+    view: AuditView, target: Path, ledger: Path, skipped_lines: tuple[int, ...], accuracy: Accuracy, job: JobInfo
+) -> tuple[Path, ...]:
+    """``report_round_<n>.json`` for every round of the view."""
+    return tuple(
+        _write(
+            target / f"report_round_{n}.json",
+            json.dumps(round_report(view, n, ledger, skipped_lines, accuracy, job.to_dict()), indent=2) + "\n",
+        )
+        for n in view.rounds
     )
 
 
-@dataclass(frozen=True)
-class ReportContent:
-    """What the page shows beyond the view and verdict: job, plain verdict, utility, ε readings, thumbnail note."""
-
-    job: JobInfo
-    plain: str
-    utility: Utility
-    epsilon: tuple[EpsilonReading, ...]
-    thumbnails_why: str
+def _with_content(summary: Mapping[str, Any], view: AuditView, content: ReportContent) -> dict[str, Any]:
+    """The verdict with what the page adds: plain words, the job, coverage against its plan, utility, ε readings."""
+    return {
+        **summary,
+        "plain": content.plain,
+        "job": content.job.to_dict(),
+        "plan_coverage": view.coverage.against(content.job.plan).to_dict(),
+        "model_learned": content.utility.learned,
+        "model_warnings": list(content.utility.warnings),
+        "epsilon_readings": [
+            {
+                "site": r.site,
+                "epsilon": r.epsilon,
+                "delta": r.delta,
+                "level": r.level,
+                "band": r.band,
+                "round": r.last_round,
+            }
+            for r in content.epsilon
+        ],
+        "preflight": content.preflight.to_dict(),
+    }
 
 
 def _write(path: Path, content: str) -> Path:
@@ -282,78 +250,3 @@ def _write(path: Path, content: str) -> Path:
         os.chmod(temp, 0o600)
 
     return write_atomic(path, write)
-
-
-def render_html(
-    view: AuditView,
-    summary: Mapping[str, Any],
-    *,
-    ledger: Path,
-    skipped_lines: Sequence[int],
-    accuracy: Accuracy,
-    thumbnails: ThumbnailSet | None,
-    unreadable: Sequence[Unreadable] = (),
-    content: ReportContent | None = None,
-) -> str:
-    """The self-contained HTML report (inline CSS and SVG; every record string auto-escaped by Jinja2 and its
-    control characters escaped by `medpfl_app.reports.fields.printable`)."""
-    import jinja2
-    from markupsafe import Markup
-
-    def visible(value: Any) -> Any:
-        # every text reaches the page HTML-escaped (autoescape) and with control characters and bidi overrides
-        # shown escaped, as on the terminal: a site name cannot reorder or hide what the page says around it
-        return value if isinstance(value, Markup) or not isinstance(value, str) else printable(value, newlines=True)
-
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("medpfl_app.reports", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        finalize=visible,
-    )
-    plots = build_plots(view, accuracy)
-    for plot in plots:
-        plot["svg"] = Markup(plot["svg"])  # built by svg.line_chart, which escapes every text itself
-    chains = site_chains({key: cell.record for key, cell in view.cells.items()})
-    if content is None:
-        job = job_info(ledger, view.records)
-        utility = assess_utility(accuracy, view.records, ledger)
-        readings = tuple(epsilon_readings(view))
-        content = ReportContent(
-            job=job,
-            plain=plain_verdict(view, summary, job, readings, utility),
-            utility=utility,
-            epsilon=readings,
-            thumbnails_why=_thumbnails_why(None, True),
-        )
-    policy = risk_policy(view.records)
-    return environment.get_template("audit_report.html.j2").render(
-        view=view,
-        verdict=summary,
-        ledger=str(ledger),
-        skipped_lines=list(skipped_lines),
-        unreadable=list(unreadable),
-        unreadable_text=unreadable_text(list(skipped_lines)),
-        coverage=view.coverage,
-        yardstick=view.yardstick,
-        gap_label=gap_label,
-        accuracy=accuracy,
-        plots=plots,
-        chains=chains,
-        job=content.job,
-        plain=content.plain,
-        utility=content.utility,
-        epsilon_readings=content.epsilon,
-        weak_groups=grouped([r for r in content.epsilon if r.weak]),
-        formal_scope=FORMAL_SCOPE,
-        bands_text=BANDS_TEXT,
-        asr_definition=ASR_DEFINITION,
-        risk_order=RISK_ORDER,
-        risk_meanings=RISK_MEANINGS,
-        policy=policy,
-        policy_rows=policy_lines(policy["thresholds"]) if policy else [],
-        thumbnails=thumbnails,
-        thumbnail_rows=thumbnail_rows(thumbnails),
-        thumbnails_why=content.thumbnails_why,
-        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-    )

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpfl_app.contracts.record import READABLE_SCHEMAS
+from medpfl_app.contracts.record import READABLE_SCHEMAS, AuditRecord
 from medpfl_app.errors import MedPFLError
 
 #: Ledger record schemas this report reads: ``/1`` (risk high|medium|low|unknown) and ``/2`` (`RiskLevel` with a
 #: verdict, an attack ladder and metric settings); those of the record contract
-#: (`medpfl_app.contracts.record.AuditRecord`). The report reads each record's fields leniently itself
-#: (`medpfl_app.reports.records`): a value out of range or of the wrong type is shown as such, never fatal.
+#: (`medpfl_app.contracts.record.AuditRecord`). Every line is read by `AuditRecord.from_json`: a line it refuses is
+#: listed as unreadable with its reason; the numbers of a record it reads are range-checked by the report
+#: (`medpfl_app.reports.records`): a value out of range is shown as such, never fatal.
 LEDGER_SCHEMAS: tuple[str, ...] = READABLE_SCHEMAS
 #: The server's arrivals file, beside the ledger in ``<run dir>/medpfl/``.
 ARRIVALS_FOLDER = "medpfl"
@@ -69,12 +70,27 @@ class Unreadable:
 
 
 @dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger line the record contract read: the typed record, and the object as written (which the round JSON
+    echoes verbatim; the report reads every field from ``record``)."""
+
+    line: int
+    record: AuditRecord
+    written: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class LedgerRead:
-    """The intact ledger records (both schemas) and the lines that could not be read."""
+    """The ledger's records (both schemas, read by `AuditRecord.from_json`) and the lines that could not be read."""
 
     path: Path
-    records: tuple[dict[str, Any], ...]
+    entries: tuple[LedgerEntry, ...]
     unreadable: tuple[Unreadable, ...]
+
+    @property
+    def records(self) -> tuple[AuditRecord, ...]:
+        """The typed records, in ledger order."""
+        return tuple(entry.record for entry in self.entries)
 
     @property
     def skipped_lines(self) -> tuple[int, ...]:
@@ -95,7 +111,8 @@ def _json_lines(path: Path) -> list[tuple[int, Any | Unreadable]]:
 
 
 def read_ledger_records(path: str | os.PathLike[str]) -> LedgerRead:
-    """Every intact record of either schema; other lines are reported as unreadable, never fatal.
+    """Every record `AuditRecord.from_json` reads (either schema); every other line is reported as unreadable, with
+    the reader's reason, never fatal.
 
     Raises:
         MedPFLError: ``path`` is not a file.
@@ -103,22 +120,17 @@ def read_ledger_records(path: str | os.PathLike[str]) -> LedgerRead:
     path = Path(path)
     if not path.is_file():
         raise MedPFLError(f"no audit ledger at {path}", fix="pass the downloaded job folder that holds the ledger")
-    records: list[dict[str, Any]] = []
+    entries: list[LedgerEntry] = []
     unreadable: list[Unreadable] = []
     for number, value in _json_lines(path):
         if isinstance(value, Unreadable):
             unreadable.append(value)
-        elif not isinstance(value, dict):
-            unreadable.append(Unreadable(number, "not a JSON object"))
-        elif value.get("schema") not in LEDGER_SCHEMAS:
-            unreadable.append(
-                Unreadable(
-                    number, f"schema {str(value.get('schema'))[:40]!r} is not one of {', '.join(LEDGER_SCHEMAS)}"
-                )
-            )
-        else:
-            records.append(value)
-    return LedgerRead(path=path, records=tuple(records), unreadable=tuple(unreadable))
+            continue
+        try:
+            entries.append(LedgerEntry(number, AuditRecord.from_json(value), value))
+        except MedPFLError as error:
+            unreadable.append(Unreadable(number, f"not a valid audit record ({error.problem})"))
+    return LedgerRead(path=path, entries=tuple(entries), unreadable=tuple(unreadable))
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,26 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e4 else f"{value:.1e}"
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where values land in the plot area: rounds on x, the ticks' range on y."""
+
+    rounds: Sequence[int]
+    ticks: Sequence[float]
+    plot_w: float = WIDTH - LEFT - RIGHT
+    plot_h: float = HEIGHT - TOP - BOTTOM
+
+    def x_at(self, round_number: int) -> float:
+        x_low, x_high = (min(self.rounds), max(self.rounds)) if self.rounds else (0, 1)
+        if x_high <= x_low:
+            return LEFT + self.plot_w / 2
+        return LEFT + (round_number - x_low) / max(x_high - x_low, 1) * self.plot_w
+
+    def y_at(self, value: float) -> float:
+        y_low, y_high = self.ticks[0], self.ticks[-1]
+        return TOP + self.plot_h - (value - y_low) / ((y_high - y_low) or 1.0) * self.plot_h
+
+
 def line_chart(
     *,
     key: str,
@@ -89,73 +109,81 @@ def line_chart(
     Returns:
         The ``<svg>`` element as a string.
     """
-    legend_rows = math.ceil(len(series) / 2)
-    height = HEIGHT + 8 + 16 * legend_rows
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    height = HEIGHT + 8 + 16 * math.ceil(len(series) / 2)
     values = [v for s in series for v in s.values.values()]
     if y_range is not None:
         ticks = nice_ticks(*y_range)
     else:
         ticks = nice_ticks(min(values, default=0.0), max(values, default=1.0))
-    y_low, y_high = ticks[0], ticks[-1]
-    x_low, x_high = (min(rounds), max(rounds)) if rounds else (0, 1)
-    x_span = max(x_high - x_low, 1)
-
-    def x_at(round_number: int) -> float:
-        return LEFT + (round_number - x_low) / x_span * plot_w if x_high > x_low else LEFT + plot_w / 2
-
-    def y_at(value: float) -> float:
-        return TOP + plot_h - (value - y_low) / ((y_high - y_low) or 1.0) * plot_h
-
+    frame = _Frame(rounds, ticks)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-plot="{escape(key)}" role="img" '
         f'viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="11">',
         f"<title>{escape(title)}</title>",
         f'<text x="{WIDTH / 2}" y="15" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>',
+        *_axes(frame, y_label),
     ]
-    for tick in ticks:
-        y = y_at(tick)
+    if not values:
+        parts.append(
+            f'<text class="empty" x="{LEFT + frame.plot_w / 2}" y="{TOP + frame.plot_h / 2}" text-anchor="middle" '
+            f'fill="#666">{escape(empty_note)}</text>'
+        )
+    for line in series:
+        parts += _line(frame, line)
+    for index, line in enumerate(series):
+        parts += _legend_entry(frame, index, line)
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _axes(frame: _Frame, y_label: str) -> list[str]:
+    """Grid lines with y ticks, a tick per round, the plot's border and both axis labels."""
+    parts = []
+    plot_w, plot_h = frame.plot_w, frame.plot_h
+    for tick in frame.ticks:
+        y = frame.y_at(tick)
         parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
         parts.append(f'<text x="{LEFT - 5}" y="{y + 4:.1f}" text-anchor="end">{_fmt(tick)}</text>')
-    for round_number in rounds:
-        x = x_at(round_number)
+    for round_number in frame.rounds:
+        x = frame.x_at(round_number)
         parts.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle">{round_number}</text>')
     parts.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
     parts.append(f'<text x="{LEFT + plot_w / 2}" y="{TOP + plot_h + 30}" text-anchor="middle">round</text>')
     parts.append(
         f'<text transform="translate(12 {TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{escape(y_label)}</text>'
     )
-    if not values:
+    return parts
+
+
+def _line(frame: _Frame, line: Series) -> list[str]:
+    """One series: its polylines (broken where a round has no value) and a point with a tooltip per value."""
+    parts = []
+    dash = ' stroke-dasharray="5 3"' if line.dashed else ""
+    for segment in _segments(frame.rounds, line.values):
+        points = " ".join(f"{frame.x_at(r):.1f},{frame.y_at(v):.1f}" for r, v in segment)
         parts.append(
-            f'<text class="empty" x="{LEFT + plot_w / 2}" y="{TOP + plot_h / 2}" text-anchor="middle" '
-            f'fill="#666">{escape(empty_note)}</text>'
+            f'<polyline class="series" fill="none" stroke="{escape(line.color)}" stroke-width="2"{dash} '
+            f'points="{points}"><title>{escape(line.name)}</title></polyline>'
         )
-    for line in series:
-        dash = ' stroke-dasharray="5 3"' if line.dashed else ""
-        for segment in _segments(rounds, line.values):
-            points = " ".join(f"{x_at(r):.1f},{y_at(v):.1f}" for r, v in segment)
-            parts.append(
-                f'<polyline class="series" fill="none" stroke="{escape(line.color)}" stroke-width="2"{dash} '
-                f'points="{points}"><title>{escape(line.name)}</title></polyline>'
-            )
-        for round_number, value in sorted(line.values.items()):
-            parts.append(
-                f'<circle cx="{x_at(round_number):.1f}" cy="{y_at(value):.1f}" r="3" '
-                f'fill="{escape(line.color)}"><title>{escape(line.name)}, round {round_number}: '
-                f"{value:.4g}</title></circle>"
-            )
-    for index, line in enumerate(series):
-        x = LEFT + (index % 2) * (plot_w / 2)
-        y = HEIGHT + 10 + 16 * (index // 2)
-        dash = ' stroke-dasharray="5 3"' if line.dashed else ""
-        label = line.name
+    for round_number, value in sorted(line.values.items()):
         parts.append(
-            f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(line.color)}" '
-            f'stroke-width="2"{dash}/>'
+            f'<circle cx="{frame.x_at(round_number):.1f}" cy="{frame.y_at(value):.1f}" r="3" '
+            f'fill="{escape(line.color)}"><title>{escape(line.name)}, round {round_number}: '
+            f"{value:.4g}</title></circle>"
         )
-        parts.append(f'<text x="{x + 22:.1f}" y="{y}">{escape(_clip(label, 26))}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    return parts
+
+
+def _legend_entry(frame: _Frame, index: int, line: Series) -> list[str]:
+    """The legend's entry of one series (two columns below the plot)."""
+    x = LEFT + (index % 2) * (frame.plot_w / 2)
+    y = HEIGHT + 10 + 16 * (index // 2)
+    dash = ' stroke-dasharray="5 3"' if line.dashed else ""
+    return [
+        f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{escape(line.color)}" '
+        f'stroke-width="2"{dash}/>',
+        f'<text x="{x + 22:.1f}" y="{y}">{escape(_clip(line.name, 26))}</text>',
+    ]
 
 
 def _clip(label: str, size: int) -> str:

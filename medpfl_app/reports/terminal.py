@@ -42,6 +42,8 @@ def _cell_text(view: AuditView, site: str, round_number: int) -> str:
     psnr = f"{cell.psnr_max:.1f}" if cell.psnr_max is not None else "-"
     eps = cell.epsilon_client if cell.epsilon_client is not None else cell.epsilon_sample
     eps_text = f"{eps:.3g}" if eps is not None else "-"
+    if cell.empirical_failed:
+        eps_text += " ε̂ FAILED"
     tag = cell.config.tag if cell.config else "-"
     return f"{level} {ssim}/{psnr}/{eps_text} {tag}{extra}"
 
@@ -66,7 +68,21 @@ def coverage_by_round(view: AuditView) -> str:
 
 def summary_text(report: Report) -> str:
     """The summary as text (no colour codes, so it can be logged or piped), every line made `printable`."""
-    view = report.view
+    lines = [
+        *_intro_lines(report),
+        *_preflight_lines(report),
+        *_table_lines(report.view),
+        *_verdict_lines(report),
+        *empirical_lines(report.view),
+        *_coverage_lines(report),
+        *_finding_lines(report.view),
+        *_file_lines(report),
+    ]
+    return "\n".join(printable(line) for line in lines)
+
+
+def _intro_lines(report: Report) -> list[str]:
+    """The job's name and purpose, and the verdict in plain words."""
     lines = []
     if report.job is not None:
         job = report.job
@@ -77,7 +93,24 @@ def summary_text(report: Report) -> str:
         )
     if report.plain:
         lines.append("In plain words: " + report.plain)
-    lines.append("Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):")
+    return lines
+
+
+def _preflight_lines(report: Report) -> list[str]:
+    """One line: each site's pre-flight level (before round 1), or that the job ran without one."""
+    preflight = report.verdict.get("preflight")
+    if not isinstance(preflight, dict):
+        return []
+    if not preflight.get("present"):
+        return [f"Pre-flight: none ({preflight.get('note')})"]
+    levels = ", ".join(f"{site} {level}" for site, level in preflight.get("sites", {}).items())
+    refused = "; the job's policy refused to start it" if preflight.get("refused") else ""
+    return [f"Pre-flight before round 1 (probe attack on synthetic data): {levels}{refused} (details in the HTML)"]
+
+
+def _table_lines(view: AuditView) -> list[str]:
+    """The level table (a row per site, a column per round) and the audit configurations its tags name."""
+    lines = ["Level by site and round (level SSIM/PSNR dB/ε, worst image, audit config tag):"]
     site_width = max([len("site")] + [len(printable(s)) for s in view.sites])
     cells = {(s, r): printable(_cell_text(view, s, r)) for s in view.sites for r in view.rounds}
     width = max([12] + [len(t) for t in cells.values()])
@@ -88,14 +121,43 @@ def summary_text(report: Report) -> str:
     if view.configs:
         lines.append("Audit configurations:")
         lines.extend(f"  {printable(c.tag)}: {printable(c.describe())}" for c in view.configs)
+    return lines
+
+
+def _verdict_lines(report: Report) -> list[str]:
+    """The verdict's headline, its evidence and what would settle it."""
     verdict = report.verdict
-    lines.append("Verdict: " + printable(str(verdict["headline"])))
+    lines = ["Verdict: " + printable(str(verdict["headline"]))]
     if verdict.get("evidence"):
         lines.append("  evidence: " + printable(str(verdict["evidence"])))
     if verdict.get("settle"):
         lines.append("  would settle it: " + printable(str(verdict["settle"])))
-    lines.append("  " + printable(view.coverage.text()))
-    lines.append("  by round: " + printable(coverage_by_round(view)))
+    return lines
+
+
+def empirical_lines(view: AuditView) -> list[str]:
+    """Every failed empirical ε check in full, then the other checks grouped by site and text (rounds listed)."""
+    checks = view.empirical_checks()
+    if not checks:
+        return []
+    lines = [check.flag_text() for check in checks if check.failed]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for check in checks:
+        if not check.failed:
+            groups.setdefault((check.site or "unnamed site", check.text()), []).append(str(check.round))
+    shown = list(groups.items())
+    lines.append("Empirical ε lower bounds (ε̂, per release; a failed check is listed above):")
+    for (site, words), rounds in shown[:MAX_GAP_LINES]:
+        lines.append(f"  {site} round{'s' if len(rounds) > 1 else ''} {', '.join(rounds)}: {words}")
+    if len(shown) > MAX_GAP_LINES:
+        lines.append(f"  … {len(shown) - MAX_GAP_LINES} more (all in the HTML report and the round JSON)")
+    return lines
+
+
+def _coverage_lines(report: Report) -> list[str]:
+    """Coverage overall, by round and against the plan; its gaps; the ledger lines that could not be read."""
+    view = report.view
+    lines = ["  " + printable(view.coverage.text()), "  by round: " + printable(coverage_by_round(view))]
     planned = view.coverage.against(report.job.plan if report.job is not None else None)
     lines.extend("  against the plan: " + printable(sentence) for sentence in planned.sentences())
     gaps = view.coverage.gaps
@@ -110,9 +172,19 @@ def summary_text(report: Report) -> str:
         f"  audit ledger: {unreadable_text(report.skipped_lines)}; {len(view.notes)} audited without site "
         "scores (reasons in the HTML)"
     )
-    lines.append("Yardstick: " + printable(view.yardstick.summary()))
-    lines.append("  budget spent: " + printable(view.yardstick.spent))
-    lines.append("  attack ladder: " + printable(view.yardstick.ladder))
+    lines.extend(f"  unreadable: line {u.line}: {printable(u.why)}" for u in report.unreadable[:MAX_GAP_LINES])
+    if len(report.unreadable) > MAX_GAP_LINES:
+        lines.append(f"  … {len(report.unreadable) - MAX_GAP_LINES} more unreadable lines (all in the HTML report)")
+    return lines
+
+
+def _finding_lines(view: AuditView) -> list[str]:
+    """The yardstick, records not in the table, records with invalid values and the policy's actions."""
+    lines = [
+        "Yardstick: " + printable(view.yardstick.summary()),
+        "  budget spent: " + printable(view.yardstick.spent),
+        "  attack ladder: " + printable(view.yardstick.ladder),
+    ]
     lines.extend(f"  not in the table: {printable(m)}" for m in view.malformed)
     invalid = [d for d in view.details if d.invalid]
     if invalid:
@@ -125,13 +197,18 @@ def summary_text(report: Report) -> str:
         f"Policy: {printable(a.site)} round {a.round} {printable(a.action.replace('_', ' '))} ({printable(a.reason)})"
         for a in view.actions
     )
+    return lines
+
+
+def _file_lines(report: Report) -> list[str]:
+    """What the report read and wrote, and the thumbnail files it did not use."""
     paths = report.paths
-    lines.append(f"Ledger: {paths.ledger}")
-    lines.append(
-        f"Arrivals: {paths.arrivals}" if paths.arrivals else "Arrivals: none beside the ledger (coverage unknown)"
-    )
-    lines.append(f"HTML report: {paths.html}")
-    lines.append(f"Round reports: {len(paths.round_json)} × {paths.out_dir / 'report_round_<n>.json'}")
+    lines = [
+        f"Ledger: {paths.ledger}",
+        f"Arrivals: {paths.arrivals}" if paths.arrivals else "Arrivals: none beside the ledger (coverage unknown)",
+        f"HTML report: {paths.html}",
+        f"Round reports: {len(paths.round_json)} × {paths.out_dir / 'report_round_<n>.json'}",
+    ]
     if paths.round_metrics:
         lines.append(f"Model accuracy from: {paths.round_metrics}")
     if paths.thumbnails:
@@ -139,6 +216,5 @@ def summary_text(report: Report) -> str:
             f"Reconstruction thumbnails (patient data, owner-only): {len(paths.thumbnails)} in "
             f"{paths.thumbnails[0].parent.parent.parent}"
         )
-    for note in report.thumbnail_notes:
-        lines.append(f"  not used: {printable(note)}")
-    return "\n".join(printable(line) for line in lines)
+    lines.extend(f"  not used: {printable(note)}" for note in report.thumbnail_notes)
+    return lines

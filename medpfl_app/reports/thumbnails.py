@@ -93,11 +93,6 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
     Raises:
         MedPFLError: ``folder`` is not a folder.
     """
-    from PIL import (  # Pillow only when thumbnails are asked for
-        Image,
-        UnidentifiedImageError,
-    )
-
     source = Path(folder)
     if not source.is_dir():
         raise MedPFLError(
@@ -118,36 +113,16 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
         if match is None or path.suffix.lower() != ".png":
             ignored.append(f"{relative}: not <site>/round_<n>/<name>.png")
             continue
-        with open(path, "rb") as handle:
-            if handle.read(8) != PNG_SIGNATURE:
-                ignored.append(f"{relative}: not a PNG file")
-                continue
-        try:
-            with Image.open(path) as image:
-                image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            ignored.append(f"{relative}: unreadable PNG ({error})")
+        content = _downsized(path)
+        if isinstance(content, str):
+            ignored.append(f"{relative}: {content}")
             continue
         site, round_number = relative.parts[0], int(match.group(1))
-        content = buffer.getvalue()
+        written = path if in_place else _copy_out(target, site, round_number, path.name, content)
         if in_place:
             for made in (path.parent.parent, path.parent):
                 os.chmod(made, 0o700)
             _owner_only(path)
-            written = path
-        else:
-            folder_out = target / _safe(site) / f"round_{round_number}"
-            folder_out.mkdir(parents=True, exist_ok=True)
-            for made in (target / _safe(site), folder_out):
-                os.chmod(made, 0o700)
-
-            def write(temp: Path, content: bytes = content) -> None:
-                temp.write_bytes(content)
-                _owner_only(temp)
-
-            written = write_atomic(folder_out / _safe(path.name), write)
         kind, index = _kind(path.name)
         thumbnails.append(
             Thumbnail(
@@ -161,6 +136,40 @@ def collect_thumbnails(folder: str | os.PathLike[str], out_dir: Path) -> Thumbna
             )
         )
     return ThumbnailSet(thumbnails=tuple(thumbnails), ignored=tuple(ignored))
+
+
+def _downsized(path: Path) -> bytes | str:
+    """The PNG at ``path`` shrunk to `THUMBNAIL_SIZE`, or why it cannot be used."""
+    from PIL import (  # Pillow only when thumbnails are asked for
+        Image,
+        UnidentifiedImageError,
+    )
+
+    with open(path, "rb") as handle:
+        if handle.read(8) != PNG_SIGNATURE:
+            return "not a PNG file"
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        return f"unreadable PNG ({error})"
+    return buffer.getvalue()
+
+
+def _copy_out(target: Path, site: str, round_number: int, name: str, content: bytes) -> Path:
+    """Write a thumbnail to ``target/<site>/round_<n>/<name>`` atomically, every folder and file owner-only."""
+    folder_out = target / _safe(site) / f"round_{round_number}"
+    folder_out.mkdir(parents=True, exist_ok=True)
+    for made in (target / _safe(site), folder_out):
+        os.chmod(made, 0o700)
+
+    def write(temp: Path) -> None:
+        temp.write_bytes(content)
+        _owner_only(temp)
+
+    return write_atomic(folder_out / _safe(name), write)
 
 
 def thumbnail_rows(thumbnails: ThumbnailSet | None) -> list[dict]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpfl_app.contracts.record import AuditRecord
 from medpfl_app.reports.accuracy import Accuracy
 from medpfl_app.reports.fields import integer, mapping
 
@@ -57,16 +58,14 @@ class Utility:
         return not self.warnings
 
 
-def _from_records(records: Iterable[Mapping[str, Any]]) -> int | None:
+def _from_records(records: Iterable[AuditRecord]) -> int | None:
     for record in records:
-        for section in ("model", "threat_model", "training_facts"):
-            found = integer(mapping(record.get(section)).get("num_classes"))
+        for section in (record.model, record.threat_model, record.training_facts):
+            found = integer(mapping(section).get("num_classes"))
             if found and found > 1:
                 return found
     lengths = {
-        len(h)
-        for r in records
-        if isinstance(h := mapping(r.get("server_indicators")).get("recovered_label_histogram"), list)
+        len(h) for r in records if isinstance(h := mapping(r.server_indicators).get("recovered_label_histogram"), list)
     }
     found = lengths.pop() if len(lengths) == 1 else 0
     return found if found > 1 else None
@@ -95,7 +94,7 @@ def _from_config(ledger: Path) -> int | None:
     return None
 
 
-def number_of_classes(records: Iterable[Mapping[str, Any]], ledger: Path) -> tuple[int | None, str]:
+def number_of_classes(records: Iterable[AuditRecord], ledger: Path) -> tuple[int | None, str]:
     """(classes, where that came from) — see the module docstring."""
     records = list(records)
     if (found := _from_records(records)) is not None:
@@ -134,7 +133,7 @@ def _warnings(accuracy: Mapping[int, float], loss: Mapping[int, float], classes:
     return found
 
 
-def assess_utility(accuracy: Accuracy, records: Iterable[Mapping[str, Any]], ledger: Path) -> Utility:
+def assess_utility(accuracy: Accuracy, records: Iterable[AuditRecord], ledger: Path) -> Utility:
     """The global model's per-round accuracy and loss, the chance level, and why it did not learn (if so)."""
     classes, source = number_of_classes(records, ledger)
     return Utility(

@@ -111,7 +111,6 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
         "unreadable_ledger_text": unreadable_text(unreadable),
     }
     level, blockers = _overall_level(view, unreadable)
-    total = view.coverage.total()
     result: dict[str, Any] = {
         "risk": str(level) if level is not None else "none",
         "meaning": MEANINGS.get(str(level), ""),
@@ -130,48 +129,57 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
         result["headline"] = "The ledger holds no usable audit record."
         result["meaning"] = "nothing was received or recorded that the report could place"
         return result
-    if level in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE) and not total.audited:
-        known = view.coverage.known
-        received = (
-            f"{total.received} received update{'s' if total.received != 1 else ''}"
-            if known
-            else f"{total.records} recorded update{'s' if total.records != 1 else ''}"
-        )
-        result["headline"] = (
-            f"{level.upper().replace('_', ' ')}: none of the {received} was measured"
-            + ("" if total.records else ": the ledger holds no usable audit record")
-            + "."
-        )
+    if level in (RiskLevel.NOT_AUDITED, RiskLevel.NOT_AUDITABLE) and not view.coverage.total().audited:
+        result["headline"] = _unmeasured_headline(view, level)
         return result
     worst = view.worst()
     assert worst is not None
     if level == RiskLevel.LOW or (level == RiskLevel.INCONCLUSIVE and blockers):
-        under = "; ".join(c.short() for c in view.configs) or "attack not recorded"
-        if level == RiskLevel.LOW:
-            headline = (
-                f"LOW: all {total.received} received updates were measured low under {under}: evidence "
-                "under this attack and budget, not a guarantee against stronger attacks."
-            )
-        else:
-            headline = (
-                f"INCONCLUSIVE: every audited update measured low under {under}, but not every received "
-                f"update was measured: {'; '.join(blockers)}."
-            )
-            result["settle"] = (
-                "audit the updates that were lost or not audited (re-run the job with the audit running to the end)"
-                if view.coverage.known
-                else "render from the server's run folder that holds received_updates.jsonl beside the ledger"
-            )
-        result.update(headline=headline, config=worst.config.to_dict() if worst.config else None)
-        return result
-    scores = {
-        "ssim_max": worst.ssim_max,
-        "psnr_max": worst.psnr_max,
-        "attack_success_rate": worst.success_rate,
-        "label_accuracy": worst.label_accuracy,
-        "identifiability": worst.detail.identifiability,
-        "identifiability_p_value": worst.detail.identifiability_p_value,
-    }
+        result.update(_low_verdict(view, level, blockers, worst))
+    else:
+        result.update(_worst_verdict(view, level, worst))
+    return result
+
+
+def _unmeasured_headline(view: AuditView, level: RiskLevel) -> str:
+    """The headline when no update was measured (every record not audited or not auditable)."""
+    total = view.coverage.total()
+    received = (
+        f"{total.received} received update{'s' if total.received != 1 else ''}"
+        if view.coverage.known
+        else f"{total.records} recorded update{'s' if total.records != 1 else ''}"
+    )
+    return (
+        f"{level.upper().replace('_', ' ')}: none of the {received} was measured"
+        + ("" if total.records else ": the ledger holds no usable audit record")
+        + "."
+    )
+
+
+def _low_verdict(view: AuditView, level: RiskLevel, blockers: Sequence[str], worst: Cell) -> dict[str, Any]:
+    """A low verdict, or an inconclusive one when every audited update measured low but not every one was measured."""
+    under = "; ".join(c.short() for c in view.configs) or "attack not recorded"
+    found: dict[str, Any] = {}
+    if level == RiskLevel.LOW:
+        headline = (
+            f"LOW: all {view.coverage.total().received} received updates were measured low under {under}: evidence "
+            "under this attack and budget, not a guarantee against stronger attacks."
+        )
+    else:
+        headline = (
+            f"INCONCLUSIVE: every audited update measured low under {under}, but not every received "
+            f"update was measured: {'; '.join(blockers)}."
+        )
+        found["settle"] = (
+            "audit the updates that were lost or not audited (re-run the job with the audit running to the end)"
+            if view.coverage.known
+            else "render from the server's run folder that holds received_updates.jsonl beside the ledger"
+        )
+    return {**found, "headline": headline, "config": worst.config.to_dict() if worst.config else None}
+
+
+def _worst_verdict(view: AuditView, level: RiskLevel, worst: Cell) -> dict[str, Any]:
+    """The verdict naming the worst record: its site and round, scores, attack configuration, ε and evidence."""
     under = worst.config.short() if worst.config else "attack not recorded"
     if worst.config and len(worst.config.iterations) > 1 and worst.detail.iterations is not None:
         under += f", this record {worst.detail.iterations} iterations"
@@ -186,19 +194,25 @@ def _verdict(view: AuditView, skipped_lines: Iterable[int] = ()) -> dict[str, An
             f"under {under}; formal ε: {worst.epsilon_text()}."
         )
     else:
-        count = total.levels.get(str(level), 0)
+        count = view.coverage.total().levels.get(str(level), 0)
         headline = (
             f"{level.upper()}: {count} audited update{'s' if count != 1 else ''} "
             f"{'are' if count != 1 else 'is'} {level}, e.g. {worst.site}, round {worst.round}, under {under}."
         )
-    result.update(
-        site=worst.site,
-        round=worst.round,
-        scores=scores,
-        config=worst.config.to_dict() if worst.config else None,
-        epsilon={"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
-        headline=headline,
-        evidence=worst.evidence,
-        settle=worst.settle,
-    )
-    return result
+    return {
+        "site": worst.site,
+        "round": worst.round,
+        "scores": {
+            "ssim_max": worst.ssim_max,
+            "psnr_max": worst.psnr_max,
+            "attack_success_rate": worst.success_rate,
+            "label_accuracy": worst.label_accuracy,
+            "identifiability": worst.detail.identifiability,
+            "identifiability_p_value": worst.detail.identifiability_p_value,
+        },
+        "config": worst.config.to_dict() if worst.config else None,
+        "epsilon": {"client_dp": worst.epsilon_client, "dp_sgd": worst.epsilon_sample, "delta": worst.delta},
+        "headline": headline,
+        "evidence": worst.evidence,
+        "settle": worst.settle,
+    }

@@ -26,7 +26,9 @@ POLICY_WORDS: dict[str, str] = {
     ),
     "significance": "identification counts as above chance when its p-value is below {}",
     "relative_leakage_medium": "at least medium when the leakage relative to an uninformed prior is at least {}",
-    "epsilon_caps_at_medium": "a formal ε at or below {} caps the level at medium",
+    "epsilon_caps_at_medium": (
+        "a formal ε at or below {} caps the level at medium (never a formal ε whose empirical check failed)"
+    ),
 }
 #: How the attack success rate is defined (the site scores' ``attack_success_rate``).
 ASR_DEFINITION = (
@@ -128,7 +130,7 @@ def _policy_significance(views: Sequence[RecordView]) -> str | None:
     found = {
         f"{v:g}"
         for view in views
-        if (v := checked(mapping(view.record.get("risk_policy")).get("significance"), "significance")) is not None
+        if (v := checked(mapping(view.record.risk_policy).get("significance"), "significance")) is not None
     }
     return found.pop() if len(found) == 1 else None
 
@@ -174,7 +176,7 @@ def _legacy_lines(views: Sequence[RecordView]) -> tuple[tuple[str, str], ...]:
         {
             f"{t:g}"
             for v in views
-            if (t := checked(mapping(v.record.get("site_scores")).get("ssim_threshold"), "ssim_threshold")) is not None
+            if (t := checked(mapping(v.record.site_scores).get("ssim_threshold"), "ssim_threshold")) is not None
         }
     )
     threshold = (
@@ -196,8 +198,8 @@ def build_yardstick(views: Sequence[RecordView]) -> Yardstick:
     audited = [v for v in views if v.status == "audited"]
     groups: dict[str, list[RecordView]] = {}
     for view in audited:
-        settings = view.record.get("metric_settings")
-        key = json.dumps(settings, sort_keys=True, default=str) if isinstance(settings, Mapping) else ""
+        settings = view.record.metric_settings
+        key = json.dumps(dict(settings), sort_keys=True, default=str) if isinstance(settings, Mapping) else ""
         groups.setdefault(key, []).append(view)
     settings_out = []
     for key, members in groups.items():

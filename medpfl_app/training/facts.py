@@ -2,11 +2,13 @@
 
 An honest-but-curious server usually knows the local batch size, step count and learning rate; the audit must
 assume it does, so the site states them instead of leaving the audit to guess. With sample-level DP-SGD on, the
-facts also state its parameters and the ε this site has spent so far in the job (``dp_sgd``; ``None`` when off).
+facts also state its parameters and the ε this site has spent so far in the job (``dp_sgd``; ``None`` when off),
+with an empirical lower bound on one step's ε (``dp_sgd.epsilon_empirical``, from synthetic canaries).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 
 from medpfl_app.contracts.training_facts import FACTS_VERSION, TrainingFacts
+from medpfl_app.defenses.epsilon_audit_dp_sgd import audit_dp_sgd
 
 __all__ = [
     "FACTS_VERSION",
@@ -23,8 +26,12 @@ __all__ = [
     "bn_buffers_in_state_dict",
     "bn_momentum",
     "dp_sgd_facts",
+    "empirical_dp_sgd_epsilon",
 ]
 FL_META_ATTRIBUTE = "__fl_meta__"  # read by NVFlare's FLCallback at on_train_end
+#: Trials of the empirical ε lower bound of one DP-SGD step (0: off) and its fixed, public seed (synthetic data only).
+DEFAULT_EMPIRICAL_TRIALS = 1000
+EMPIRICAL_SEED = 0
 
 
 def bn_buffers_in_state_dict(module: nn.Module) -> bool:
@@ -34,12 +41,14 @@ def bn_buffers_in_state_dict(module: nn.Module) -> bool:
     )
 
 
-def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
+def dp_sgd_facts(module: nn.Module, *, epsilon_empirical: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The DP-SGD entry of the facts: parameters and cumulative ε of the module's Opacus session, or ``None``.
 
     ε covers every DP-SGD step recorded in the site's ledger (earlier jobs included) when the module has one
     (``epsilon_scope: "site ledger"``), else every local step of this job so far (``"this job"``), for the
-    configured δ; plain JSON values only, since NVFlare sends the facts as update meta.
+    configured δ; plain JSON values only, since NVFlare sends the facts as update meta. ``epsilon_empirical`` (an
+    ``EmpiricalEpsilon.to_json()`` of one step of this configuration, see `empirical_dp_sgd_epsilon`) is passed
+    through, None when not computed.
     """
     session = getattr(module, "dp_session", None)
     if session is None:
@@ -59,7 +68,21 @@ def dp_sgd_facts(module: nn.Module) -> dict[str, Any] | None:
         "poisson_sampling": bool(config.poisson_sampling),
         "secure_mode": bool(config.secure_mode),
         "epsilon_scope": "site ledger" if getattr(module, "dp_ledger", None) is not None else "this job",
+        "epsilon_empirical": dict(epsilon_empirical) if epsilon_empirical is not None else None,
     }
+
+
+def empirical_dp_sgd_epsilon(module: nn.Module, trials: int) -> dict[str, Any] | None:
+    """ε̂ of one DP-SGD step of the module's session configuration at its sample rate, None without DP-SGD.
+
+    Runs `audit_dp_sgd` (Opacus on a synthetic linear model and canary; never the site's data) with a fixed seed.
+    """
+    session = getattr(module, "dp_session", None)
+    sample_rate = getattr(getattr(session, "data_loader", None), "sample_rate", None)
+    if session is None or trials == 0 or not sample_rate:
+        return None
+    batches = max(1, round(1.0 / float(sample_rate)))
+    return audit_dp_sgd(session.config, trials=trials, seed=EMPIRICAL_SEED, batches_per_epoch=batches).to_json()
 
 
 def bn_momentum(module: nn.Module) -> float | None:
@@ -77,10 +100,21 @@ class TrainingFactsCallback(Callback):
         num_train_images: Size of the site's training set.
         configured_batch_size: The loader's batch size.
         local_epochs: Epochs per round.
+        empirical_trials: Trials of the DP-SGD empirical ε lower bound (computed once per configuration, a few
+            seconds); 0 turns it off.
     """
 
-    def __init__(self, *, num_train_images: int, configured_batch_size: int, local_epochs: int) -> None:
+    def __init__(
+        self,
+        *,
+        num_train_images: int,
+        configured_batch_size: int,
+        local_epochs: int,
+        empirical_trials: int = DEFAULT_EMPIRICAL_TRIALS,
+    ) -> None:
         self.num_train_images = num_train_images
+        self.empirical_trials = empirical_trials
+        self._empirical: dict[tuple[Any, Any], dict[str, Any] | None] = {}
         self.configured_batch_size = configured_batch_size
         self.local_epochs = local_epochs
         self._start_step = 0
@@ -103,6 +137,15 @@ class TrainingFactsCallback(Callback):
         self._batch_sizes.append(int(batch["label"].shape[0]))
         if isinstance(batch, dict) and "index" in batch:
             self._positions.extend(int(i) for i in torch.as_tensor(batch["index"]).reshape(-1).tolist())
+
+    def _empirical_epsilon(self, module: nn.Module) -> dict[str, Any] | None:
+        session = getattr(module, "dp_session", None)
+        if session is None:
+            return None
+        key = (session.config, getattr(session.data_loader, "sample_rate", None))
+        if key not in self._empirical:
+            self._empirical[key] = empirical_dp_sgd_epsilon(module, self.empirical_trials)
+        return self._empirical[key]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
@@ -127,7 +170,7 @@ class TrainingFactsCallback(Callback):
             num_classes=getattr(pl_module, "num_classes", None),
             state_dict_prefix="net.",
             torch_version=str(torch.__version__),
-            dp_sgd=dp_sgd_facts(pl_module),
+            dp_sgd=dp_sgd_facts(pl_module, epsilon_empirical=self._empirical_epsilon(pl_module)),
         )
         # The update meta's wire format: every fact key, None where unknown (what the audit's reader expects).
         self.last_facts = facts.to_json()

@@ -25,7 +25,7 @@ update as it arrived, computed as the audit does; it must equal what the site re
 the audited jobs' wire format (``params_exchange_format: pytorch`` in the script, NVFlare's default NumPy on the
 wire); a second, honest run sends PyTorch tensors on the wire (``server_expected_format: pytorch``, the server's
 persistor without NumPy conversion): the site's filter then digests tensors while the server digests NumPy copies.
-Its scoring is an expected failure: `AuditFilter._size_refusal` cannot size a tensor (see that test's reason).
+Its scoring is an expected failure: `medpfl_app.nvflare.server.receiving.size_refusal` cannot size a tensor (see that test's reason).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import os
 import numpy as np
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.shareable import Shareable
 
 
@@ -77,7 +77,9 @@ class ScorerOracleProbe(FLComponent):
         self._tasks_done = 0
 
     def handle_event(self, event_type, fl_ctx):
-        if event_type == EventType.AFTER_TASK_EXECUTION and fl_ctx.get_identity_name() == self.attacker:
+        if event_type != EventType.AFTER_TASK_EXECUTION or fl_ctx.get_identity_name() != self.attacker:
+            return
+        if fl_ctx.get_prop(FLContextKey.TASK_NAME) == "train":  # not the pre-flight task before round 1
             try:
                 self._attack(fl_ctx, self._tasks_done)  # one train task per round: the round just trained
             except Exception as error:
@@ -170,7 +172,7 @@ from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.app_common.app_constant import AppConstants
 
-from medpfl_app.audit.core import copy_arrays
+from medpfl_app.audit.update_audit import copy_arrays
 from medpfl_app.audit.update_digest import update_digest
 
 
@@ -344,7 +346,7 @@ def torch_exchange(tmp_path_factory: pytest.TempPathFactory) -> SimulationResult
     root = tmp_path_factory.mktemp("sim_torch_exchange")
     job = _export(root, "sim_torch_exchange", sites)
     path, config = _client_config(job)
-    (executor,) = config["executors"]
+    executor, _preflight = config["executors"]  # training ("*") first, then the pre-flight task's executor
     executor["executor"]["args"]["server_expected_format"] = "pytorch"
     path.write_text(json.dumps(config, indent=4))
     # The server then keeps and sends PyTorch tensors too (its persistor would otherwise hand out NumPy arrays).

@@ -26,7 +26,6 @@ from nvflare.fuel.f3.cellnet.defs import MessageHeaderKey
 from nvflare.fuel.f3.cellnet.registry import Registry
 from nvflare.fuel.f3.message import Message
 
-from medpfl_app.audit.core import AuditItem, copy_arrays
 from medpfl_app.audit.round_samples import (
     RoundSamples,
     describe_training_set,
@@ -35,6 +34,7 @@ from medpfl_app.audit.round_samples import (
     write_round_samples,
 )
 from medpfl_app.audit.scoring import SCORE_KEYS
+from medpfl_app.audit.update_audit import AuditItem, copy_arrays
 from medpfl_app.audit.update_digest import declared_images, same_digest, update_digest
 from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
 from medpfl_app.nvflare.filters.sent_digest import SentUpdateDigest

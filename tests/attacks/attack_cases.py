@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medpfl_app.attacks.site import init_uniform_
+from medpfl_app.attacks.simulated_site import init_uniform_
 from medpfl_app.models import build_network
 
 SIZE = 16

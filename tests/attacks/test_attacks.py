@@ -9,7 +9,7 @@ import torch
 from attack_cases import SIZE, SigmoidBNNet, phantom, sigmoid_lenet
 
 from medpfl_app.attacks import ATTACKS, UpdateKind, build_attack, knowledge_from_update
-from medpfl_app.attacks.site import simulate_site_update
+from medpfl_app.attacks.simulated_site import simulate_site_update
 from medpfl_app.metrics import evaluate_reconstruction, ssim
 
 LABEL = torch.tensor([2])
@@ -143,7 +143,7 @@ def test_engine_matches_the_straightforward_reference_loop(victim: str, image: t
     """The vmap-batched engine and the sequential create_graph loop follow the same optimisation path (with BN in
     train mode the reference runs torch's fused batch norm, the engine its var_mean form)."""
     from medpfl_app.attacks.engine import _initial_images
-    from medpfl_app.attacks.reference import reference_gradinv
+    from medpfl_app.attacks.reference_loop import reference_gradinv
     from medpfl_app.models import build_network
 
     torch.manual_seed(0)

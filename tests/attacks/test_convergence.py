@@ -21,7 +21,7 @@ from medpfl_app.attacks import (
 )
 from medpfl_app.attacks.convergence import MATCH_TOLERANCE
 from medpfl_app.attacks.engine import downsample_trace, matching_loss
-from medpfl_app.attacks.site import simulate_site_update
+from medpfl_app.attacks.simulated_site import simulate_site_update
 from medpfl_app.attacks.victim import Victim, target_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models.global_model import build_seeded_network

@@ -8,7 +8,7 @@ import torch
 from attack_cases import SIZE, phantom, sigmoid_lenet
 
 from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-from medpfl_app.attacks.site import simulate_site_update
+from medpfl_app.attacks.simulated_site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
 

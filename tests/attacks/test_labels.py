@@ -8,7 +8,7 @@ from attack_cases import phantom, sigmoid_lenet
 
 from medpfl_app.attacks import UpdateKind, recover_labels, recover_labels_from_update
 from medpfl_app.attacks.labels import expected_probabilities
-from medpfl_app.attacks.site import simulate_site_update
+from medpfl_app.attacks.simulated_site import simulate_site_update
 from medpfl_app.errors import MedPFLError
 from medpfl_app.models import build_network
 

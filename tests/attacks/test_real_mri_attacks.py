@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-from medpfl_app.attacks.site import init_uniform_, simulate_site_update
+from medpfl_app.attacks.simulated_site import init_uniform_, simulate_site_update
 from medpfl_app.metrics import evaluate_reconstruction
 from medpfl_app.models import build_network
 

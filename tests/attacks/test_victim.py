@@ -10,7 +10,7 @@ from attack_cases import SIZE, phantom
 from torch import nn
 
 from medpfl_app.attacks import UpdateKind, build_attack, knowledge_from_update
-from medpfl_app.attacks.site import simulate_site_update
+from medpfl_app.attacks.simulated_site import simulate_site_update
 from medpfl_app.attacks.victim import BatchStatisticsNorm, Victim
 from medpfl_app.models import build_network
 

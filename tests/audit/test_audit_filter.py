@@ -12,18 +12,15 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+from nvflare.apis.utils.event import fire_event_to_components
 from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
 from medpfl_app.audit import worker as audit_worker
-from medpfl_app.audit.core import AuditOutcome
 from medpfl_app.audit.ledger import read_ledger
+from medpfl_app.audit.update_audit import AuditOutcome
 from medpfl_app.nvflare.server import audit_filter as audit_server
-from medpfl_app.nvflare.server.audit_filter import (
-    AuditFilter,
-    GlobalWeightsCache,
-    cached_global_weights,
-)
+from medpfl_app.nvflare.server.audit_filter import AuditFilter, GlobalWeightsCache
 
 JOB = "job-audit"
 #: Generous bound for "well under 50 ms" on a loaded 2-core machine; benchmarks/bench_audit.py measures the typical.
@@ -244,7 +241,7 @@ def test_weights_cache_copies_once_per_round_and_never_touches_the_payload(tmp_p
     original = {k: v.copy() for k, v in weights.items()}
     shareable = _shareable(weights, kind=DataKind.WEIGHTS, round_=5)
     assert cache.process(shareable, ctx) is shareable
-    cached = cached_global_weights(JOB, 5)
+    cached = cache.store.get(JOB, 5)
     assert cached is not None and sorted(cached) == sorted(original)
     for key in original:
         assert cached[key] is not weights[key]
@@ -252,7 +249,47 @@ def test_weights_cache_copies_once_per_round_and_never_touches_the_payload(tmp_p
     weights["net.fc.bias"] += 1  # the next client's copy of the payload changes later: the cache must not
     np.testing.assert_array_equal(cached["net.fc.bias"], original["net.fc.bias"])
     cache.process(_shareable(_update(8), kind=DataKind.WEIGHTS, round_=5), ctx)  # second client: not re-copied
-    np.testing.assert_array_equal(cached_global_weights(JOB, 5)["net.fc.weight"], original["net.fc.weight"])
+    np.testing.assert_array_equal(cache.store.get(JOB, 5)["net.fc.weight"], original["net.fc.weight"])
+
+
+class _EventEngine(_Engine):
+    """Fires events to the job's handlers, filters included, as NVFlare's run manager does."""
+
+    def __init__(self, root, handlers: list) -> None:
+        super().__init__(root)
+        self.handlers = handlers
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        fire_event_to_components(event_type, self.handlers, fl_ctx)
+
+
+def _linked_filter(tmp_path, **kwargs) -> tuple[AuditFilter, GlobalWeightsCache, FLContext]:
+    """A started audit filter and its job's weights cache, both handlers of one job (as NVFlare builds them)."""
+    cache, audit = GlobalWeightsCache(), AuditFilter(**{"isolate": False, **kwargs})
+    ctx = _ctx(tmp_path)
+    ctx.set_prop(ReservedKey.ENGINE, _EventEngine(tmp_path, [cache, audit]), private=True, sticky=True)
+    fire_event_to_components(EventType.START_RUN, [cache, audit], ctx)
+    return audit, cache, ctx
+
+
+def test_the_audit_gets_the_global_weights_of_its_own_jobs_cache_only(tmp_path, monkeypatch) -> None:
+    """The filter finds its job's cache through the job's events (no process-global store): the audited item
+    starts from the round's cached weights, while a filter of another job run, same job id, sees none of them."""
+    seen = []
+    monkeypatch.setattr(audit_worker, "audit_update", lambda item, plan: seen.append(item) or _outcome())
+    audit, cache, ctx = _linked_filter(tmp_path)
+    weights = _update(7)
+    cache.process(_shareable(weights, kind=DataKind.WEIGHTS, round_=0), ctx)
+    audit.process(_shareable(round_=0), ctx)
+    _records(tmp_path, audit, 1)
+    other_root = tmp_path / "other"
+    other, _, other_ctx = _linked_filter(other_root)
+    other.process(_shareable(round_=0), other_ctx)
+    _records(other_root, other, 1)
+    first, second = seen
+    assert first.global_weights is cache.store.get(JOB, 0)
+    np.testing.assert_array_equal(first.global_weights["net.fc.weight"], weights["net.fc.weight"])
+    assert second.global_weights is None
 
 
 class _PanicEngine(_Engine):

@@ -9,12 +9,22 @@ import os
 import stat
 
 import numpy as np
-from nvflare.apis.dxo import from_shareable
+from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.fl_constant import ReservedKey
-from test_audit_filter import FACTS, JOB, _ctx, _outcome, _records, _shareable, _started_filter, _update
+from test_audit_filter import (
+    FACTS,
+    JOB,
+    _ctx,
+    _linked_filter,
+    _outcome,
+    _records,
+    _shareable,
+    _started_filter,
+    _update,
+)
 
 from medpfl_app.audit import worker as audit_worker
-from medpfl_app.nvflare.server.audit_filter import REJECTED_NON_FINITE, cache_global_weights
+from medpfl_app.nvflare.server.audit_filter import REJECTED_NON_FINITE
 
 
 def test_a_nan_update_is_rejected_recorded_and_never_aggregated(tmp_path) -> None:
@@ -61,8 +71,8 @@ def test_a_claimed_encryption_on_a_plaintext_update_is_still_audited(tmp_path, m
 
 def test_an_oversized_update_is_not_copied(tmp_path) -> None:
     """An update far larger than the global model it answers is refused before the audit copies it."""
-    audit, ctx = _started_filter(tmp_path)
-    cache_global_weights(JOB, 0, _update())
+    audit, cache, ctx = _linked_filter(tmp_path)
+    cache.process(_shareable(_update(), kind=DataKind.WEIGHTS, round_=0), ctx)
     huge = {**_update(), "net.extra": np.zeros(100_000, np.float32)}
     audit.process(_shareable(huge), ctx)
     (record,) = _records(tmp_path, audit, 1)

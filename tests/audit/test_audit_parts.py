@@ -10,7 +10,6 @@ import torch
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from medpfl_app.audit.core import AuditItem, audit_update, not_auditable_reason
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import RiskPolicy
 from medpfl_app.audit.scoring import (
@@ -18,6 +17,7 @@ from medpfl_app.audit.scoring import (
     check_scalars_only,
     score_reconstructions,
 )
+from medpfl_app.audit.update_audit import AuditItem, audit_update, not_auditable_reason
 from medpfl_app.audit.update_digest import update_digest
 from medpfl_app.audit.worker import build_record
 from medpfl_app.errors import MedPFLError
@@ -229,7 +229,7 @@ def test_plan_validation_and_sampling() -> None:
 
 def _lenet_item(batch: int = 1, steps: int = 1, lr: float = 0.1) -> tuple[AuditItem, torch.Tensor]:
     from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.simulated_site import simulate_site_update
     from medpfl_app.models.global_model import build_seeded_network
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=16, seed=0, dp_sgd=False)
@@ -361,7 +361,7 @@ def test_site_scorer_holds_the_end_until_released(tmp_path, monkeypatch) -> None
 
 
 def test_epsilon_so_far_reads_client_dp_and_dp_sgd() -> None:
-    from medpfl_app.audit.core import epsilon_so_far
+    from medpfl_app.audit.update_audit import epsilon_so_far
 
     meta = {
         "medpfl_defenses": [{"defense": "laplace"}, {"defense": "client_dp", "epsilon_total": 3.5, "delta": 1e-5}],

@@ -19,15 +19,14 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.workspace import Workspace
 
-from medpfl_app.audit.core import AuditItem
-from medpfl_app.audit.ledger import AuditLedger
-from medpfl_app.audit.release import (
+from medpfl_app.audit.demo_originals import (
     ReleasedOriginals,
     accept_originals,
     demo_data_refusal,
     downsize,
     matched_originals,
 )
+from medpfl_app.audit.ledger import AuditLedger
 from medpfl_app.audit.round_samples import (
     RoundSamples,
     SentUpdate,
@@ -37,6 +36,7 @@ from medpfl_app.audit.round_samples import (
     write_sent_update,
 )
 from medpfl_app.audit.scoring import SCORE_KEYS
+from medpfl_app.audit.update_audit import AuditItem
 from medpfl_app.audit.update_digest import update_digest
 from medpfl_app.data import DataConfig, generate_demo_dataset, load_site_data, resolve_site_data
 from medpfl_app.errors import MedPFLError

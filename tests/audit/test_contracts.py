@@ -313,6 +313,9 @@ def test_schema_1_records_stay_readable() -> None:
     legacy = {"schema": "medpfl.audit/1", "status": "audited", "risk": "unknown", "site": "site-1", "round": 0}
     parsed = AuditRecord.from_json(legacy)
     assert parsed.verdict is None and parsed.risk == "unknown" and parsed.schema == "medpfl.audit/1"
+    # schema 1 ran one attack, no ladder: "not recorded" (None), never an empty or incomplete ladder
+    assert parsed.ladder is None and parsed.ladder_complete is None
+    assert parsed.to_json()["ladder"] is None and parsed.to_json()["ladder_complete"] is None
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import isolation_jobs as jobs  # the spawned child imports it by this name (test
 import numpy as np
 import pytest
 
-from medpfl_app.audit.core import AuditItem, audit_update
 from medpfl_app.audit.isolation import (
     AuditClosed,
     AuditCrashed,
@@ -26,6 +25,7 @@ from medpfl_app.audit.isolation import (
     InlineRunner,
 )
 from medpfl_app.audit.plan import AuditPlan
+from medpfl_app.audit.update_audit import AuditItem, audit_update
 from medpfl_app.errors import MedPFLError
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="priority, signals and RLIMIT_DATA as on Linux")
@@ -256,7 +256,7 @@ def _lenet_item() -> AuditItem:
     import torch
 
     from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.site import simulate_site_update
+    from medpfl_app.attacks.simulated_site import simulate_site_update
     from medpfl_app.models.global_model import build_seeded_network
 
     net = build_seeded_network("lenet_sigmoid", in_channels=1, num_classes=4, image_size=16, seed=0, dp_sgd=False)

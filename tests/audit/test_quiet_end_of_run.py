@@ -21,8 +21,8 @@ from nvflare.apis.workspace import Workspace
 from nvflare.app_common.app_constant import AppConstants
 
 from medpfl_app.audit import worker as audit_worker
-from medpfl_app.audit.core import AuditOutcome
 from medpfl_app.audit.drain_progress import DRAIN_PREFIX, DrainProgress, drain_progress
+from medpfl_app.audit.update_audit import AuditOutcome
 from medpfl_app.nvflare.end_of_run import EndOfRunHold, holds_end_of_run
 from medpfl_app.nvflare.server.audit_filter import AuditFilter
 from medpfl_app.nvflare.site.scorer import RELEASE_TOPIC, AuditSiteScorer

@@ -97,7 +97,7 @@ def test_same_arguments_write_the_same_files(tmp_path: Path, real_samples) -> No
 
 def test_the_audit_never_treats_the_samples_as_releasable_demo_data(real_samples) -> None:
     """Sites release originals for thumbnails only for the synthetic phantoms: never for these real images."""
-    from medpfl_app.audit.release import demo_data_refusal
+    from medpfl_app.audit.demo_originals import demo_data_refusal
 
     for site, datalist in real_samples.site_datalists.items():
         reason = demo_data_refusal(datalist, site)

@@ -19,12 +19,12 @@ from nvflare.app_common.filters import ExcludeVars
 from opacus.accountants import RDPAccountant
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.nvflare.filters._base import META_KEY, DefenseFilter
 from medpfl_app.nvflare.filters.batchnorm import DropBatchNormStatsFilter
 from medpfl_app.nvflare.filters.client_dp import ClientDPFilter
 from medpfl_app.nvflare.filters.compression import SignQuantizationFilter, TopKFilter, UniformQuantizationFilter
+from medpfl_app.nvflare.filters.defense_filter import META_KEY, DefenseFilter
 from medpfl_app.nvflare.filters.noise import GaussianNoiseFilter, LaplaceNoiseFilter
-from medpfl_app.nvflare.filters.reference import GlobalModelRecorder, forget_references
+from medpfl_app.nvflare.filters.reference import GlobalModelRecorder
 
 
 def _update(kind: str = "numpy", seed: int = 0) -> dict:
@@ -79,13 +79,6 @@ FILTERS = [
     pytest.param(lambda tmp: SignQuantizationFilter(seed=1), id="sign_q"),
     pytest.param(lambda tmp: DropBatchNormStatsFilter(), id="drop_bn"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _clean_reference_store():
-    forget_references()
-    yield
-    forget_references()
 
 
 @pytest.mark.parametrize("array", ["numpy", "torch"])
@@ -336,6 +329,7 @@ def test_constructor_args_are_stored_unchanged_for_nvflare_export(cls, tmp_path)
         "stochastic": False,
         "include_num_batches_tracked": True,
         "max_entries": 2,
+        "empirical_trials": 2000,
     }
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     assert "name" not in params

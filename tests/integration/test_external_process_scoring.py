@@ -75,7 +75,7 @@ def external_audit(tmp_path_factory: pytest.TempPathFactory, demo_data_2_sites):
 def test_the_job_runs_the_site_script_as_an_external_process(external_audit) -> None:
     job, simulation, _ = external_audit
     config = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
-    (executor,) = config["executors"]
+    executor, _preflight = config["executors"]  # training ("*") first, then the pre-flight task's executor
     assert executor["executor"]["args"]["execution_mode"] == "external_process"
     assert "custom/medpfl_site.py" in executor["executor"]["args"]["command"]
     log = simulation.log_file.read_text(errors="replace")

@@ -75,7 +75,8 @@ def test_submit_refuses_a_hand_edited_plan_before_contacting_the_server(tmp_path
 
 def test_zero_rounds_in_a_hand_edited_job_is_refused(tmp_path: Path) -> None:
     def zero_rounds(config: dict) -> None:
-        config["workflows"][0]["args"]["num_rounds"] = 0
+        fedavg = next(w for w in config["workflows"] if w["path"].endswith(".FedAvg"))  # after the pre-flight
+        fedavg["args"]["num_rounds"] = 0
 
     with pytest.raises(MedPFLError, match="job fedavg_audit: .*FedAvg num_rounds must be an integer >= 1, got 0"):
         check_job_folder(_hand_edited_job(tmp_path, zero_rounds))

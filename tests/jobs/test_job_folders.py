@@ -45,28 +45,46 @@ def test_every_job_is_a_complete_nvflare_folder() -> None:
         # medpfl_app is an installed app package: the job must not ship a partial copy that would shadow it
         assert not (job / "app" / "custom" / "medpfl_app").exists()
         for config in (job / "app" / "config").glob("*.json"):
-            for chain in json.loads(config.read_text()).get("task_result_filters", []):
-                assert "*" not in chain["tasks"], f"{config}: '*' filter chains are never applied by NVFlare"
+            content = json.loads(config.read_text())
+            for chain in content.get("task_result_filters", []) + content.get("task_data_filters", []):
+                assert chain["tasks"] == ["train"], f"{config}: '*' filter chains are never applied by NVFlare"
 
 
-def test_filters_and_scope_reach_the_exported_configs(tmp_path: Path) -> None:
-    laplace = {"path": "example.filters.Noise", "args": {"scale": 0.01}}
-    audit = {"path": "example.filters.Audit", "args": {}}
+def test_filters_scope_and_grace_reach_the_exported_configs(tmp_path: Path) -> None:
+    """Every part of a spec lands where NVFlare reads it: chains on ``train`` in the right direction, meta, grace."""
+    laplace = {"path": "medpfl_app.nvflare.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}}
+    recorder = {"path": "medpfl_app.nvflare.filters.received.ReceivedUpdateRecorder", "args": {}}
+    cache = {"path": "medpfl_app.nvflare.server.global_weights.GlobalWeightsCache", "args": {}}
+    scorer = {"id": "scorer", "path": "medpfl_app.nvflare.site.scorer.AuditSiteScorer", "args": {"wait_at_end_s": 7.0}}
     spec = replace(
         JOB_CATALOG["fedavg_small_cnn"],
         name="with_filters",
         client_result_filters=(laplace,),
-        server_result_filters=(audit,),
+        server_result_filters=(recorder,),
+        server_data_filters=(cache,),
+        client_components=(scorer,),
         scope="strict",
         end_run_readiness_timeout=120.0,
+        client_end_run_readiness_timeout=60.0,
     )
     job = export_job(spec, tmp_path)
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
-    assert client["task_result_filters"] == [{"tasks": ["train"], "direction": "out", "filters": [laplace]}]
-    assert server["task_result_filters"] == [{"tasks": ["train"], "direction": "in", "filters": [audit]}]
-    assert server["end_run_readiness_timeout"] == 120.0
-    assert json.loads((job / "meta.json").read_text())["scope"] == "strict"
+    # NVFlare's chain defaults (nvflare/private/fed_json_config.py): result chains "out" on a site and "in" on the
+    # server, data chains "out" on the server.
+    assert _chains(client["task_result_filters"], "out") == [(["train"], [laplace])]
+    assert _chains(server["task_result_filters"], "in") == [(["train"], [recorder])]
+    assert _chains(server["task_data_filters"], "out") == [(["train"], [cache])]
+    assert client["task_data_filters"] == []
+    assert {"id": "scorer", "path": scorer["path"], "args": scorer["args"]} in client["components"]
+    assert server["end_run_readiness_timeout"] == 120.0 and client["end_run_readiness_timeout"] == 60.0
+    meta = json.loads((job / "meta.json").read_text())
+    assert (meta["scope"], meta["description"], meta["min_clients"]) == ("strict", spec.description, spec.min_clients)
+
+
+def _chains(chains: list[dict], default_direction: str) -> list[tuple[list[str], list[dict]]]:
+    assert all(chain.get("direction", default_direction) == default_direction for chain in chains), chains
+    return [(chain["tasks"], chain["filters"]) for chain in chains]
 
 
 def test_re_export_replaces_the_old_folder(tmp_path: Path) -> None:

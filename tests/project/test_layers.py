@@ -40,6 +40,7 @@ SAME_LAYER = {
     ("atomic_io", "errors"),
     ("text", "errors"),
     ("contracts", "errors"),
+    ("contracts", "text"),
     ("data", "models"),
     ("models", "data"),
     ("attacks", "metrics"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medpfl_app.defenses.batchnorm import DropBatchNormStats
-from medpfl_app.nvflare.filters._base import DefenseFilter
+from medpfl_app.nvflare.filters.defense_filter import DefenseFilter
 
 
 class DropBatchNormStatsFilter(DefenseFilter):

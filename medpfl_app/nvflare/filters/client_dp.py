@@ -12,10 +12,17 @@ from nvflare.app_common.app_constant import AppConstants
 
 from medpfl_app.defenses.accountant import LEDGER_KINDS, SITE_SAMPLE_RATE, PrivacyLedger, SiteLedgers, check_delta
 from medpfl_app.defenses.client_dp import ClientDP
+from medpfl_app.defenses.epsilon_audit import audit_defense
 from medpfl_app.errors import MedPFLError
-from medpfl_app.nvflare.filters._base import DefenseFilter, _plain, seeded_rng
+from medpfl_app.nvflare.filters.defense_filter import DefenseFilter, _plain, seeded_rng
 
 DEFAULT_LEDGER = str(LEDGER_KINDS["client_dp"])
+#: Canary trials behind ``epsilon_empirical`` (0 turns it off) and the audit's own fixed seed: the audit runs on
+#: synthetic updates, so a public seed costs no privacy and lets the server recompute the site's figure exactly.
+DEFAULT_EMPIRICAL_TRIALS = 4000
+MAX_EMPIRICAL_TRIALS = 200_000
+EMPIRICAL_SEED = 0
+EMPIRICAL_CONFIDENCE = 0.95
 
 
 class ClientDPFilter(DefenseFilter):
@@ -25,7 +32,10 @@ class ClientDPFilter(DefenseFilter):
     per entry, then charges one Gaussian-mechanism step (sample rate 1) to the site ledger (Opacus RDP accountant)
     before the update is released. If the release would push cumulative ε above ``epsilon_max``, it raises
     (NVFlare replies ``TASK_RESULT_FILTER_ERROR``; the update is not sent). The DXO meta gets ``epsilon_round``,
-    ``epsilon_total``, ``delta`` and ``releases``.
+    ``epsilon_total``, ``delta``, ``releases`` and ``epsilon_empirical``: an empirical lower bound ε̂ on one
+    release's ε (`medpfl_app.defenses.epsilon_audit.audit_defense`: this filter's own `ClientDP` on synthetic
+    canary updates, never the site's data), computed once per parameter set; ε̂ above ``epsilon_round``'s
+    per-release claim means the mechanism or the accountant is wrong.
 
     Job config: ``{"path": "medpfl_app.nvflare.filters.client_dp.ClientDPFilter", "args": {"clip_norm": 1.0,
     "noise_multiplier": 1.0, "delta": 1e-5, "epsilon_max": 20.0}}``.
@@ -42,6 +52,8 @@ class ClientDPFilter(DefenseFilter):
             else ``<site workspace>/medpfl/client_dp_ledger.json``: one ledger per site, shared by all jobs and
             scopes, because all of them release information about the same data.
         seed: Tests only. A fixed or known seed makes the noise removable and VOIDS the guarantee.
+        empirical_trials: Canary trials of the empirical ε lower bound (default 4000, about a second once per
+            parameter set); 0 turns it off (``epsilon_empirical`` is then null). A failing audit refuses the release.
 
     Notes:
         (ε, δ)-DP at client level (add/remove of this site's update, sensitivity C). Void if any release of this
@@ -61,6 +73,7 @@ class ClientDPFilter(DefenseFilter):
         epsilon_max: float | None = None,
         ledger_path: str | None = None,
         seed: int | None = None,
+        empirical_trials: int = DEFAULT_EMPIRICAL_TRIALS,
     ) -> None:
         super().__init__()
         self.clip_norm = clip_norm
@@ -69,8 +82,20 @@ class ClientDPFilter(DefenseFilter):
         self.epsilon_max = epsilon_max
         self.ledger_path = ledger_path
         self.seed = seed
+        self.empirical_trials = empirical_trials
+        self._empirical: dict[tuple[float, float, float, int], dict[str, Any]] = {}
         self._defense = ClientDP(clip_norm=clip_norm, noise_multiplier=noise_multiplier)
         check_delta(delta)
+        if (
+            isinstance(empirical_trials, bool)
+            or not isinstance(empirical_trials, int)
+            or not (empirical_trials == 0 or 4 <= empirical_trials <= MAX_EMPIRICAL_TRIALS)
+        ):
+            raise MedPFLError(
+                f"ClientDPFilter: empirical_trials must be 0 (off) or an int in [4, {MAX_EMPIRICAL_TRIALS}], "
+                f"got {empirical_trials!r}",
+                fix=f"leave empirical_trials unset ({DEFAULT_EMPIRICAL_TRIALS}) or set e.g. 2000",
+            )
         if ledger_path is not None and (not isinstance(ledger_path, str) or not ledger_path.strip()):
             raise MedPFLError(
                 f"ClientDPFilter: ledger_path must be a non-empty string or null, got {ledger_path!r}",
@@ -121,8 +146,27 @@ class ClientDPFilter(DefenseFilter):
                 "site's local/privacy.json",
             )
 
+    def empirical_epsilon(self) -> dict[str, Any] | None:
+        """``EmpiricalEpsilon.to_json()`` of this filter's configuration (cached per parameter set), None when off."""
+        if self.empirical_trials == 0:
+            return None
+        defense = self._defense  # the very object that defends the releases
+        key = (defense.clip_norm, defense.noise_multiplier, float(self.delta), self.empirical_trials)
+        if key not in self._empirical:
+            result = audit_defense(
+                defense,
+                trials=self.empirical_trials,
+                seed=EMPIRICAL_SEED,
+                delta=self.delta,
+                confidence=EMPIRICAL_CONFIDENCE,
+            )
+            self._empirical[key] = result.to_json()
+        return dict(self._empirical[key])
+
     def _account(self, shareable: Shareable, fl_ctx: FLContext) -> dict[str, Any]:
         self._refuse_job_ledger_path()
+        # before the ledger is charged: a failing audit refuses the release without spending budget
+        empirical = self.empirical_epsilon()
         ledger = self.site_ledgers(fl_ctx).client_dp_ledger(
             delta=self.delta, epsilon_max=self.epsilon_max, configured=self.ledger_path
         )
@@ -143,4 +187,5 @@ class ClientDPFilter(DefenseFilter):
             "epsilon_max": self.epsilon_max,
             "accountant": "opacus.accountants.RDPAccountant",
             "sample_rate": SITE_SAMPLE_RATE,
+            "epsilon_empirical": empirical,
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from medpfl_app.defenses.quantize import SignQuantization, UniformQuantization
 from medpfl_app.defenses.sparsify import TopKPrune
-from medpfl_app.nvflare.filters._base import DefenseFilter, seeded_rng
+from medpfl_app.nvflare.filters.defense_filter import DefenseFilter, seeded_rng
 
 
 class TopKFilter(DefenseFilter):

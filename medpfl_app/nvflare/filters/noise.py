@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medpfl_app.defenses.noise import GaussianNoise, LaplaceNoise
-from medpfl_app.nvflare.filters._base import DefenseFilter, seeded_rng
+from medpfl_app.nvflare.filters.defense_filter import DefenseFilter, seeded_rng
 
 
 class LaplaceNoiseFilter(DefenseFilter):

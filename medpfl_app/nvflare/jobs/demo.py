@@ -75,50 +75,65 @@ def run_demo(
         raise MedPFLError(f"unknown demo job {job!r}", fix=f"use one of {', '.join(JOB_CATALOG)}")
     out_dir = Path(out_dir).expanduser().resolve()
     prepare_run_folder(out_dir, force=force, data=data)
-    base = JOB_CATALOG[job]
-    sources: dict[str, Path] = {}
-    if data is None:
-        from medpfl_app.data import generate_demo_dataset
-
-        dataset = generate_demo_dataset(out_dir / "data", num_sites=num_sites or 3, seed=seed)
-        data_root, sites, num_classes = dataset.root, list(dataset.site_datalists), len(dataset.class_names)
-    else:
-        from medpfl_app.nvflare.jobs.demo_data import prepare_demo_sites
-
-        prepared = prepare_demo_sites(
-            data,
-            out_dir / "data",
-            num_sites=num_sites,
-            image_size=base.training.image_size,
-            in_channels=base.training.in_channels,
-            seed=seed,
-            progress=show_progress,
-        )
-        data_root, sites, num_classes = prepared.root, list(prepared.site_datalists), len(prepared.class_names)
-        sources = prepared.sources
-        base = without_thumbnails(base)
+    base = JOB_CATALOG[job] if data is None else without_thumbnails(JOB_CATALOG[job])
+    sites = _prepare_site_data(
+        out_dir / "data", base, num_sites=num_sites, seed=seed, data=data, progress=show_progress
+    )
     spec = with_num_classes(
-        replace(base, num_rounds=num_rounds, min_clients=len(sites), training=replace(base.training, seed=seed)),
-        num_classes,
+        replace(base, num_rounds=num_rounds, min_clients=len(sites.names), training=replace(base.training, seed=seed)),
+        sites.num_classes,
     )
     job_dir = export_job(spec, out_dir / "jobs")
     with SimulationProgress(num_rounds, enabled=show_progress) as progress:
         simulation = run_simulation(
             job_dir,
             out_dir / "simulation",
-            sites=sites,
+            sites=sites.names,
             timeout_s=timeout_s,
-            env={"MEDPFL_DATA_ROOT": str(data_root)},
+            env={"MEDPFL_DATA_ROOT": str(sites.root)},
             on_round=progress.round_started,
             on_drain=progress.draining,
         )
     return DemoOutcome(
-        data_root=data_root,
+        data_root=sites.root,
         job_dir=job_dir,
         simulation=simulation,
         network=spec.training.network,
-        data_sources=sources,
+        data_sources=sites.sources,
     )
+
+
+@dataclass(frozen=True)
+class _SiteData:
+    """The demo sites' data: where it lies, the site names, the number of classes and the user's sources."""
+
+    root: Path
+    names: list[str]
+    num_classes: int
+    sources: dict[str, Path]
+
+
+def _prepare_site_data(
+    folder: Path, spec: JobSpec, *, num_sites: int | None, seed: int, data: str | Path | None, progress: bool
+) -> _SiteData:
+    """Generate the phantoms (``data`` None) or convert the user's images into one datalist per site."""
+    if data is None:
+        from medpfl_app.data.demo import generate_demo_dataset
+
+        dataset = generate_demo_dataset(folder, num_sites=num_sites or 3, seed=seed)
+        return _SiteData(dataset.root, list(dataset.site_datalists), len(dataset.class_names), {})
+    from medpfl_app.nvflare.jobs.demo_data import prepare_demo_sites
+
+    prepared = prepare_demo_sites(
+        data,
+        folder,
+        num_sites=num_sites,
+        image_size=spec.training.image_size,
+        in_channels=spec.training.in_channels,
+        seed=seed,
+        progress=progress,
+    )
+    return _SiteData(prepared.root, list(prepared.site_datalists), len(prepared.class_names), prepared.sources)
 
 
 def check_run_folder(out_dir: Path, *, force: bool, data: str | Path | None = None) -> None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from medpfl_app.audit.drain_progress import DrainProgress
 from medpfl_app.errors import MedPFLError
@@ -48,7 +49,7 @@ class SimulationResult:
     workspace: Path
     server_run_dir: Path
     global_model: Path
-    round_metrics: tuple[dict, ...]
+    round_metrics: tuple[dict[str, Any], ...]
     log_file: Path
     wall_seconds: float
     #: The `RUN_MARKER_ENV` value every process of this run inherited.
@@ -116,7 +117,7 @@ def run_simulation(
     return replace(_collect(workspace / "sim", log_file, wall, process.returncode), run_marker=marker)
 
 
-def _wait(process: subprocess.Popen, log_file: Path, deadline: float, watcher: _LogWatcher) -> None:
+def _wait(process: subprocess.Popen[bytes], log_file: Path, deadline: float, watcher: _LogWatcher) -> None:
     while process.poll() is None:
         if time.monotonic() > deadline:
             raise MedPFLError(
@@ -172,7 +173,7 @@ class _LogWatcher:
         return lines
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
     # The simulator forks client workers; killing only the parent would leave them running.
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -247,9 +248,9 @@ def site_failures(log_file: Path) -> list[str]:
     return list(reasons.values())
 
 
-def read_round_metrics(run_dir: Path) -> list[dict]:
+def read_round_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The per-round records NVFlare's MetricsArtifactWriter appended under ``run_dir``."""
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     for path in sorted(Path(run_dir).rglob("round_metrics.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():

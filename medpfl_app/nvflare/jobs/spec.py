@@ -1,91 +1,18 @@
-"""What a MedPFL job is, as frozen, validated data; the builder turns a spec into an NVFlare job folder."""
+"""What a MedPFL job is, as frozen, validated data, and the catalog of MedPFL's jobs.
+
+`medpfl_app.nvflare.jobs.recipe` turns a spec into an NVFlare ``FedAvgRecipe``; the builder exports it as a job folder.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.models.networks import NETWORKS
+from medpfl_app.nvflare.jobs.training_spec import TrainingSpec
 
 _JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    """Local training that every site runs each round; where its data lives stays site-local.
-
-    Args:
-        network: Registered network name.
-        num_classes: Number of classes; every site's labels must lie in [0, num_classes).
-        image_size: Square input size every site resizes to (the global model's shapes may depend on it).
-        in_channels: Image channels every site converts to.
-        learning_rate: Local optimizer learning rate.
-        optimizer: ``adam`` or ``sgd``.
-        local_epochs: Local epochs per round.
-        max_steps: Cap on local optimizer steps per round (-1: no cap).
-        batch_size: Batch size for every site (0: each site's own configured batch size).
-        seed: Seed of the initial global model and of local shuffling.
-        dp_noise_multiplier: > 0 turns on sample-level DP-SGD (Opacus) at every site with this noise multiplier;
-            BatchNorm is then replaced by GroupNorm in the global model too.
-        dp_max_grad_norm: Per-sample gradient clipping norm for DP-SGD.
-        dp_delta: δ for which sites report the DP-SGD ε.
-        site_overrides: Per-site training settings, ``"SITE:KEY=VALUE[,KEY=VALUE]"`` with keys ``batch_size``,
-            ``max_steps``, ``local_epochs``, ``learning_rate`` (e.g. the demo's high-risk site).
-    """
-
-    network: str = "small_cnn"
-    num_classes: int = 4
-    image_size: int = 64
-    in_channels: int = 1
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    local_epochs: int = 1
-    max_steps: int = -1
-    batch_size: int = 0
-    seed: int = 0
-    dp_noise_multiplier: float = 0.0
-    dp_max_grad_norm: float = 1.0
-    dp_delta: float = 1e-5
-    site_overrides: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        from medpfl_app.nvflare.site.client import parse_site_overrides
-
-        object.__setattr__(self, "site_overrides", tuple(self.site_overrides))
-        parse_site_overrides(self.site_overrides)  # raises MedPFLError on a malformed entry
-        if self.network not in NETWORKS:
-            raise MedPFLError(f"unknown network {self.network!r}", fix=f"use one of: {', '.join(NETWORKS.names())}")
-        if self.num_classes < 2:
-            raise MedPFLError(f"num_classes must be >= 2, got {self.num_classes}", fix="set num_classes >= 2")
-        if not self.learning_rate > 0:
-            raise MedPFLError(f"learning_rate must be > 0, got {self.learning_rate}", fix="set a positive rate")
-        if self.local_epochs < 1:
-            raise MedPFLError(f"local_epochs must be >= 1, got {self.local_epochs}", fix="set local_epochs >= 1")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise MedPFLError(f"max_steps must be -1 or >= 1, got {self.max_steps}", fix="use -1 for no cap")
-        if self.dp_noise_multiplier < 0 or not self.dp_max_grad_norm > 0 or not 0 < self.dp_delta < 1:
-            raise MedPFLError(
-                "DP-SGD needs dp_noise_multiplier >= 0, dp_max_grad_norm > 0 and 0 < dp_delta < 1",
-                fix="use dp_noise_multiplier 0 to turn DP-SGD off, or e.g. 1.0 / 1.0 / 1e-5",
-            )
-        if self.batch_size < 0:
-            raise MedPFLError(f"batch_size must be >= 0, got {self.batch_size}", fix="use 0 for the site's own")
-
-    @property
-    def dp_sgd(self) -> bool:
-        return self.dp_noise_multiplier > 0
-
-    def script_args(self) -> str:
-        """The site entry's command line (``medpfl_app.nvflare.site.client``); DP-SGD flags only when it is on."""
-        items = asdict(self)
-        overrides = items.pop("site_overrides")
-        if not self.dp_sgd:
-            items = {key: value for key, value in items.items() if not key.startswith("dp_")}
-        args = [f"--{key} {value}" for key, value in items.items()]
-        args += [f"--site_override {value}" for value in overrides]
-        return " ".join(args)
 
 
 @dataclass(frozen=True)
@@ -98,7 +25,8 @@ class JobSpec:
         num_rounds: FedAvg rounds.
         min_clients: Sites that must join before training starts.
         training: What each site runs.
-        client_result_filters: ``{"path": ..., "args": {...}}`` filters applied by every site to its update.
+        client_result_filters: ``{"path": ..., "args": {...}}`` filters applied by every site to its update, in
+            order (the recipe builds each as ``path(**args)``; its arguments must export back unchanged).
         server_result_filters: Filters the server applies to every received update.
         server_data_filters: Filters the server applies to every outgoing global model.
         scope: Privacy scope requested from the sites' ``privacy.json`` (None: each site's default scope).
@@ -109,6 +37,9 @@ class JobSpec:
         launch_external_process: Run the site script as an external process launched by the client job
             (NVFlare's ``ClientAPIExecutor(execution_mode="external_process")``) instead of inside the client job
             process (default). The audit's site scorer works in both modes.
+        preflight: Arguments of the pre-flight workflow that runs before round 1
+            (`medpfl_app.nvflare.preflight.controller.PreflightController`: ``refuse_high_risk``,
+            ``probe_time_limit_s``, ``time_limit_s``, ``what_ifs``); None: no pre-flight.
     """
 
     name: str
@@ -124,6 +55,7 @@ class JobSpec:
     client_components: tuple[dict[str, Any], ...] = ()
     client_end_run_readiness_timeout: float | None = None
     launch_external_process: bool = False
+    preflight: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.launch_external_process, bool):
@@ -147,17 +79,36 @@ class JobSpec:
 
 
 #: Server-side, read-only: records each received update's defense history and training facts (never blocks).
-RECEIVED_UPDATE_RECORDER = {"path": "medpfl_app.nvflare.filters.received.ReceivedUpdateRecorder", "args": {}}
+RECEIVED_UPDATE_RECORDER: dict[str, Any] = {
+    "path": "medpfl_app.nvflare.filters.received.ReceivedUpdateRecorder",
+    "args": {},
+}
 DEMO_TRAINING = TrainingSpec(learning_rate=3e-3, local_epochs=3)
+#: The seed paper's heuristic defense, and client-level DP (clip, Gaussian noise, RDP ε at δ=1e-5, refused past 30).
+LAPLACE_FILTER: dict[str, Any] = {
+    "path": "medpfl_app.nvflare.filters.noise.LaplaceNoiseFilter",
+    "args": {"scale": 0.01},
+}
+CLIENT_DP_FILTER: dict[str, Any] = {
+    "path": "medpfl_app.nvflare.filters.client_dp.ClientDPFilter",
+    "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
+}
 
 #: The server-side audit: a read-only global-weights cache on outgoing models, the audit filter on
 #: received updates, and each site's scorer component (ground truth stays at the site).
-AUDIT_WEIGHTS_CACHE = {"path": "medpfl_app.nvflare.server.audit_filter.GlobalWeightsCache", "args": {}}
-AUDIT_FILTER = {"path": "medpfl_app.nvflare.server.audit_filter.AuditFilter", "args": {}}
-AUDIT_SITE_SCORER = {"id": "medpfl_audit_scorer", "path": "medpfl_app.nvflare.site.scorer.AuditSiteScorer", "args": {}}
+AUDIT_WEIGHTS_CACHE: dict[str, Any] = {
+    "path": "medpfl_app.nvflare.server.global_weights.GlobalWeightsCache",
+    "args": {},
+}
+AUDIT_FILTER: dict[str, Any] = {"path": "medpfl_app.nvflare.server.audit_filter.AuditFilter", "args": {}}
+AUDIT_SITE_SCORER: dict[str, Any] = {
+    "id": "medpfl_audit_scorer",
+    "path": "medpfl_app.nvflare.site.scorer.AuditSiteScorer",
+    "args": {},
+}
 #: Client-side, read-only, LAST in the result chain: records the digest of the update as it leaves the site, so the
 #: site's scorer answers only for its own sent updates (site privacy.json filters run before job filters).
-AUDIT_SENT_DIGEST = {"path": "medpfl_app.nvflare.filters.sent_digest.SentUpdateDigest", "args": {}}
+AUDIT_SENT_DIGEST: dict[str, Any] = {"path": "medpfl_app.nvflare.filters.sent_digest.SentUpdateDigest", "args": {}}
 #: Audited jobs train the seed paper's sigmoid LeNet at 32 px with plain SGD, and site-1 is the literature's
 #: high-risk configuration (one image per step, one local step per round) next to two ordinary sites.
 AUDIT_HIGH_RISK_SITE = "site-1"
@@ -170,6 +121,14 @@ AUDIT_TRAINING = TrainingSpec(
     site_overrides=(f"{AUDIT_HIGH_RISK_SITE}:batch_size=1,max_steps=1",),
 )
 
+#: Audited jobs open with the pre-flight: each site's coarse facts and a short probe attack per site before round 1
+#: (the report's first section); it refuses nothing unless a job sets ``refuse_high_risk``.
+AUDIT_PREFLIGHT: dict[str, Any] = {"probe_time_limit_s": 5.0, "time_limit_s": 60.0}
+PREFLIGHT_SENTENCE = (
+    "Before round 1 a pre-flight check (each site's coarse facts, a probe attack on synthetic data) writes "
+    "preflight.json, the report's first section."
+)
+
 
 def audited(
     name: str,
@@ -180,6 +139,7 @@ def audited(
     on_high_risk: str = "report",
     num_rounds: int = 2,
     launch_external_process: bool = False,
+    preflight: dict[str, Any] | None = None,
 ) -> JobSpec:
     """A FedAvg job with the server-side audit on (see `AUDIT_TRAINING` for the sites' training).
 
@@ -194,6 +154,7 @@ def audited(
             ``stop_job`` or ``exclude_site``.
         num_rounds: FedAvg rounds.
         launch_external_process: Run the site script as an external process (`JobSpec.launch_external_process`).
+        preflight: Pre-flight arguments (default `AUDIT_PREFLIGHT`: before round 1, report only).
     """
     # A 16-update queue holds every update of a 5-round, 3-site job (LeNet updates are ~10k parameters); the
     # default 8 makes the last round's updates "not_audited: queue full" on a 2-core machine.
@@ -208,7 +169,7 @@ def audited(
         scorer = {**AUDIT_SITE_SCORER, "args": {**AUDIT_SITE_SCORER["args"], "release_demo_originals": True}}
     return JobSpec(
         name=name,
-        description=description,
+        description=f"{description} {PREFLIGHT_SENTENCE}",
         num_rounds=num_rounds,
         training=AUDIT_TRAINING,
         client_result_filters=(*client_result_filters, AUDIT_SENT_DIGEST),
@@ -218,6 +179,7 @@ def audited(
         end_run_readiness_timeout=300.0,
         client_end_run_readiness_timeout=300.0,
         launch_external_process=launch_external_process,
+        preflight=AUDIT_PREFLIGHT if preflight is None else preflight,
     )
 
 
@@ -237,7 +199,7 @@ JOB_CATALOG: dict[str, JobSpec] = {
                 "heuristic, no formal guarantee)."
             ),
             training=DEMO_TRAINING,
-            client_result_filters=({"path": "medpfl_app.nvflare.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},),
+            client_result_filters=(LAPLACE_FILTER,),
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
         ),
         JobSpec(
@@ -249,10 +211,7 @@ JOB_CATALOG: dict[str, JobSpec] = {
             training=DEMO_TRAINING,
             client_result_filters=(
                 {"path": "medpfl_app.nvflare.filters.batchnorm.DropBatchNormStatsFilter", "args": {}},
-                {
-                    "path": "medpfl_app.nvflare.filters.client_dp.ClientDPFilter",
-                    "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
-                },
+                CLIENT_DP_FILTER,
             ),
             server_result_filters=(RECEIVED_UPDATE_RECORDER,),
         ),
@@ -289,18 +248,13 @@ JOB_CATALOG: dict[str, JobSpec] = {
             "fedavg_audit_laplace",
             "Server-side audit of the seed paper's Laplace noise (b=0.01 on every update; heuristic, no formal "
             "guarantee); site-1 trains one image per round.",
-            ({"path": "medpfl_app.nvflare.filters.noise.LaplaceNoiseFilter", "args": {"scale": 0.01}},),
+            (LAPLACE_FILTER,),
         ),
         audited(
             "fedavg_audit_client_dp",
             "Server-side audit of client-level DP (clip L2 1.0, Gaussian z=1.0, RDP ε at δ=1e-5): the audit "
             "attacks the noised updates exactly as received; site-1 trains one image per round.",
-            (
-                {
-                    "path": "medpfl_app.nvflare.filters.client_dp.ClientDPFilter",
-                    "args": {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-05, "epsilon_max": 30.0},
-                },
-            ),
+            (CLIENT_DP_FILTER,),
         ),
         audited(
             "fedavg_audit_exclude",

@@ -10,6 +10,7 @@ OK (they carry no result), payload-free replies, ``METRICS`` DXOs (no parameters
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from medpfl_app.defenses._update import DefenseOutput, check_update, copy_value, is_float, like, to_float64
 from medpfl_app.defenses.base import Defense
+from medpfl_app.defenses.update_arrays import DefenseOutput, check_update, copy_value, is_float, like, to_float64
 from medpfl_app.errors import MedPFLError
-from medpfl_app.nvflare.filters.reference import lookup_reference, reference_key
+from medpfl_app.nvflare.filters.reference import TaskIdentity, recorded_reference
 
 #: DXO meta key holding the list of defenses applied, in chain order (plain JSON values).
 META_KEY = "medpfl_defenses"
@@ -32,7 +33,7 @@ DEFENDED_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 PASS_THROUGH_KINDS = (DataKind.METRICS,)
 
 
-def _difference(weights: dict[str, Any], reference: dict[str, Any], who: str) -> dict[str, Any]:
+def _difference(weights: dict[str, Any], reference: Mapping[str, Any], who: str) -> dict[str, Any]:
     diff: dict[str, Any] = {}
     for key, value in weights.items():
         if not is_float(value):
@@ -49,7 +50,7 @@ def _difference(weights: dict[str, Any], reference: dict[str, Any], who: str) ->
     return diff
 
 
-def _add_back(defended: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+def _add_back(defended: dict[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: like(to_float64(reference[key]) + to_float64(value), value) if is_float(value) else value
         for key, value in defended.items()
@@ -69,6 +70,11 @@ class DefenseFilter(DXOFilter):
     def __init__(self) -> None:
         # None: every data kind reaches process_dxo, which decides (defend / pass METRICS / refuse).
         DXOFilter.__init__(self, supported_data_kinds=None, data_kinds_to_filter=None)
+
+    @property
+    def defense(self) -> Defense:
+        """The defense this filter applies (its registry key and parameters name it, e.g. in the pre-flight)."""
+        return self._defense
 
     # NVFlare entry point -------------------------------------------------------------------------------------------
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -112,14 +118,7 @@ class DefenseFilter(DXOFilter):
         check_update(dxo.data, defense=who)
         reference = None
         if kind == DataKind.WEIGHTS and self._defense.needs_difference:
-            reference = lookup_reference(reference_key(fl_ctx, shareable))
-            if reference is None:
-                raise MedPFLError(
-                    f"{who} ({self._defense.key}) must act on the difference to the global model, but the result is "
-                    "full WEIGHTS and no global model was recorded for this task",
-                    fix="send WEIGHT_DIFF (params_transfer_type DIFF), or add "
-                    "medpfl_app.nvflare.filters.reference.GlobalModelRecorder to the client task_data_filters (direction in)",
-                )
+            reference = self._global_reference(shareable, fl_ctx)
         update = dxo.data if reference is None else _difference(dxo.data, reference, who)
         defended, record = self._defend(update)
         extra = self._account(shareable, fl_ctx)
@@ -145,6 +144,29 @@ class DefenseFilter(DXOFilter):
         meta[META_KEY] = history
         self.log_info(fl_ctx, f"MedPFL applied {self._defense.key} ({self._defense.guarantee}) {extra or ''}".rstrip())
         return DXO(data_kind=kind, data=data, meta=meta)
+
+    def _global_reference(self, shareable: Shareable, fl_ctx: FLContext) -> Mapping[str, Any]:
+        """The global model `GlobalModelRecorder` put on this task's context; refuse without one (fail closed)."""
+        who = f"{type(self).__name__} ({self._defense.key})"
+        fix = (
+            "send WEIGHT_DIFF (params_transfer_type DIFF), or add "
+            "medpfl_app.nvflare.filters.reference.GlobalModelRecorder to the client task_data_filters (direction in)"
+        )
+        record = recorded_reference(fl_ctx)
+        if record is None:
+            raise MedPFLError(
+                f"{who} must act on the difference to the global model, but the result is "
+                "full WEIGHTS and no global model was recorded for this task",
+                fix=fix,
+            )
+        task = TaskIdentity.of(fl_ctx, shareable)
+        if not record.task.same_task(task):
+            raise MedPFLError(
+                f"{who} must act on the difference to the global model, but the global model on this context was "
+                f"recorded for another task ({record.task}, this result: {task})",
+                fix=fix,
+            )
+        return record.weights
 
     # hooks -------------------------------------------------------------------------------------------------------
     def _defend(self, update: dict[str, Any]) -> DefenseOutput:

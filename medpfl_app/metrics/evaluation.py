@@ -79,6 +79,21 @@ def _floats(values: torch.Tensor) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def _optional_label_accuracy(
+    recovered: Sequence[int] | torch.Tensor | None, true: Sequence[int] | torch.Tensor | None
+) -> float | None:
+    """Label accuracy when both the recovered and the true labels are known, else None."""
+    return label_accuracy(recovered, true) if recovered is not None and true is not None else None
+
+
+def _optional_lpips(recon: torch.Tensor, truth: torch.Tensor) -> tuple[tuple[float, ...] | None, tuple[str, ...]]:
+    """LPIPS per image, or None with the note saying why it was skipped (no local backbone weights)."""
+    values = lpips(recon, truth)
+    if values is None:
+        return None, (LPIPS_SKIPPED_REASON,)
+    return _floats(values), ()
+
+
 def evaluate_reconstruction(
     reconstructions: torch.Tensor,
     originals: torch.Tensor,
@@ -112,17 +127,12 @@ def evaluate_reconstruction(
     order = match_reconstructions(recon, truth)
     recon = recon[order]
     ssim_values = ssim(recon, truth)
-    notes: list[str] = []
     ident = (
         identifiability(recon, pool_indices, pool.detach().double())
         if pool is not None and pool_indices is not None
         else None
     )
-    lpips_values = None
-    if with_lpips:
-        lpips_values = lpips(recon, truth)
-        if lpips_values is None:
-            notes.append(LPIPS_SKIPPED_REASON)
+    lpips_values, notes = _optional_lpips(recon, truth) if with_lpips else (None, ())
     return LeakageReport(
         order=tuple(int(i) for i in order),
         mse=_floats(mse(recon, truth)),
@@ -130,16 +140,12 @@ def evaluate_reconstruction(
         ssim=_floats(ssim_values),
         asr=attack_success_rate(ssim_values, threshold=ssim_threshold),
         ssim_threshold=ssim_threshold,
-        label_accuracy=(
-            label_accuracy(recovered_labels, true_labels)
-            if recovered_labels is not None and true_labels is not None
-            else None
-        ),
+        label_accuracy=_optional_label_accuracy(recovered_labels, true_labels),
         relative_leakage=_floats(relative_leakage(recon, truth, prior.double())) if prior is not None else None,
         identifiability=ident.share if ident is not None else None,
         identifiability_chance=ident.chance_mean if ident is not None else None,
         identifiability_excess=ident.excess if ident is not None else None,
         identifiability_p_value=ident.p_value if ident is not None else None,
-        lpips=_floats(lpips_values) if lpips_values is not None else None,
-        notes=tuple(notes),
+        lpips=lpips_values,
+        notes=notes,
     )

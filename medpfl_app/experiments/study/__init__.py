@@ -1,0 +1,40 @@
+"""The privacy–utility study (``medpfl study``): real in-process FedAvg per defense setting, audited as the server does.
+
+- `config`: frozen cell/run/study configurations and the cell key of the resumable store.
+- `presets`: ``small``, ``seed``, ``full``.
+- `federated`: FedAvg over K sites on seeded phantoms with the NVFlare filters' defense objects.
+- `evaluate`: one cell: utility (torchmetrics), the audit of the received updates, formal ε.
+- `store`, `runner`: the resumable JSONL store and the loop with its progress bar.
+- `outputs`, `plot`, `page`: ``study.csv`` / ``study.json`` / ``frontier.svg`` / ``study.html``.
+"""
+
+from medpfl_app.experiments.study.config import (
+    AuditBudget,
+    CellConfig,
+    DefenseKind,
+    DefenseSetting,
+    RunConfig,
+    StudyConfig,
+    WeightInit,
+    cell_key,
+)
+from medpfl_app.experiments.study.presets import Preset, preset
+from medpfl_app.experiments.study.result import CellResult, SiteLeakage
+from medpfl_app.experiments.study.runner import StudyOutcome, run_study
+
+__all__ = [
+    "AuditBudget",
+    "CellConfig",
+    "CellResult",
+    "DefenseKind",
+    "DefenseSetting",
+    "Preset",
+    "RunConfig",
+    "SiteLeakage",
+    "StudyConfig",
+    "StudyOutcome",
+    "WeightInit",
+    "cell_key",
+    "preset",
+    "run_study",
+]
