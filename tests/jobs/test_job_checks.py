@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def test_every_committed_job_passes_the_checks() -> None:
 
 def test_submit_signs_a_staged_copy_and_leaves_the_repositorys_jobs_untouched(tmp_path: Path, monkeypatch) -> None:
     """NVFlare writes its signature files into the folder it submits: that folder must be a temporary copy."""
-    before = _git_status_of_jobs()
+    before = _snapshot_of_jobs()
     submitted: list[Path] = []
     monkeypatch.setattr(system, "admin_session", lambda layout, **kwargs: _SigningSession(submitted))
     layout = system.PocLayout(tmp_path / "ws")
@@ -108,13 +107,14 @@ def test_submit_signs_a_staged_copy_and_leaves_the_repositorys_jobs_untouched(tm
     assert REPO not in staged.parents and staged.name == "fedavg_small_cnn"
     assert not staged.exists(), "the staged copy is removed after submission"
     assert not list((REPO / "jobs").rglob(".__nvfl_*"))
-    assert _git_status_of_jobs() == before
+    assert _snapshot_of_jobs() == before
 
 
-def _git_status_of_jobs() -> str:
-    return subprocess.run(
-        ["git", "status", "--porcelain", "--", "jobs/"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
+def _snapshot_of_jobs() -> dict[str, bytes]:
+    """Every file under jobs/ with its bytes (works in a git checkout and in a copy of the tests alike)."""
+    return {
+        str(path.relative_to(REPO)): path.read_bytes() for path in sorted((REPO / "jobs").rglob("*")) if path.is_file()
+    }
 
 
 class _SigningSession:
