@@ -169,14 +169,25 @@ def _server_configs(places: Sequence[Path]) -> Iterator[Path]:
             yield from sorted(p for p in place.glob(pattern) if p.is_file())
 
 
+#: Round defaults of the workflows MedPFL's jobs use: NVFlare's job exporter leaves out an argument equal to its
+#: default, so a 5-round FedAvg job names no ``num_rounds`` (``BaseFedAvg(num_rounds=5, start_round=0)``; a test
+#: pins these to NVFlare's signature).
+WORKFLOW_ROUND_DEFAULTS: dict[str, dict[str, int]] = {
+    "nvflare.app_common.workflows.fedavg.FedAvg": {"num_rounds": 5, "start_round": 0},
+}
+
+
 def planned_rounds(config: Mapping[str, Any]) -> tuple[tuple[int, ...] | None, str | None]:
-    """The rounds of the one server workflow with a ``num_rounds``, or ``None`` and why."""
+    """The rounds of the one server workflow with a ``num_rounds`` (stated or its known default), or ``None`` and
+    why."""
     workflows = config.get("workflows")
     found = (
         [
-            w["args"]
+            {**WORKFLOW_ROUND_DEFAULTS.get(str(w.get("path")), {}), **w["args"]}
             for w in workflows
-            if isinstance(w, dict) and isinstance(w.get("args"), dict) and "num_rounds" in w["args"]
+            if isinstance(w, dict)
+            and isinstance(w.get("args"), dict)
+            and ("num_rounds" in w["args"] or str(w.get("path")) in WORKFLOW_ROUND_DEFAULTS)
         ]
         if isinstance(workflows, list)
         else []

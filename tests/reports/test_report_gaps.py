@@ -236,3 +236,21 @@ def test_span_text_groups_consecutive_rounds() -> None:
     assert span_text([3]) == "round 3"
     assert span_text([5, 2, 3, 4]) == "rounds 2–5"
     assert span_text([1, 3, 4, 7]) == "rounds 1, 3–4, 7"
+
+
+def test_a_fedavg_workflow_without_num_rounds_plans_nvflares_default() -> None:
+    """NVFlare's exporter leaves out num_rounds when it equals the default (a 5-round job): still 5 planned rounds."""
+    import inspect
+
+    from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
+
+    from medpfl_app.reports.plan import WORKFLOW_ROUND_DEFAULTS, planned_rounds
+
+    parameters = inspect.signature(BaseFedAvg.__init__).parameters
+    fedavg = "nvflare.app_common.workflows.fedavg.FedAvg"
+    assert WORKFLOW_ROUND_DEFAULTS[fedavg] == {name: parameters[name].default for name in ("num_rounds", "start_round")}
+    preflight = {"path": "medpfl_app.nvflare.preflight.controller.PreflightController", "args": {"min_clients": 3}}
+    config = {"workflows": [preflight, {"path": fedavg, "args": {"aggregation_weights": {}}}]}
+
+    assert planned_rounds(config) == (tuple(range(5)), None)
+    assert planned_rounds({"workflows": [{"path": "x.Other", "args": {}}]})[0] is None

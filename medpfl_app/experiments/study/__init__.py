@@ -1,11 +1,14 @@
 """The privacy–utility study (``medpfl study``): real in-process FedAvg per defense setting, audited as the server does.
 
-- `config`: frozen cell/run/study configurations and the cell key of the resumable store.
+- `config`: frozen cell/run/study configurations, the engine (`Engine`) and the cell key of the resumable store.
 - `presets`: ``small``, ``seed``, ``full``.
 - `federated`: FedAvg over K sites on seeded phantoms with the NVFlare filters' defense objects.
 - `evaluate`: one cell: utility (torchmetrics), the audit of the received updates, formal ε.
 - `store`, `runner`: the resumable JSONL store and the loop with its progress bar.
 - `outputs`, `plot`, `page`: ``study.csv`` / ``study.json`` / ``frontier.svg`` / ``study.html``.
+
+The simulator engine (each cell an NVFlare job in the simulator) lives in `medpfl_app.nvflare.study_cells`: this
+package never imports NVFlare.
 """
 
 from medpfl_app.experiments.study.config import (
@@ -13,6 +16,7 @@ from medpfl_app.experiments.study.config import (
     CellConfig,
     DefenseKind,
     DefenseSetting,
+    Engine,
     RunConfig,
     StudyConfig,
     WeightInit,
@@ -28,6 +32,7 @@ __all__ = [
     "CellResult",
     "DefenseKind",
     "DefenseSetting",
+    "Engine",
     "Preset",
     "RunConfig",
     "SiteLeakage",

@@ -35,6 +35,15 @@ class DefenseKind(StrEnum):
     DP_SGD = "dp_sgd"
 
 
+class Engine(StrEnum):
+    """Where a cell's federation runs (part of the cell key: results of one engine are never reused for the other)."""
+
+    #: FedAvg in this process with the same site training, defense objects and server audit code (fast).
+    IN_PROCESS = "in_process"
+    #: An exported NVFlare job run by the NVFlare simulator (`medpfl_app.nvflare.study_cells`, 1–2 min per cell).
+    SIMULATOR = "simulator"
+
+
 class WeightInit(StrEnum):
     """How the federation's initial global model is drawn."""
 
@@ -178,6 +187,7 @@ class RunConfig:
         audited_rounds: Rounds whose updates are audited (early rounds leak most).
         audit: The audit plan's budget.
         seed: Base seed of data, network, noise and attack.
+        engine: Where each cell's federation runs.
     """
 
     image_size: int = 32
@@ -193,8 +203,10 @@ class RunConfig:
     audited_rounds: tuple[int, ...] = (0,)
     audit: AuditBudget = field(default_factory=AuditBudget)
     seed: int = 0
+    engine: Engine = Engine.IN_PROCESS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine(self.engine))
         for label, low in (("image_size", 16), ("num_classes", 2), ("sites", 1), ("rounds", 1), ("val_images", 4)):
             value = getattr(self, label)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -222,6 +234,13 @@ class StudyConfig:
 
 
 def cell_key(run: RunConfig, cell: CellConfig) -> str:
-    """The store key of ``cell`` under ``run``: SHA-256 over the schema and both configurations."""
-    payload = json.dumps({"schema": STUDY_SCHEMA, "run": asdict(run), "cell": asdict(cell)}, sort_keys=True)
+    """The store key of ``cell`` under ``run``: SHA-256 over the schema and both configurations.
+
+    The engine enters the key only when it is not the in-process default, so that cells stored before engines
+    existed keep their keys while a simulator cell never matches an in-process one.
+    """
+    shared = asdict(run)
+    if run.engine is Engine.IN_PROCESS:
+        shared.pop("engine")
+    payload = json.dumps({"schema": STUDY_SCHEMA, "run": shared, "cell": asdict(cell)}, sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()

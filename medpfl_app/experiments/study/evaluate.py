@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from medpfl_app.errors import MedPFLError
-from medpfl_app.experiments.study.config import CellConfig, DefenseKind, RunConfig
+from medpfl_app.experiments.study.config import CellConfig, DefenseKind, Engine, RunConfig
 from medpfl_app.experiments.study.federated import (
     FederatedRun,
     ReceivedUpdate,
@@ -32,7 +32,12 @@ THREAT_MODEL = (
 
 
 def evaluate_cell(run: RunConfig, cell: CellConfig) -> CellResult:
-    """Run ``cell`` under ``run`` and measure utility, per-site leakage and formal ε."""
+    """Run ``cell`` under ``run`` and measure utility, per-site leakage and formal ε (in this process)."""
+    if run.engine is not Engine.IN_PROCESS:  # its result would be stored under the other engine's key
+        raise MedPFLError(
+            f"evaluate_cell runs cells in process, but the study's engine is {run.engine.value}",
+            fix="use medpfl_app.nvflare.study_cells.simulate_cell for simulator cells (medpfl study --engine simulator)",
+        )
     started = time.perf_counter()
     audited = set(run.audited_rounds)
     fed = run_federation(run, cell, keep=lambda site, rnd: site < run.audited_sites and rnd in audited)
@@ -51,6 +56,7 @@ def evaluate_cell(run: RunConfig, cell: CellConfig) -> CellResult:
         attack_budget=f"{cell.attack}: {run.audit.describe()}",
         train_s=trained_s,
         wall_s=time.perf_counter() - started,
+        engine=str(Engine.IN_PROCESS),
     )
 
 
@@ -113,6 +119,7 @@ def audit_received(run: RunConfig, cell: CellConfig, received: ReceivedUpdate) -
         convergence=str(outcome.server_indicators.get("attack_convergence")),
         ladder_complete=bool(outcome.attack_budget.get("ladder_complete")),
         audit_s=time.perf_counter() - started,
+        ssim_mean=_num(scores.get("ssim_mean")),
     )
 
 

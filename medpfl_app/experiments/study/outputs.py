@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medpfl_app.atomic_io import write_json_atomic, write_text_atomic
-from medpfl_app.experiments.study.config import StudyConfig
+from medpfl_app.experiments.study.config import Engine, StudyConfig
 from medpfl_app.experiments.study.evaluate import THREAT_MODEL
 from medpfl_app.experiments.study.page import study_page
 from medpfl_app.experiments.study.plot import frontier_svg
@@ -39,14 +39,28 @@ COLUMNS: tuple[str, ...] = (
     "epsilon",
     "delta",
     "wall_s",
+    "engine",
 )
 
-#: Said in every output: what the in-process study shares with the NVFlare jobs and what it does not.
+#: Said in every output of an in-process study: what it shares with the NVFlare jobs and what it does not.
 TRANSPORT_NOTE = (
-    "In-process FedAvg: the same network, site training, client-side defense objects (medpfl_app.defenses) and "
-    "server audit (medpfl_app.audit.update_audit.audit_update, site scoring, risk policy) as the NVFlare jobs, but not "
-    "NVFlare's transport, Client API or controller; running the cells through the NVFlare simulator is a follow-up."
+    "In-process FedAvg (engine in_process): the same network, site training, client-side defense objects "
+    "(medpfl_app.defenses) and server audit (medpfl_app.audit.update_audit.audit_update, site scoring, risk policy) as "
+    "the NVFlare jobs, but not NVFlare's transport, Client API or controller (medpfl study --engine simulator runs "
+    "them)."
 )
+#: Said in every output of a simulator study.
+SIMULATOR_NOTE = (
+    "NVFlare simulator (engine simulator): each cell is an exported NVFlare job (Client API site script, the "
+    "defense as a job-level client result filter, the server audit filter and site scorer) run by the NVFlare "
+    "simulator; leakage and formal ε are read from the server's audit ledger, utility from the sites' validation "
+    "metrics of the global model they received in the last round (metrics/round_metrics.jsonl)."
+)
+
+
+def transport_note(engine: Engine) -> str:
+    """What ran the cells of a study under ``engine``."""
+    return SIMULATOR_NOTE if engine is Engine.SIMULATOR else TRANSPORT_NOTE
 
 
 def table_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -67,7 +81,8 @@ def write_outputs(
     payload = {
         **study.to_json(),
         "threat_model": THREAT_MODEL,
-        "transport": TRANSPORT_NOTE,
+        "engine": str(study.run.engine),
+        "transport": transport_note(study.run.engine),
         "wall_s": round(wall_s, 1),
         "rows": rows,
         "cells_detail": [result.to_json() for result in results],
@@ -77,6 +92,8 @@ def write_outputs(
         write_text_atomic(out_dir / "study.csv", table_csv(rows)),
         write_json_atomic(out_dir / "study.json", payload),
         write_text_atomic(out_dir / "frontier.svg", svg),
-        write_text_atomic(out_dir / "study.html", study_page(study, rows, svg, transport=TRANSPORT_NOTE)),
+        write_text_atomic(
+            out_dir / "study.html", study_page(study, rows, svg, transport=transport_note(study.run.engine))
+        ),
     )
     return paths

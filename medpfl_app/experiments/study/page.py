@@ -26,6 +26,7 @@ PAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("label_accuracy", "label acc."),
     ("epsilon", "ε"),
     ("wall_s", "time (s)"),
+    ("engine", "engine"),
 )
 
 AXES = """

@@ -30,6 +30,8 @@ class SiteLeakage:
     audit_s: float
     #: Why the update was not attacked (the audit refused it, e.g. an attack that needs what the defense removed).
     note: str | None = None
+    #: Mean SSIM over the scored reconstructions (None: not measured, or a cell stored before it was recorded).
+    ssim_mean: float | None = None
 
     @classmethod
     def not_audited(cls, site: str, round_index: int, note: str, seconds: float) -> SiteLeakage:
@@ -40,11 +42,11 @@ class SiteLeakage:
 
 @dataclass(frozen=True)
 class CellResult:
-    """Utility, leakage and cost of one cell."""
+    """Utility, leakage and cost of one cell (``auc`` is None when the run did not report one)."""
 
     cell: CellConfig
     accuracy: float
-    auc: float
+    auc: float | None
     sites: tuple[SiteLeakage, ...]
     epsilon: float | None
     delta: float | None
@@ -53,6 +55,8 @@ class CellResult:
     attack_budget: str
     train_s: float
     wall_s: float
+    #: The `medpfl_app.experiments.study.config.Engine` value that ran the cell (older stored cells: in-process).
+    engine: str = "in_process"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +109,7 @@ class CellResult:
             "epsilon": _round(self.epsilon),
             "delta": self.delta,
             "wall_s": _round(self.wall_s, 1),
+            "engine": self.engine,
         }
 
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medpfl_app.experiments.study.config import CellConfig, RunConfig, StudyConfig, cell_key
+from medpfl_app.errors import MedPFLError
+from medpfl_app.experiments.study.config import CellConfig, Engine, RunConfig, StudyConfig, cell_key
 from medpfl_app.experiments.study.result import CellResult
 from medpfl_app.experiments.study.store import STORE_NAME, CellStore
 
@@ -42,12 +43,18 @@ def run_study(
         resume: Reuse cells already in ``out_dir/cells.jsonl`` under the same key; False recomputes everything.
         limit: Only the first ``limit`` cells (a quick subset).
         progress: Show the progress bar on stderr.
-        evaluate: The cell function (default `medpfl_app.experiments.study.evaluate.evaluate_cell`).
+        evaluate: The cell function (default `medpfl_app.experiments.study.evaluate.evaluate_cell`, the in-process
+            engine; a simulator study must pass `medpfl_app.nvflare.study_cells.simulate_cell`).
     """
     from tqdm import tqdm
 
     from medpfl_app.experiments.study.outputs import write_outputs
 
+    if evaluate is None and study.run.engine is not Engine.IN_PROCESS:
+        raise MedPFLError(
+            f"study {study.name} runs on the {study.run.engine.value} engine, which needs its cell function",
+            fix="pass evaluate=medpfl_app.nvflare.study_cells.simulate_cell (as medpfl study --engine simulator does)",
+        )
     if evaluate is None:
         from medpfl_app.experiments.study.evaluate import evaluate_cell
 
