@@ -15,17 +15,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 from medpfl_app.audit.scoring import score_reconstructions
-from medpfl_app.audit.update_audit import AuditItem, AuditOutcome, audit_update
+from medpfl_app.audit.synthetic_round import RoundShape, SyntheticRound, synthetic_round
+from medpfl_app.audit.update_audit import AuditOutcome, audit_update
 from medpfl_app.contracts.verdict import Verdict
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 4
-PREFIX = "net."
 
 
 @dataclass(frozen=True)
@@ -79,16 +78,6 @@ CASES: tuple[BatteryCase, ...] = (
 
 
 @dataclass(frozen=True, eq=False)
-class SiteRound:
-    """A case's update as the server receives it, and the site's ground truth (which never leaves the site)."""
-
-    item: AuditItem
-    pool: torch.Tensor
-    used_positions: tuple[int, ...]
-    labels: tuple[int, ...]
-
-
-@dataclass(frozen=True, eq=False)
 class CaseOutcome:
     """The audit of one case: outcome, the site's scores and the verdict."""
 
@@ -98,52 +87,27 @@ class CaseOutcome:
     verdict: Verdict
 
 
-def site_round(case: BatteryCase, *, seed: int = 0) -> SiteRound:
+def site_round(case: BatteryCase, *, seed: int = 0) -> SyntheticRound:
     """Train the default-initialised network on ``case``'s phantoms as a site would; apply its defense."""
-    from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.simulated_site import simulate_site_update
-    from medpfl_app.data.phantoms import generate_phantoms
-    from medpfl_app.models.global_model import build_seeded_network
-
-    labels = [i % NUM_CLASSES for i in range(case.pool_size)]
-    pool = torch.from_numpy(generate_phantoms(labels, seed=seed, image_size=IMAGE_SIZE))[:, None].float()
-    used = tuple(range(case.images))
-    net = build_seeded_network(
-        case.network, in_channels=1, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, seed=0, dp_sgd=False
-    )
-    site = simulate_site_update(
-        net,
-        pool[list(used)],
-        torch.tensor([labels[i] for i in used]),
-        kind=UpdateKind.WEIGHT_DIFF,
+    shape = RoundShape(
+        network=case.network,
+        in_channels=1,
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE_SIZE,
+        batch_size=case.batch_size,
         local_steps=case.local_steps,
         learning_rate=case.learning_rate,
-        batch_size=case.batch_size,
+        images=case.images,
+        pool_size=case.pool_size,
     )
-    update = {f"{PREFIX}{k}": v.numpy() for k, v in site.update.items()}
-    defenses: list[dict[str, Any]] = []
-    if case.defense is not None:
-        update, record = _defend(update, case.defense, seed=seed)
-        defenses.append({"defense": case.defense[0], **record})
-    meta = {
-        **site.meta,
-        "network": case.network,
-        "image_size": IMAGE_SIZE,
-        "in_channels": 1,
-        "num_classes": NUM_CLASSES,
-        "state_dict_prefix": PREFIX,
-        "medpfl_defenses": defenses,
-    }
-    item = AuditItem(
-        site="site-1",
-        round=0,
-        job_id="battery",
-        data_kind="WEIGHT_DIFF",
-        update=update,
-        global_weights={f"{PREFIX}{k}": v.numpy() for k, v in site.global_weights.items()},
-        meta=meta,
-    )
-    return SiteRound(item, pool, used, tuple(labels))
+
+    def defend(update: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        if case.defense is None:
+            return update, []
+        defended, record = _defend(update, case.defense, seed=seed)
+        return defended, [{"defense": case.defense[0], **record}]
+
+    return synthetic_round(shape, defend=defend, site="site-1", job_id="battery", seed=seed)
 
 
 def _defend(update: dict[str, np.ndarray], defense: tuple[Any, ...], *, seed: int):
@@ -157,7 +121,7 @@ def _defend(update: dict[str, np.ndarray], defense: tuple[Any, ...], *, seed: in
     raise ValueError(f"unknown battery defense {kind!r}")
 
 
-def score_at_site(rnd: SiteRound, reconstructions: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:
+def score_at_site(rnd: SyntheticRound, reconstructions: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:
     """What the site's scorer would reply for these reconstructions (scalars only)."""
     if reconstructions is None:
         return {"status": "unavailable", "reason": "no reconstruction to score"}

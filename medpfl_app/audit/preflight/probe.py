@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from medpfl_app.audit.plan import AuditPlan
 from medpfl_app.audit.preflight.settings import ProbeSetting
 from medpfl_app.audit.risk import AttackEvidence, RiskPolicy, assess_verdict
 from medpfl_app.audit.scoring import score_reconstructions
-from medpfl_app.audit.update_audit import AuditItem, audit_update
+from medpfl_app.audit.synthetic_round import RoundShape, synthetic_round
+from medpfl_app.audit.update_audit import audit_update
 from medpfl_app.contracts.verdict import RiskLevel, Verdict
 
-PREFIX = "net."
 #: The synthetic pool identifiability is measured in (at least this many phantoms, as a small site would hold).
 MIN_POOL = 24
 
@@ -123,60 +122,30 @@ def run_probe(
 
 def _probe_update(setting: ProbeSetting, *, seed: int):
     """``(AuditItem, pool, used positions, labels)`` of the simulated round."""
-    from medpfl_app.attacks import UpdateKind
-    from medpfl_app.attacks.simulated_site import simulate_site_update
-    from medpfl_app.data.phantoms import generate_phantoms
-    from medpfl_app.models.global_model import build_seeded_network
-
     job = setting.job
-    pool_size = max(MIN_POOL, setting.distinct_images)
-    labels = [i % job.num_classes for i in range(pool_size)]
-    gray = torch.from_numpy(generate_phantoms(labels, seed=seed, image_size=job.image_size))[:, None].float()
-    pool = gray.repeat(1, job.in_channels, 1, 1)
-    used = tuple(range(setting.distinct_images))
-    net = build_seeded_network(
-        job.network,
+    shape = RoundShape(
+        network=job.network,
         in_channels=job.in_channels,
         num_classes=job.num_classes,
         image_size=job.image_size,
-        seed=0,
-        dp_sgd=False,
-    )
-    site = simulate_site_update(
-        net,
-        pool[list(used)],
-        torch.tensor([labels[i] for i in used]),
-        kind=UpdateKind.WEIGHT_DIFF,
+        batch_size=setting.batch_size,
         local_steps=setting.local_steps,
         learning_rate=job.learning_rate,
-        batch_size=setting.batch_size,
+        images=setting.distinct_images,
+        pool_size=max(MIN_POOL, setting.distinct_images),
     )
-    update = {f"{PREFIX}{k}": v.numpy() for k, v in site.update.items()}
-    applied: list[dict[str, Any]] = []
-    for defense in setting.defenses:
-        if defense.key in setting.unmodelled:
-            continue
-        update, record = _defend(update, defense.key, dict(defense.params), seed=seed)
-        applied.append({"defense": defense.key, **record})
-    meta = {
-        **site.meta,
-        "network": job.network,
-        "image_size": job.image_size,
-        "in_channels": job.in_channels,
-        "num_classes": job.num_classes,
-        "state_dict_prefix": PREFIX,
-        "medpfl_defenses": applied,
-    }
-    item = AuditItem(
-        site="preflight",
-        round=0,
-        job_id="preflight",
-        data_kind="WEIGHT_DIFF",
-        update=update,
-        global_weights={f"{PREFIX}{k}": v.numpy() for k, v in site.global_weights.items()},
-        meta=meta,
-    )
-    return item, pool, used, labels
+
+    def defend(update: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        applied: list[dict[str, Any]] = []
+        for defense in setting.defenses:
+            if defense.key in setting.unmodelled:
+                continue
+            update, record = _defend(update, defense.key, dict(defense.params), seed=seed)
+            applied.append({"defense": defense.key, **record})
+        return update, applied
+
+    rnd = synthetic_round(shape, defend=defend, site="preflight", job_id="preflight", seed=seed)
+    return rnd.item, rnd.pool, rnd.used_positions, rnd.labels
 
 
 def _defend(update: dict[str, np.ndarray], key: str, params: dict[str, Any], *, seed: int):

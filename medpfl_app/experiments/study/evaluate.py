@@ -83,8 +83,9 @@ def utility(run: RunConfig, cell: CellConfig, fed: FederatedRun) -> tuple[float,
 def audit_received(run: RunConfig, cell: CellConfig, received: ReceivedUpdate) -> SiteLeakage:
     """Audit one received update as the server does; score it as the site does; derive the verdict."""
     from medpfl_app.audit.plan import AuditPlan
+    from medpfl_app.audit.synthetic_round import SyntheticRound
     from medpfl_app.audit.update_audit import AuditItem, audit_update
-    from medpfl_app.experiments.battery import SiteRound, score_at_site, verdict_for
+    from medpfl_app.experiments.battery import score_at_site, verdict_for
 
     item = AuditItem(
         site=f"site-{received.site + 1}",
@@ -104,7 +105,7 @@ def audit_received(run: RunConfig, cell: CellConfig, received: ReceivedUpdate) -
     except MedPFLError as error:  # the server records such an update as not audited, with the reason
         return SiteLeakage.not_audited(item.site, received.round, error.problem, time.perf_counter() - started)
     pool = site_pools(run)[received.site]
-    rnd = SiteRound(item, pool.images, received.used_positions, tuple(int(v) for v in pool.labels))
+    rnd = SyntheticRound(item, pool.images, received.used_positions, tuple(int(v) for v in pool.labels))
     scores = score_at_site(rnd, outcome.reconstructions, outcome.labels)
     verdict = verdict_for(outcome, scores)
     return SiteLeakage(
